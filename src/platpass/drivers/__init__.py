@@ -1,0 +1,7 @@
+"""Driver layer: one module per device family, on the shared code in :mod:`.common`.
+
+Add a built-in driver module by listing it here; each module exports ``DRIVERS``.
+"""
+
+BUILTIN_MODULES: tuple[str, ...] = (
+)

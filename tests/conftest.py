@@ -1,0 +1,28 @@
+"""Shared fixtures: paths to the real device trees and tools the suite sets up itself."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real arm64 device trees from Debian's kernel package, shipped beside the project.
+SHARED_DTBS = REPO.parent / "shared" / "dtbs"
+
+
+@pytest.fixture(scope="session")
+def shared_dtbs() -> list[Path]:
+    """Every real board DTB in ``../shared/dtbs`` (the suite fails loudly if it is gone)."""
+    dtbs = sorted(SHARED_DTBS.glob("*.dtb"))
+    assert dtbs, f"no DTBs under {SHARED_DTBS}"
+    return dtbs
+
+
+@pytest.fixture(scope="session")
+def dtc() -> str:
+    """Path of ``dtc``; scripts/install --test installs it, so it must be there."""
+    path = shutil.which("dtc")
+    assert path, "dtc missing: run scripts/install --test"
+    return path
