@@ -1,0 +1,65 @@
+"""The shared epoll loop: readers, timers, teardown."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from platpass.reactor import EpollReactor
+
+
+@pytest.fixture
+def reactor():
+    loop = EpollReactor()
+    yield loop
+    loop.close()
+
+
+def test_reader_runs_when_fd_readable(reactor: EpollReactor) -> None:
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    seen: list[int] = []
+    reactor.add_reader(efd, lambda: seen.append(os.eventfd_read(efd)))
+    assert reactor.run_once(0) == 0
+    os.eventfd_write(efd, 3)
+    assert reactor.run_until(lambda: bool(seen), 1.0)
+    assert seen == [3]
+    reactor.remove_reader(efd)
+    assert not reactor.watching(efd)
+    os.eventfd_write(efd, 1)
+    assert reactor.run_once(0) == 0
+    os.close(efd)
+
+
+def test_replacing_a_reader_keeps_one_registration(reactor: EpollReactor) -> None:
+    efd = os.eventfd(1, os.EFD_NONBLOCK)
+    calls: list[str] = []
+    reactor.add_reader(efd, lambda: calls.append("first"))
+    reactor.add_reader(efd, lambda: (calls.append("second"), os.eventfd_read(efd)))
+    reactor.run_once(0)
+    assert calls == ["second"]
+    os.close(efd)
+
+
+def test_timers_run_in_order_and_cancel(reactor: EpollReactor) -> None:
+    order: list[str] = []
+    reactor.call_later(0.02, lambda: order.append("late"))
+    reactor.call_later(0.0, lambda: order.append("early"))
+    cancelled = reactor.call_later(0.01, lambda: order.append("cancelled"))
+    cancelled.cancel()
+    assert reactor.run_until(lambda: len(order) == 2, 1.0)
+    assert order == ["early", "late"]
+
+
+def test_removing_a_closed_fd_is_harmless(reactor: EpollReactor) -> None:
+    efd = os.eventfd(0)
+    reactor.add_reader(efd, lambda: None)
+    os.close(efd)
+    reactor.remove_reader(efd)
+    reactor.remove_reader(12345)
+    assert not reactor.watching(efd)
+
+
+def test_run_forever_stops_from_callback(reactor: EpollReactor) -> None:
+    reactor.call_later(0.0, reactor.stop)
+    reactor.run_forever()
