@@ -1,0 +1,615 @@
+"""Typed payloads of every vfio-user message a platform device needs, with their codecs.
+
+Each class is the payload that follows the 16-byte header (the header and the fds travel
+beside it, see :mod:`.connection`). ``encode()`` gives the payload bytes; the class method
+``decode(payload)`` parses them and raises :class:`RemoteProtocolError` carrying the errno
+the server replies with (always ``EINVAL`` for a malformed payload). Decoding checks the
+*structure* (sizes, reserved fields, flag combinations); what the values mean for a
+device (a region index out of range, a too-small ``argsz``) is judged by the session.
+
+Layouts follow ``docs/interop/vfio-user.rst`` (and ``linux/vfio.h`` where it defers to
+it). Requests and replies share a class where the specification gives them one layout.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from platpass.errors import LocalProtocolError, RemoteProtocolError
+from platpass.vfio_device.uapi import (
+    DmaMapFlags,
+    IrqSetFlags,
+    RegionCapId,
+)
+from platpass.vfio_user.protocol.header import Command
+
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+# Precompiled layouts (host byte order, standard sizes, no padding).
+VERSION_FIXED = struct.Struct("=HH")
+DMA_MAP = struct.Struct("=IIQQQ")  # argsz flags offset address size
+DMA_UNMAP = struct.Struct("=IIQQ")  # argsz flags address size
+DEVICE_INFO = struct.Struct("=IIII")  # argsz flags num_regions num_irqs
+REGION_INFO = struct.Struct("=IIIIQQ")  # argsz flags index cap_offset size offset
+CAP_HEADER = struct.Struct("=HHI")  # id version next
+SPARSE_FIXED = struct.Struct("=II")  # nr_areas reserved
+SPARSE_AREA = struct.Struct("=QQ")  # offset size
+IO_FDS = struct.Struct("=IIII")  # argsz flags index count
+IRQ_INFO = struct.Struct("=IIII")  # argsz flags index count
+IRQ_SET = struct.Struct("=IIIII")  # argsz flags index start count
+REGION_ACCESS = struct.Struct("=QII")  # offset region count
+DMA_ACCESS = struct.Struct("=QQ")  # address count
+DMA_WRITE_REPLY = struct.Struct("=QI")  # address count(u32)
+
+#: Sparse-mmap capability version (linux/vfio.h VFIO_REGION_INFO_CAP_SPARSE_MMAP).
+SPARSE_MMAP_VERSION = 1
+#: VFIO_DMA_UNMAP_FLAG_ALL: unmap every mapping (address and size must be zero).
+DMA_UNMAP_FLAG_ALL = 1 << 1
+
+
+def _reject(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(errno.EINVAL, message)
+
+
+def _exact(payload: bytes | memoryview, size: int, what: str) -> None:
+    if len(payload) != size:
+        raise _reject(f"{what} payload must be {size} bytes, got {len(payload)}")
+
+
+def _check_uint(value: int, limit: int, what: str) -> None:
+    if not 0 <= value <= limit:
+        raise LocalProtocolError(f"{what}={value} does not fit its field")
+
+
+# --------------------------------------------------------------------------- VERSION
+
+#: Capability names this implementation understands, with the JSON type each must have.
+_CAPABILITY_TYPES: dict[str, type] = {
+    "max_msg_fds": int,
+    "max_data_xfer_size": int,
+    "max_dma_maps": int,
+    "pgsizes": int,
+    "twin_socket": dict,
+    "write_multiple": bool,
+    "migration": dict,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """VERSION request and reply: version numbers and the JSON capability object.
+
+    ``capabilities`` is the object under ``"capabilities"`` (empty when absent).
+    ``has_json`` records whether the version data was present at all.
+    """
+
+    COMMAND: ClassVar[Command] = Command.VERSION
+    major: int
+    minor: int
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    has_json: bool = True
+
+    def encode(self) -> bytes:
+        _check_uint(self.major, 0xFFFF, "major")
+        _check_uint(self.minor, 0xFFFF, "minor")
+        fixed = VERSION_FIXED.pack(self.major, self.minor)
+        if not self.has_json:
+            return fixed
+        text = json.dumps({"capabilities": self.capabilities}, separators=(",", ":"))
+        # The version data is a NUL-terminated UTF-8 JSON string.
+        return fixed + text.encode() + b"\0"
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Version:
+        if len(payload) < VERSION_FIXED.size:
+            raise _reject(f"VERSION payload needs 4 bytes, got {len(payload)}")
+        major, minor = VERSION_FIXED.unpack_from(payload)
+        data = bytes(payload[VERSION_FIXED.size:])
+        if not data:
+            return cls(major, minor, {}, has_json=False)
+        if data[-1:] != b"\0":
+            raise _reject("VERSION data is not NUL-terminated")
+        text = data[:-1]
+        if b"\0" in text:
+            raise _reject("VERSION data has an embedded NUL")
+        try:
+            document = json.loads(text.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise _reject(f"VERSION data is not UTF-8 JSON: {err}") from err
+        if not isinstance(document, dict):
+            raise _reject("VERSION data is not a JSON object")
+        caps = document.get("capabilities", {})
+        if not isinstance(caps, dict):
+            raise _reject("'capabilities' is not a JSON object")
+        for name, expected in _CAPABILITY_TYPES.items():
+            if name not in caps:
+                continue
+            value = caps[name]
+            if expected is int:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise _reject(f"capability {name!r} must be a non-negative integer")
+            elif not isinstance(value, expected):
+                raise _reject(f"capability {name!r} must be a JSON {expected.__name__}")
+        return cls(major, minor, dict(caps), has_json=True)
+
+
+# --------------------------------------------------------------------------- DMA
+
+
+@dataclass(frozen=True, slots=True)
+class DmaMap:
+    """DMA_MAP request (the reply has no payload). A mappable region's fd travels with it."""
+
+    COMMAND: ClassVar[Command] = Command.DMA_MAP
+    argsz: int
+    flags: DmaMapFlags
+    offset: int
+    address: int
+    size: int
+
+    def encode(self) -> bytes:
+        return DMA_MAP.pack(self.argsz, self.flags, self.offset, self.address, self.size)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DmaMap:
+        _exact(payload, DMA_MAP.size, "DMA_MAP")
+        argsz, flags, offset, address, size = DMA_MAP.unpack_from(payload)
+        if argsz < DMA_MAP.size:
+            raise _reject(f"DMA_MAP argsz {argsz} < {DMA_MAP.size}")
+        if flags & ~int(DmaMapFlags.READ | DmaMapFlags.WRITE):
+            raise _reject(f"DMA_MAP has unknown flags {flags:#x}")
+        if size == 0 or address + size - 1 > _U64:
+            raise _reject(f"DMA_MAP range address={address:#x} size={size:#x} is invalid")
+        return cls(argsz, DmaMapFlags(flags), offset, address, size)
+
+
+@dataclass(frozen=True, slots=True)
+class DmaUnmap:
+    """DMA_UNMAP request, and its reply (the server echoes the entry, argsz set to 24)."""
+
+    COMMAND: ClassVar[Command] = Command.DMA_UNMAP
+    argsz: int
+    flags: int
+    address: int
+    size: int
+
+    @property
+    def unmap_all(self) -> bool:
+        return bool(self.flags & DMA_UNMAP_FLAG_ALL)
+
+    def encode(self) -> bytes:
+        return DMA_UNMAP.pack(self.argsz, self.flags, self.address, self.size)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DmaUnmap:
+        _exact(payload, DMA_UNMAP.size, "DMA_UNMAP")
+        argsz, flags, address, size = DMA_UNMAP.unpack_from(payload)
+        if flags & ~DMA_UNMAP_FLAG_ALL:
+            raise _reject(f"DMA_UNMAP has unsupported flags {flags:#x}")
+        if flags & DMA_UNMAP_FLAG_ALL:
+            if address or size:
+                raise _reject("DMA_UNMAP with FLAG_ALL needs address and size 0")
+        elif size == 0:
+            raise _reject("DMA_UNMAP of an empty range")
+        return cls(argsz, flags, address, size)
+
+
+@dataclass(frozen=True, slots=True)
+class DmaRead:
+    """DMA_READ request (server -> client); platpass never sends it."""
+
+    COMMAND: ClassVar[Command] = Command.DMA_READ
+    address: int
+    count: int
+
+    def encode(self) -> bytes:
+        return DMA_ACCESS.pack(self.address, self.count)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DmaRead:
+        _exact(payload, DMA_ACCESS.size, "DMA_READ")
+        return cls(*DMA_ACCESS.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class DmaWrite:
+    """DMA_WRITE request (server -> client); platpass never sends it."""
+
+    COMMAND: ClassVar[Command] = Command.DMA_WRITE
+    address: int
+    count: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return DMA_ACCESS.pack(self.address, self.count) + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DmaWrite:
+        if len(payload) < DMA_ACCESS.size:
+            raise _reject("DMA_WRITE payload shorter than 16 bytes")
+        address, count = DMA_ACCESS.unpack_from(payload)
+        data = bytes(payload[DMA_ACCESS.size:])
+        if len(data) != count:
+            raise _reject(f"DMA_WRITE count {count} but {len(data)} data bytes")
+        return cls(address, count, data)
+
+
+# --------------------------------------------------------------------------- device info
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """DEVICE_GET_INFO request (argsz, other fields zero) and reply."""
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_GET_INFO
+    argsz: int
+    flags: int = 0
+    num_regions: int = 0
+    num_irqs: int = 0
+
+    def encode(self) -> bytes:
+        return DEVICE_INFO.pack(self.argsz, self.flags, self.num_regions, self.num_irqs)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DeviceInfo:
+        _exact(payload, DEVICE_INFO.size, "DEVICE_GET_INFO")
+        return cls(*DEVICE_INFO.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfoRequest:
+    """DEVICE_GET_REGION_INFO request: ``argsz`` (reply room) and the region ``index``."""
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_GET_REGION_INFO
+    argsz: int
+    index: int
+
+    def encode(self) -> bytes:
+        return REGION_INFO.pack(self.argsz, 0, self.index, 0, 0, 0)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionInfoRequest:
+        _exact(payload, REGION_INFO.size, "DEVICE_GET_REGION_INFO")
+        argsz, _flags, index, _cap, _size, _offset = REGION_INFO.unpack_from(payload)
+        return cls(argsz, index)
+
+
+@dataclass(frozen=True, slots=True)
+class SparseMmapArea:
+    """One mappable area of a region, relative to the region info ``offset``."""
+
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    """DEVICE_GET_REGION_INFO reply.
+
+    ``sparse_areas`` is the sparse-mmap capability's area list when the capability is in
+    the reply (``cap_offset`` then points at it), None when it is not. When the client's
+    ``argsz`` was too small for the capability chain, the reply carries only the fixed
+    part with ``argsz`` = the size needed, CAPS set and ``cap_offset`` 0 (as VFIO does).
+    """
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_GET_REGION_INFO
+    argsz: int
+    flags: int
+    index: int
+    cap_offset: int
+    size: int
+    offset: int
+    sparse_areas: tuple[SparseMmapArea, ...] | None = None
+
+    @staticmethod
+    def caps_size(areas: tuple[SparseMmapArea, ...]) -> int:
+        """Bytes the sparse-mmap capability takes in the chain."""
+        return CAP_HEADER.size + SPARSE_FIXED.size + SPARSE_AREA.size * len(areas)
+
+    def encode(self) -> bytes:
+        fixed = REGION_INFO.pack(self.argsz, self.flags, self.index, self.cap_offset,
+                                 self.size, self.offset)
+        if self.sparse_areas is None:
+            return fixed
+        parts = [fixed, CAP_HEADER.pack(RegionCapId.SPARSE_MMAP, SPARSE_MMAP_VERSION, 0),
+                 SPARSE_FIXED.pack(len(self.sparse_areas), 0)]
+        parts.extend(SPARSE_AREA.pack(a.offset, a.size) for a in self.sparse_areas)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionInfo:
+        """Parse the reply, walking the capability chain (offsets are relative to the
+        start of the region info). Unknown capabilities are skipped."""
+        if len(payload) < REGION_INFO.size:
+            raise _reject("region info reply shorter than 32 bytes")
+        argsz, flags, index, cap_offset, size, offset = REGION_INFO.unpack_from(payload)
+        areas: tuple[SparseMmapArea, ...] | None = None
+        seen: set[int] = set()
+        at = cap_offset
+        while at:
+            if at in seen or at < REGION_INFO.size or at + CAP_HEADER.size > len(payload):
+                raise _reject(f"region info capability chain is broken at {at}")
+            seen.add(at)
+            cap_id, _version, nxt = CAP_HEADER.unpack_from(payload, at)
+            if cap_id == RegionCapId.SPARSE_MMAP:
+                body = at + CAP_HEADER.size
+                if body + SPARSE_FIXED.size > len(payload):
+                    raise _reject("sparse mmap capability truncated")
+                nr_areas, _reserved = SPARSE_FIXED.unpack_from(payload, body)
+                first = body + SPARSE_FIXED.size
+                if first + nr_areas * SPARSE_AREA.size > len(payload):
+                    raise _reject("sparse mmap areas truncated")
+                areas = tuple(
+                    SparseMmapArea(*SPARSE_AREA.unpack_from(payload, first + i * 16))
+                    for i in range(nr_areas)
+                )
+            at = nxt
+        return cls(argsz, flags, index, cap_offset, size, offset, areas)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionIoFdsRequest:
+    """DEVICE_GET_REGION_IO_FDS request (platpass answers ENOTSUP: no ioeventfds)."""
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_GET_REGION_IO_FDS
+    argsz: int
+    flags: int
+    index: int
+    count: int
+
+    def encode(self) -> bytes:
+        return IO_FDS.pack(self.argsz, self.flags, self.index, self.count)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionIoFdsRequest:
+        _exact(payload, IO_FDS.size, "DEVICE_GET_REGION_IO_FDS")
+        return cls(*IO_FDS.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class IrqInfo:
+    """DEVICE_GET_IRQ_INFO request (argsz, index) and reply (flags, count)."""
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_GET_IRQ_INFO
+    argsz: int
+    flags: int
+    index: int
+    count: int
+
+    def encode(self) -> bytes:
+        return IRQ_INFO.pack(self.argsz, self.flags, self.index, self.count)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> IrqInfo:
+        _exact(payload, IRQ_INFO.size, "DEVICE_GET_IRQ_INFO")
+        return cls(*IRQ_INFO.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class SetIrqs:
+    """DEVICE_SET_IRQS request (the reply has no payload).
+
+    ``data`` is the bool array for DATA_BOOL (one byte per sub-index); eventfds travel as
+    SCM_RIGHTS beside the message, not in ``data``. Exactly one DATA_* and one ACTION_*
+    flag must be set, as VFIO requires.
+    """
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_SET_IRQS
+    argsz: int
+    flags: IrqSetFlags
+    index: int
+    start: int
+    count: int
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        return IRQ_SET.pack(self.argsz, self.flags, self.index, self.start,
+                            self.count) + self.data
+
+    @property
+    def bools(self) -> tuple[bool, ...]:
+        return tuple(bool(b) for b in self.data)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> SetIrqs:
+        if len(payload) < IRQ_SET.size:
+            raise _reject(f"SET_IRQS payload needs 20 bytes, got {len(payload)}")
+        argsz, flags, index, start, count = IRQ_SET.unpack_from(payload)
+        if argsz < IRQ_SET.size or argsz > len(payload):
+            raise _reject(f"SET_IRQS argsz {argsz} does not match payload {len(payload)}")
+        data = bytes(payload[IRQ_SET.size:argsz])
+        if len(payload) != argsz:
+            raise _reject(f"SET_IRQS payload {len(payload)} bytes but argsz {argsz}")
+        # int(): ~ on an IntFlag only inverts the known bits, hiding unknown ones.
+        known = int(IrqSetFlags.data_mask() | IrqSetFlags.action_mask())
+        if flags & ~known:
+            raise _reject(f"SET_IRQS has unknown flags {flags:#x}")
+        data_flags = flags & int(IrqSetFlags.data_mask())
+        action_flags = flags & int(IrqSetFlags.action_mask())
+        if data_flags.bit_count() != 1 or action_flags.bit_count() != 1:
+            raise _reject(f"SET_IRQS needs one DATA_* and one ACTION_* flag, got {flags:#x}")
+        if start + count > _U32:
+            raise _reject("SET_IRQS start+count overflows")
+        if data_flags == IrqSetFlags.DATA_BOOL:
+            if len(data) != count:
+                raise _reject(f"SET_IRQS DATA_BOOL needs {count} bytes, got {len(data)}")
+        elif data_flags == IrqSetFlags.DATA_EVENTFD:
+            # fds come as SCM_RIGHTS; tolerate a kernel-style s32 array, which is ignored.
+            if data and len(data) != 4 * count:
+                raise _reject("SET_IRQS DATA_EVENTFD carries unexpected data")
+            data = b""
+        elif data:
+            raise _reject("SET_IRQS DATA_NONE carries data")
+        return cls(argsz, IrqSetFlags(flags), index, start, count, data)
+
+
+# --------------------------------------------------------------------------- region I/O
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRead:
+    """REGION_READ request."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_READ
+    offset: int
+    region: int
+    count: int
+
+    def encode(self) -> bytes:
+        return REGION_ACCESS.pack(self.offset, self.region, self.count)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionRead:
+        _exact(payload, REGION_ACCESS.size, "REGION_READ")
+        return cls(*REGION_ACCESS.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class RegionReadReply:
+    """REGION_READ reply: the access echoed, then the data read."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_READ
+    offset: int
+    region: int
+    count: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return REGION_ACCESS.pack(self.offset, self.region, self.count) + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionReadReply:
+        if len(payload) < REGION_ACCESS.size:
+            raise _reject("REGION_READ reply shorter than 16 bytes")
+        offset, region, count = REGION_ACCESS.unpack_from(payload)
+        data = bytes(payload[REGION_ACCESS.size:])
+        if len(data) != count:
+            raise _reject(f"REGION_READ reply count {count} but {len(data)} data bytes")
+        return cls(offset, region, count, data)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionWrite:
+    """REGION_WRITE request: the access and its data."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_WRITE
+    offset: int
+    region: int
+    count: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return REGION_ACCESS.pack(self.offset, self.region, self.count) + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionWrite:
+        if len(payload) < REGION_ACCESS.size:
+            raise _reject("REGION_WRITE payload shorter than 16 bytes")
+        offset, region, count = REGION_ACCESS.unpack_from(payload)
+        data = bytes(payload[REGION_ACCESS.size:])
+        if len(data) != count:
+            raise _reject(f"REGION_WRITE count {count} but {len(data)} data bytes")
+        return cls(offset, region, count, data)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionWriteReply:
+    """REGION_WRITE reply: the access echoed, no data."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_WRITE
+    offset: int
+    region: int
+    count: int
+
+    def encode(self) -> bytes:
+        return REGION_ACCESS.pack(self.offset, self.region, self.count)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionWriteReply:
+        _exact(payload, REGION_ACCESS.size, "REGION_WRITE reply")
+        return cls(*REGION_ACCESS.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReset:
+    """DEVICE_RESET request and reply: no payload."""
+
+    COMMAND: ClassVar[Command] = Command.DEVICE_RESET
+
+    def encode(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> DeviceReset:
+        _exact(payload, 0, "DEVICE_RESET")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    """A reply without payload (DMA_MAP, SET_IRQS)."""
+
+    def encode(self) -> bytes:
+        return b""
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Empty:
+        _exact(payload, 0, "empty reply")
+        return cls()
+
+
+Request = (
+    Version | DmaMap | DmaUnmap | DeviceInfo | RegionInfoRequest | RegionIoFdsRequest
+    | IrqInfo | SetIrqs | RegionRead | RegionWrite | DeviceReset
+)
+
+#: How the server decodes each client->server command it understands.
+REQUEST_DECODERS: dict[int, Any] = {
+    Command.VERSION: Version.decode,
+    Command.DMA_MAP: DmaMap.decode,
+    Command.DMA_UNMAP: DmaUnmap.decode,
+    Command.DEVICE_GET_INFO: DeviceInfo.decode,
+    Command.DEVICE_GET_REGION_INFO: RegionInfoRequest.decode,
+    Command.DEVICE_GET_REGION_IO_FDS: RegionIoFdsRequest.decode,
+    Command.DEVICE_GET_IRQ_INFO: IrqInfo.decode,
+    Command.DEVICE_SET_IRQS: SetIrqs.decode,
+    Command.REGION_READ: RegionRead.decode,
+    Command.REGION_WRITE: RegionWrite.decode,
+    Command.DEVICE_RESET: DeviceReset.decode,
+}
+
+#: How the client decodes each reply.
+REPLY_DECODERS: dict[int, Any] = {
+    Command.VERSION: Version.decode,
+    Command.DMA_MAP: Empty.decode,
+    Command.DMA_UNMAP: DmaUnmap.decode,
+    Command.DEVICE_GET_INFO: DeviceInfo.decode,
+    Command.DEVICE_GET_REGION_INFO: RegionInfo.decode,
+    Command.DEVICE_GET_IRQ_INFO: IrqInfo.decode,
+    Command.DEVICE_SET_IRQS: Empty.decode,
+    Command.REGION_READ: RegionReadReply.decode,
+    Command.REGION_WRITE: RegionWriteReply.decode,
+    Command.DEVICE_RESET: DeviceReset.decode,
+}
+
+
+def decode_request(command: int, payload: bytes | memoryview) -> Request:
+    """Decode a command's payload. Raises RemoteProtocolError: ENOSYS for a command
+    number the protocol does not define, EINVAL for a malformed payload."""
+    decoder = REQUEST_DECODERS.get(command)
+    if decoder is None:
+        raise RemoteProtocolError(errno.ENOSYS, f"no decoder for command {command}")
+    return decoder(payload)
+
+
+def decode_reply(command: int, payload: bytes | memoryview) -> Any:
+    """Decode a reply payload for ``command`` (client side)."""
+    decoder = REPLY_DECODERS.get(command)
+    if decoder is None:
+        raise RemoteProtocolError(errno.ENOSYS, f"no reply decoder for command {command}")
+    return decoder(payload)
