@@ -26,3 +26,18 @@ def dtc() -> str:
     path = shutil.which("dtc")
     assert path, "dtc missing: run scripts/install --test"
     return path
+
+
+@pytest.fixture(scope="session")
+def qemu_virt_dtb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """QEMU's own ``virt`` machine DTB, dumped by the installed qemu-system-aarch64."""
+    import subprocess
+
+    qemu = shutil.which("qemu-system-aarch64")
+    assert qemu, "qemu-system-aarch64 missing: run scripts/install --test"
+    path = tmp_path_factory.mktemp("qemu-virt") / "virt.dtb"
+    subprocess.run(
+        [qemu, "-M", "virt", "-machine", f"dumpdtb={path}", "-nic", "none"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return path

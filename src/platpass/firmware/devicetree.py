@@ -1,0 +1,244 @@
+"""Load a device tree and describe its devices as :class:`~platpass.firmware.model.DeviceNode`.
+
+Sources: a ``.dtb`` file, a ``.dts`` file (compiled by ``dtc``), DTS text, the live host's
+``/sys/firmware/fdt``, or a blob in memory. Loading reads the blob once through libfdt
+(:mod:`.rawtree`); resolution (:mod:`.resolve`) then works on Python objects only, and each
+node is resolved at most once (results are cached).
+
+A tree that cannot be read raises :class:`~platpass.errors.DeviceTreeLoadError`. A node that
+cannot be fully resolved never does: what went wrong is listed in its ``problems``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from platpass.errors import DeviceTreeLoadError, NodeError
+from platpass.firmware.model import DeviceNode
+from platpass.firmware.rawtree import RawNode, RawTree, read_blob
+from platpass.firmware.resolve import (
+    AddressMap,
+    resolve_clocks,
+    resolve_interrupts,
+    resolve_regions,
+    string_list,
+)
+
+__all__ = [
+    "LIVE_FDT",
+    "DeviceTree",
+    "compile_dts",
+    "load_blob",
+    "load_dtb",
+    "load_dts",
+    "load_dts_source",
+    "load_live",
+]
+
+#: Where Linux exposes the blob it booted with.
+LIVE_FDT = Path("/sys/firmware/fdt")
+
+#: ``device_type`` values of nodes that are never devices, even with a ``reg``.
+_NOT_DEVICE_TYPES = frozenset({"cpu", "memory"})
+
+
+class DeviceTree:
+    """One loaded device tree; ``source`` says where it came from (file path or label)."""
+
+    def __init__(self, raw: RawTree, source: str) -> None:
+        self.raw = raw
+        self.source = source
+        self._addresses = AddressMap(raw)
+        self._resolved: dict[str, DeviceNode] = {}
+
+    def __repr__(self) -> str:
+        return f"DeviceTree({self.source!r}, {len(self.raw.nodes)} nodes)"
+
+    def __len__(self) -> int:
+        return len(self.raw.nodes)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Tree-wide findings that belong to no single node (duplicate phandles...)."""
+        return tuple(self.raw.problems)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every node path, in blob order."""
+        return tuple(node.path for node in self.raw.nodes)
+
+    def raw_node(self, path: str) -> RawNode:
+        """The raw node at ``path`` (or alias); raises NodeError if there is none."""
+        node = self.raw.by_path.get(path)
+        if node is None and not path.startswith("/"):
+            aliases = self.raw.by_path.get("/aliases")
+            target = aliases.props.get(path) if aliases is not None else None
+            if target is not None:
+                node = self.raw.by_path.get(target.rstrip(b"\0").decode("utf-8", "replace"))
+        if node is None:
+            raise NodeError(path, "no such node")
+        return node
+
+    def node(self, path: str) -> DeviceNode:
+        """The resolved node at ``path`` (an absolute path or an alias name)."""
+        return self._resolve(self.raw_node(path))
+
+    def devices(self, all: bool = False) -> list[DeviceNode]:
+        """Every MMIO device node, in blob order; with ``all``, every node but the root.
+
+        Left out unless ``all``: nodes that are not memory-mapped (CPUs, children of buses
+        without ``ranges``, clocks and regulators without ``reg``), memory and
+        reserved-memory nodes.
+        """
+        out = []
+        resolve = self._resolve
+        for raw in self.raw.nodes:
+            if raw.parent is None:
+                continue
+            if all:
+                out.append(resolve(raw))
+                continue
+            if "reg" not in raw.props or not self._may_be_device(raw):
+                continue
+            node = resolve(raw)
+            if node.is_mmio:
+                out.append(node)
+        return out
+
+    def ancestors(self, path: str) -> list[RawNode]:
+        """The raw ancestors of the node at ``path``, parent first, root last."""
+        return self.raw_node(path).ancestors()
+
+    def effectively_enabled(self, path: str) -> bool:
+        """The node and every ancestor are enabled (a disabled bus disables its children)."""
+        raw: RawNode | None = self.raw_node(path)
+        while raw is not None:
+            status = raw.props.get("status")
+            if status is not None and status.rstrip(b"\0") not in (b"okay", b"ok"):
+                return False
+            raw = raw.parent
+        return True
+
+    # ------------------------------------------------------------------ resolution
+
+    @staticmethod
+    def _may_be_device(raw: RawNode) -> bool:
+        device_type = raw.props.get("device_type")
+        if device_type is not None and device_type.rstrip(b"\0").decode(
+                "utf-8", "replace") in _NOT_DEVICE_TYPES:
+            return False
+        parent = raw.parent
+        return not (parent is not None and parent.name == "reserved-memory"
+                    and parent.depth == 1)
+
+    def _resolve(self, raw: RawNode) -> DeviceNode:
+        done = self._resolved.get(raw.path)
+        if done is not None:
+            return done
+        props = raw.props
+        problems: list[str] = []
+        try:
+            compatible = string_list(props.get("compatible"))
+        except UnicodeDecodeError:  # pragma: no cover - decode uses "replace"
+            compatible = ()
+        status_raw = props.get("status")
+        status = (status_raw.rstrip(b"\0").decode("utf-8", "replace")
+                  if status_raw is not None else "okay")
+        is_mmio = False
+        regions: tuple = ()
+        interrupts: tuple = ()
+        clocks: tuple = ()
+        if "reg" in props:
+            try:
+                is_mmio, regions, unmapped = resolve_regions(self._addresses, raw)
+                problems.extend(unmapped)
+            except NodeError as err:
+                problems.append(err.message)
+        if "interrupts" in props or "interrupts-extended" in props:
+            try:
+                interrupts, unrouted = resolve_interrupts(self.raw, raw)
+                problems.extend(unrouted)
+            except NodeError as err:
+                problems.append(err.message)
+        if "clocks" in props:
+            try:
+                clocks = resolve_clocks(self.raw, raw)
+            except NodeError as err:
+                problems.append(err.message)
+        node = DeviceNode(
+            path=raw.path,
+            compatible=compatible,
+            status=status,
+            is_mmio=is_mmio and self._may_be_device(raw),
+            regions=regions,
+            interrupts=interrupts,
+            clocks=clocks,
+            properties=dict(props),
+            problems=tuple(problems),
+            phandle=raw.phandle,
+        )
+        self._resolved[raw.path] = node
+        return node
+
+
+# ---------------------------------------------------------------------------- loaders
+
+
+def load_blob(blob: bytes | bytearray, source: str = "<blob>") -> DeviceTree:
+    """A tree from an in-memory flattened device tree; raises DeviceTreeLoadError."""
+    return DeviceTree(read_blob(blob, source), source)
+
+
+def load_dtb(path: str | os.PathLike[str]) -> DeviceTree:
+    """A tree from a ``.dtb`` file; raises DeviceTreeLoadError (unreadable or not a DTB)."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as err:
+        raise DeviceTreeLoadError(f"{path}: {err.strerror or err}") from err
+    return load_blob(blob, str(path))
+
+
+def load_live(path: str | os.PathLike[str] = LIVE_FDT) -> DeviceTree:
+    """The tree the running kernel booted with (``/sys/firmware/fdt``, root only)."""
+    return load_dtb(path)
+
+
+def compile_dts(source: str | os.PathLike[str] | None = None, *, text: str | None = None,
+                origin: str | None = None) -> bytes:
+    """Compile DTS (a file, or ``text``) to a blob with ``dtc``.
+
+    Raises DeviceTreeLoadError carrying dtc's own diagnostics when it refuses the source.
+    """
+    if (source is None) == (text is None):
+        raise TypeError("give exactly one of source or text")
+    args = ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", "-"]
+    if source is not None:
+        label = str(source)
+        parent = os.path.dirname(os.path.abspath(label))
+        args += ["-i", parent, label]
+    else:
+        label = origin or "<dts text>"
+        args.append("-")
+    try:
+        proc = subprocess.run(args, input=text.encode() if text is not None else None,
+                              capture_output=True, check=False)
+    except OSError as err:
+        raise DeviceTreeLoadError(f"{label}: cannot run dtc: {err}") from err
+    if proc.returncode != 0 or not proc.stdout:
+        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
+        raise DeviceTreeLoadError(f"{label}: dtc failed: {message}")
+    return proc.stdout
+
+
+def load_dts(path: str | os.PathLike[str]) -> DeviceTree:
+    """A tree from a ``.dts`` file, compiled by ``dtc``; raises DeviceTreeLoadError."""
+    if not os.path.exists(path):
+        raise DeviceTreeLoadError(f"{path}: no such file")
+    return load_blob(compile_dts(path), str(path))
+
+
+def load_dts_source(text: str, origin: str = "<dts text>") -> DeviceTree:
+    """A tree from DTS text (tests and tools that build DTS on the fly)."""
+    return load_blob(compile_dts(text=text, origin=origin), origin)
