@@ -1,0 +1,164 @@
+"""Region info (MMAP, sparse areas) and the routing of region accesses."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from vfio_testbed import LineBackend, QuietDriver, make_node
+
+from platpass.errors import VfioError
+from platpass.firmware.model import Trigger
+from platpass.host.backend import MapSource
+from platpass.reactor import EpollReactor
+from platpass.vfio_device.device import VfioDevice
+from platpass.vfio_device.regions import SparseArea, mappable_areas
+from platpass.vfio_device.uapi import DeviceFlags, RegionFlags
+
+RW = RegionFlags.READ | RegionFlags.WRITE
+P = 4096
+
+
+def test_mappable_areas_merge_free_pages_and_drop_trapped_ones() -> None:
+    assert mappable_areas(4 * P, [], P) == (SparseArea(0, 4 * P),)
+    assert mappable_areas(4 * P, [(0x48, 4)], P) == (SparseArea(P, 3 * P),)
+    assert mappable_areas(4 * P, [(P + 8, 4), (3 * P, 1)], P) == (
+        SparseArea(0, P), SparseArea(2 * P, P))
+    # A range crossing a page boundary blocks both pages.
+    assert mappable_areas(4 * P, [(2 * P - 2, 4)], P) == (SparseArea(0, P), SparseArea(3 * P, P))
+    assert mappable_areas(P, [(0, 1)], P) == ()
+    assert mappable_areas(2 * P, [(0, 0)], P) == (SparseArea(0, 2 * P),)
+
+
+def device(reactor: EpollReactor, *, sizes: tuple[int, ...] = (0x1000,),
+           addresses: tuple[int, ...] = (0x9000000,), mappable: bool = True,
+           side_effects: tuple[tuple[tuple[int, int], ...], ...] = (),
+           force_trap_all: bool = False, compatible: tuple[str, ...] = ("test,line-device",),
+           ) -> tuple[VfioDevice, LineBackend]:
+    backend = LineBackend(sizes, mappable=mappable, side_effects=side_effects)
+    node = make_node(triggers=(Trigger.LEVEL_HIGH,),
+                     regions=tuple(zip(addresses, sizes, strict=True)), compatible=compatible)
+    return VfioDevice(node, QuietDriver(node), backend, reactor,
+                      force_trap_all=force_trap_all), backend
+
+
+def test_device_flags(reactor: EpollReactor) -> None:
+    dev, _ = device(reactor)
+    assert dev.info.flags == DeviceFlags.PLATFORM | DeviceFlags.RESET
+    assert (dev.info.num_regions, dev.info.num_irqs) == (1, 1)
+    amba, _ = device(reactor, compatible=("arm,pl011", "arm,primecell"))
+    assert amba.info.flags == DeviceFlags.AMBA | DeviceFlags.RESET
+
+
+def test_one_page_region_with_a_trap_is_not_mappable(reactor: EpollReactor) -> None:
+    dev, _ = device(reactor)
+    info = dev.region_info(0)
+    assert (info.flags, info.size, info.sparse_areas, info.map_source) == (RW, 0x1000, None, None)
+
+
+def test_trapped_page_is_left_out_of_the_sparse_areas(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor, sizes=(0x1000, 0x3000), addresses=(0x9000000, 0x9010000))
+    info = dev.region_info(1)
+    assert info.flags == RW | RegionFlags.MMAP
+    assert info.sparse_areas is None  # the trap is in region 0 only
+    assert info.map_source == backend.regions[1].map_source
+    side, _ = device(reactor, sizes=(0x3000,), side_effects=(((0x1010, 4),),))
+    # Region 0 has the driver trap at 0x48 (page 0) and a side effect on page 1.
+    assert side.region_info(0).sparse_areas == (SparseArea(0x2000, 0x1000),)
+    assert side.region_info(0).flags == RW | RegionFlags.MMAP | RegionFlags.CAPS
+    assert isinstance(side.region_info(0).map_source, MapSource)
+
+
+@pytest.mark.parametrize(("why", "kwargs"), [
+    ("address not page-aligned", {"sizes": (0x2000,), "addresses": (0x9000800,)}),
+    ("size not a page multiple", {"sizes": (0x2800,)}),
+    ("backend cannot offer the pages", {"sizes": (0x2000,), "mappable": False}),
+    ("shares its pages", {"sizes": (0x2000,), "force_trap_all": True}),
+])
+def test_regions_that_must_never_be_mapped(reactor: EpollReactor, why: str,
+                                           kwargs: dict[str, object]) -> None:
+    dev, _ = device(reactor, **kwargs)  # type: ignore[arg-type]
+    info = dev.region_info(0)
+    assert info.flags == RW, why
+    assert (info.sparse_areas, info.map_source) == (None, None), why
+
+
+def test_region_info_index_is_checked(reactor: EpollReactor) -> None:
+    dev, _ = device(reactor)
+    for index in (-1, 1):
+        with pytest.raises(VfioError) as err:
+            dev.region_info(index)
+        assert err.value.errno == errno.EINVAL
+
+
+def test_accesses_of_every_width_reach_the_backend(reactor: EpollReactor) -> None:
+    dev, _ = device(reactor)
+    dev.write(0, 0x10, 8, 0x1122334455667788)
+    assert dev.read(0, 0x10, 1) == 0x88
+    assert dev.read(0, 0x12, 2) == 0x5566
+    assert dev.read(0, 0x14, 4) == 0x11223344
+    assert dev.read(0, 0x10, 8) == 0x1122334455667788
+    assert dev.read(0, 0xFF8, 8) == 0  # last aligned word of the region
+    assert dev.stats.backend_reads == 5 and dev.stats.trapped_reads == 0
+
+
+def test_trapped_register_goes_to_the_driver(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor)
+    backend.write(0, 0x48, 4, 0xDEAD)  # the device itself holds a value there
+    backend.log.clear()
+    assert dev.read(0, 0x48, 4) == 0  # QuietDriver: reads as zero
+    dev.write(0, 0x48, 4, 0x3)  # ignored
+    dev.write(0, 0x4A, 1, 0xFF)
+    assert backend.log == []
+    assert backend.read(0, 0x48, 4) == 0xDEAD
+    assert (dev.stats.trapped_reads, dev.stats.trapped_writes) == (1, 2)
+
+
+def test_access_straddling_a_trap_is_split_at_its_edge(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor)
+    backend.write(0, 0x40, 8, 0xAAAAAAAA_BBBBBBBB)
+    backend.write(0, 0x48, 8, 0xCCCCCCCC_DDDDDDDD)
+    backend.log.clear()
+    # 0x48..0x4c is trapped, 0x4c..0x50 is not.
+    assert dev.read(0, 0x48, 8) == 0xCCCCCCCC_00000000
+    dev.write(0, 0x48, 8, 0x11111111_22222222)
+    assert backend.read(0, 0x48, 8) == 0x11111111_DDDDDDDD
+    assert backend.log == [("read", 0x4C), ("write", 0x4C), ("read", 0x48)]
+    assert dev.read(0, 0x40, 8) == 0xAAAAAAAA_BBBBBBBB
+
+
+@pytest.mark.parametrize(("region", "offset", "size"), [
+    (1, 0, 4), (-1, 0, 4),                     # no such region
+    (0, 0, 3), (0, 0, 16), (0, 0, 0),          # width
+    (0, 2, 4), (0, 4, 8), (0, 1, 2),           # alignment
+    (0, 0x1000, 4), (0, 0xFFC, 8), (0, -4, 4),  # outside
+])
+def test_bad_accesses_are_einval_and_touch_nothing(reactor: EpollReactor, region: int,
+                                                   offset: int, size: int) -> None:
+    dev, backend = device(reactor)
+    backend.log.clear()
+    for call in (lambda: dev.read(region, offset, size),
+                 lambda: dev.write(region, offset, size, 0)):
+        with pytest.raises(VfioError) as err:
+            call()
+        assert err.value.errno == errno.EINVAL
+    assert backend.log == []
+    assert dev.stats.refused == 2
+
+
+def test_write_value_must_fit(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor)
+    backend.log.clear()
+    for value in (0x100, -1):
+        with pytest.raises(VfioError) as err:
+            dev.write(0, 0x10, 1, value)
+        assert err.value.errno == errno.EINVAL
+    assert backend.log == []
+
+
+def test_region_count_must_match_firmware(reactor: EpollReactor) -> None:
+    backend = LineBackend((0x1000, 0x1000))
+    node = make_node()
+    with pytest.raises(VfioError) as err:
+        VfioDevice(node, QuietDriver(node), backend, reactor)
+    assert err.value.errno == errno.ENODEV
