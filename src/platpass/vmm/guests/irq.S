@@ -1,0 +1,143 @@
+# Take a device interrupt through the IOAPIC and the local APIC.
+# Set-up: an IDT whose vector IRQ_VECTOR is `isr`, the LAPIC software-enabled, IOAPIC pin
+# BI_GSI routed to IRQ_VECTOR on APIC 0 (level- or edge-triggered per BI_LEVEL). Then the
+# program makes the device interrupt (32-bit write of BI_ARM_VALUE to BI_ARM_ADDR, when
+# BI_ARM_ADDR is not 0; otherwise the host raises the line) and waits with `sti; hlt`.
+# The ISR acknowledges at the device (BI_ACK_VALUE to BI_ACK_ADDR), then EOIs.
+# BI_MODE bit 0 ("delayed EOI"): the first ISR entry neither acks nor EOIs; the main loop
+# spins BI_COUNT iterations with interrupts enabled, reports how many interrupts it saw
+# (1: the still-asserted level line was not re-delivered without EOI), then EOIs; the line,
+# still asserted at the device, is delivered again and the second entry acks and EOIs.
+# Reports: interrupt count after the wait (delayed mode), final interrupt count, and the
+# TSC cycles from the arming write to the first ISR entry.
+.include "common.inc"
+.code32
+.text
+.globl _start
+_start:
+    mov %ebx, bootinfo
+    # IDT: every vector -> `unexpected`, IRQ_VECTOR -> `isr`
+    xor %ecx, %ecx
+1:  mov $unexpected, %eax
+    call set_gate
+    inc %ecx
+    cmp $256, %ecx
+    jne 1b
+    mov $IRQ_VECTOR, %ecx
+    mov $isr, %eax
+    call set_gate
+    lidt idt_descriptor
+
+    # local APIC: software enable, spurious vector 0xFF
+    movl $0x1FF, LAPIC + LAPIC_SVR
+    # IOAPIC redirection entry for pin BI_GSI: high word = destination APIC 0
+    mov BI_GSI(%ebx), %ecx
+    lea 0x11(,%ecx,2), %eax
+    movl %eax, IOAPIC
+    movl $0, IOAPIC + 0x10
+    lea 0x10(,%ecx,2), %eax
+    movl %eax, IOAPIC
+    mov $IRQ_VECTOR, %eax
+    cmpl $0, BI_LEVEL(%ebx)
+    je 2f
+    or $(1 << 15), %eax                  # level-triggered, active high
+2:  movl %eax, IOAPIC + 0x10
+
+    rdtsc
+    mov %eax, armed_tsc
+    mov BI_ARM_ADDR(%ebx), %esi
+    test %esi, %esi
+    jz 3f
+    mov BI_ARM_VALUE(%ebx), %eax
+    mov %eax, (%esi)
+3:
+wait_first:                              # cli/test/sti;hlt: no wake-up can be lost
+    cli
+    cmpl $0, irq_count
+    jne got_first
+    sti
+    hlt
+    jmp wait_first
+got_first:
+    sti
+    testl $1, BI_MODE(%ebx)
+    jz finish
+    # delayed-EOI mode: the ISR returned without EOI; give a re-delivery every chance
+    mov BI_COUNT(%ebx), %ecx
+4:  pause
+    dec %ecx
+    jnz 4b
+    mov irq_count, %eax
+    REPORT %eax
+    movl $1, eoi_done
+    movl $0, LAPIC + LAPIC_EOI
+wait_second:
+    cli
+    cmpl $2, irq_count
+    jae finish
+    sti
+    hlt
+    jmp wait_second
+finish:
+    cli
+    mov irq_count, %eax
+    REPORT %eax
+    mov first_tsc, %eax
+    sub armed_tsc, %eax
+    REPORT %eax
+    FINISH $0
+
+# set_gate: %ecx = vector, %eax = handler; 32-bit interrupt gate, selector 0x08
+set_gate:
+    lea idt(,%ecx,8), %edx
+    mov %ax, (%edx)
+    movw $0x08, 2(%edx)
+    movw $0x8E00, 4(%edx)
+    shr $16, %eax
+    mov %ax, 6(%edx)
+    ret
+
+isr:
+    push %eax
+    push %edx
+    push %esi
+    cmpl $0, irq_count
+    jne 5f
+    rdtsc
+    mov %eax, first_tsc
+5:  incl irq_count
+    mov bootinfo, %edx
+    testl $1, BI_MODE(%edx)
+    jz ack
+    cmpl $0, eoi_done
+    je out                               # delayed mode, first entry: no ack, no EOI
+ack:
+    mov BI_ACK_ADDR(%edx), %esi
+    test %esi, %esi
+    jz 6f
+    mov BI_ACK_VALUE(%edx), %eax
+    mov %eax, (%esi)
+6:  movl $0, LAPIC + LAPIC_EOI
+out:
+    pop %esi
+    pop %edx
+    pop %eax
+    IRET_SOFT
+
+unexpected:
+    REPORT $0xDEAD
+    FINISH $2
+
+.data
+.align 8
+idt_descriptor:
+    .word 256 * 8 - 1
+    .long idt
+bootinfo:   .long 0
+irq_count:  .long 0
+eoi_done:   .long 0
+armed_tsc:  .long 0
+first_tsc:  .long 0
+.align 8
+idt:
+    .fill 256 * 8, 1, 0
