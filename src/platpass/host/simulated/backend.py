@@ -1,0 +1,275 @@
+"""A host backend over a register-level model: registers in a memfd, lines from the model.
+
+Mapped versus trapped in simulation
+-----------------------------------
+A real device's registers have their side effects in hardware, so a page of them can be
+mapped into a guest. A memfd has none, so each model declares ``side_effect_ranges`` (FIFO
+data registers, write-1-to-clear registers, registers that move interrupt lines or
+counters, masked addressing). They are reported in
+:attr:`BackendRegion.side_effect_ranges <platpass.host.backend.BackendRegion>`, and the
+VFIO layer never maps a page that holds one: accesses there come to :meth:`read`/:meth:`write`.
+
+The memfd is a live mirror: after every model step each register's current read value is
+written into it, so a client that maps it reads real values (the PL031 counter moves
+there once a second). Writes through a mapping to plain-storage registers (e.g. PL031
+``RTCMR``, PL011 ``UARTIBRD``) land in the memfd; the model takes them over at the next
+*event boundary* - any trapped access, an unmask, a timer or a host-side input. Writes
+through a mapping to read-only registers are undone at that boundary. Until then the
+mapping shows what was written, which is the one way the simulation differs from silicon.
+
+Interrupts
+----------
+The model drives line levels. A level line is reported to the listener once when it is
+asserted while unmasked; after :meth:`unmask_irq` a still-asserted level line is reported
+again at once (the GIC/UIO behaviour VFIO relies on). An edge line is reported on every
+rising edge; edges that arrive while masked are remembered and reported once on unmask
+(as Linux's lazy ``disable_irq`` replays them).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+from platpass.errors import HostError
+from platpass.host.backend import BackendRegion, IrqListener, MapSource
+from platpass.host.simulated.models.base import DeviceModel
+from platpass.reactor import Reactor
+
+T = TypeVar("T")
+PAGE_SIZE = mmap.PAGESIZE
+_FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+
+
+def page_round_up(size: int) -> int:
+    """``size`` rounded up to whole pages (the memfd must cover whole pages to be mapped)."""
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+class SimulatedBackend:
+    """:class:`platpass.host.backend.Backend` over one :class:`DeviceModel`.
+
+    ``region_size`` is the size firmware gives the region (``reg``); the model decodes its
+    own register span inside it and the rest reads as zero. Not thread-safe: like the
+    reactor, it is driven from one thread.
+    """
+
+    def __init__(self, model: DeviceModel, region_size: int | None = None) -> None:
+        size = model.size if region_size is None else region_size
+        if size <= 0:
+            raise HostError(f"simulated {model.kind}: region size {size} is not positive")
+        self.model = model
+        self._size = size
+        self._map_size = page_round_up(size)
+        self._fd = os.memfd_create(f"platpass-sim-{model.kind}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self._fd, self._map_size)
+            self._mm: mmap.mmap | None = mmap.mmap(self._fd, self._map_size)
+        except OSError as err:
+            os.close(self._fd)
+            raise HostError(f"simulated {model.kind}: cannot set up memfd: {err}") from err
+        ranges = tuple(
+            (offset, min(length, size - offset))
+            for offset, length in model.side_effect_ranges
+            if offset < size
+        )
+        self._regions = (BackendRegion(size, MapSource(self._fd, 0), ranges),)
+        self._fmt = _FORMATS[model.reg_width]
+        # The mirror covers the model's registers in the memfd's pages; the VFIO layer only
+        # ever maps pages wholly inside the region, so nothing beyond it leaks.
+        self._offsets = tuple(model.mirror_offsets)
+        if any(o + model.reg_width > self._map_size for o in self._offsets):
+            raise HostError(f"simulated {model.kind}: registers beyond the memfd")
+        self._storage = {o for o in model.storage_offsets if o + model.reg_width <= size}
+        self._span = self._map_size
+        self._shadow = bytearray(self._span)
+        self._last: list[int] = [0] * len(self._offsets)
+        self._listener: IrqListener | None = None
+        count = model.irq_count
+        self._masked = [False] * count
+        self._reported = [False] * count
+        self._edge_pending = [False] * count
+        self._in_step = False
+        self._delivering = False
+        self._redeliver = False
+        self._closed = False
+        model.attach_runner(self._run_step)
+        self._publish(force=True)
+
+    # -- Backend protocol -----------------------------------------------------------------
+
+    @property
+    def regions(self) -> tuple[BackendRegion, ...]:
+        return self._regions
+
+    @property
+    def irq_count(self) -> int:
+        return self.model.irq_count
+
+    @property
+    def irq_is_level(self) -> tuple[bool, ...]:
+        """Which lines the model drives as levels (all of the shipped models do)."""
+        return self.model.line_is_level
+
+    def read(self, region: int, offset: int, size: int) -> int:
+        self._check(region, offset, size)
+        if offset >= self.model.size:
+            return 0
+        return self._run_step(lambda: self.model.read(offset, size))
+
+    def write(self, region: int, offset: int, size: int, value: int) -> None:
+        self._check(region, offset, size)
+        if offset >= self.model.size:
+            return
+        self._run_step(lambda: self.model.write(offset, size, value))
+
+    def attach(self, reactor: Reactor, listener: IrqListener) -> None:
+        self._listener = listener
+        self._deliver()
+
+    def detach(self) -> None:
+        """Stop reporting interrupts (the device keeps its state)."""
+        self._listener = None
+
+    def mask_irq(self, index: int) -> None:
+        self._check_irq(index)
+        self._masked[index] = True
+
+    def unmask_irq(self, index: int) -> None:
+        self._check_irq(index)
+        self._masked[index] = False
+        self._reported[index] = False
+        # An unmask is an event boundary: writes through a mapping are taken over first.
+        self._run_step(lambda: None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.model.close()
+        self._listener = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        os.close(self._fd)
+
+    # -- observation helpers (tests, demo) ---------------------------------------------
+
+    @property
+    def memfd(self) -> int:
+        """The memfd holding the register mirror (the region's map source)."""
+        return self._fd
+
+    def masked(self, index: int) -> bool:
+        """True while line ``index`` is masked at the source."""
+        self._check_irq(index)
+        return self._masked[index]
+
+    def line(self, index: int) -> bool:
+        """Level of the model's interrupt output ``index``."""
+        self._check_irq(index)
+        return self.model.line(index)
+
+    # -- the step wrapper -----------------------------------------------------------------
+
+    def _run_step(self, step: Callable[[], T]) -> T:
+        if self._closed:
+            raise HostError(f"simulated {self.model.kind}: backend is closed")
+        if self._in_step:  # a step started from inside a step: one boundary covers both
+            return step()
+        self._in_step = True
+        try:
+            restore = self._reconcile()
+            result = step()
+            self._publish(force=restore)
+        finally:
+            self._in_step = False
+        self._deliver()
+        return result
+
+    def _reconcile(self) -> bool:
+        """Take over writes made through a mapping; True when the memfd needs restoring."""
+        mm = self._mm
+        assert mm is not None
+        if mm[: self._span] == self._shadow:
+            return False
+        unpack = struct.unpack_from
+        for index, offset in enumerate(self._offsets):
+            (current,) = unpack(self._fmt, mm, offset)
+            if current != self._last[index] and offset in self._storage:
+                full = (1 << (8 * self.model.reg_width)) - 1
+                self.model.write_reg(offset, current, full)
+        return True
+
+    def _publish(self, *, force: bool = False) -> None:
+        """Write every register's current read value into the memfd."""
+        mm = self._mm
+        assert mm is not None
+        values = self.model.mirror_values()
+        last = self._last
+        pack = struct.pack_into
+        fmt = self._fmt
+        shadow = self._shadow
+        for index, value in enumerate(values):
+            if value != last[index]:
+                last[index] = value
+                pack(fmt, shadow, self._offsets[index], value)
+                if not force:
+                    pack(fmt, mm, self._offsets[index], value)
+        if force:
+            mm[: self._span] = shadow
+
+    def _deliver(self) -> None:
+        """Report line events to the listener; safe against re-entry from the listener."""
+        if self._delivering:
+            self._redeliver = True
+            return
+        self._delivering = True
+        try:
+            while True:
+                self._redeliver = False
+                self._deliver_once()
+                if not self._redeliver:
+                    break
+        finally:
+            self._delivering = False
+
+    def _deliver_once(self) -> None:
+        model = self.model
+        for index in range(model.irq_count):
+            rises = model.take_rises(index)
+            if model.line_is_level[index]:
+                if not model.line(index):
+                    self._reported[index] = False
+                    continue
+                if rises:
+                    self._reported[index] = False
+                if self._reported[index] or self._masked[index] or self._listener is None:
+                    continue
+                self._reported[index] = True
+                self._listener.irq_fired(index)
+            else:
+                if rises:
+                    self._edge_pending[index] = True
+                if not self._edge_pending[index] or self._masked[index]:
+                    continue
+                if self._listener is None:
+                    self._edge_pending[index] = False
+                    continue
+                self._edge_pending[index] = False
+                self._listener.irq_fired(index)
+
+    def _check(self, region: int, offset: int, size: int) -> None:
+        if region != 0:
+            raise HostError(f"simulated {self.model.kind}: no region {region}")
+        if size not in (1, 2, 4, 8) or offset % size or offset < 0 or offset + size > self._size:
+            raise HostError(
+                f"simulated {self.model.kind}: bad access of {size} bytes at {offset:#x}"
+            )
+
+    def _check_irq(self, index: int) -> None:
+        if not 0 <= index < self.model.irq_count:
+            raise HostError(f"simulated {self.model.kind}: no interrupt line {index}")

@@ -1,0 +1,121 @@
+"""The simulated board: its device tree, and a model behind each of its simple devices.
+
+The board (``platpass/boards/sim-board.dts``, shipped in the package) is an arm64 SoC with
+two PL011s, a PL031, a PL061, an SP805 and a 16550 as *platform* devices, plus bus masters
+the scanner must refuse. It is compiled with ``dtc`` on first use and cached per process.
+:func:`open_sim_backend` opens the model that matches a node's ``compatible``, sized from
+the node's ``reg`` and clocked from its ``clocks``; the model's host-side handles (UART TX
+bytes and RX input, GPIO pins, RTC time, watchdog reset output) hang off
+``backend.model``.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from platpass.errors import HostError
+from platpass.firmware.model import DeviceNode
+from platpass.host.simulated.backend import SimulatedBackend
+from platpass.host.simulated.clock import ModelClock, ReactorClock
+from platpass.host.simulated.models.base import DeviceModel
+from platpass.host.simulated.models.pl011 import Pl011
+from platpass.host.simulated.models.pl031 import Pl031
+from platpass.reactor import Reactor
+
+if TYPE_CHECKING:
+    from platpass.firmware.devicetree import DeviceTree
+
+BOARD_DTS = "sim-board.dts"
+
+
+def board_dts_path() -> Path:
+    """Path of the board's device-tree source inside the installed package."""
+    path = Path(str(resources.files("platpass").joinpath("boards", BOARD_DTS)))
+    if not path.is_file():
+        raise HostError(f"simulated board source missing: {path}")
+    return path
+
+
+@functools.cache
+def board_dtb() -> bytes:
+    """The board compiled to a flattened device tree (``dtc``, once per process)."""
+    dtc = shutil.which("dtc")
+    if dtc is None:
+        raise HostError("dtc not found: install device-tree-compiler (scripts/install)")
+    source = board_dts_path()
+    proc = subprocess.run(
+        [dtc, "-q", "-I", "dts", "-O", "dtb", str(source)],
+        capture_output=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise HostError(f"dtc failed on {source}: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def load_board() -> DeviceTree:
+    """The board as a loaded :class:`~platpass.firmware.devicetree.DeviceTree`."""
+    from platpass.firmware.devicetree import load_blob
+
+    return load_blob(board_dtb())
+
+
+# -- models by compatible ----------------------------------------------------------------
+
+ModelFactory = Callable[[DeviceNode, ModelClock], DeviceModel]
+
+
+def _clock_rate(node: DeviceNode, name: str | None = None) -> int | None:
+    """Rate of the clock called ``name`` (or the first clock) when firmware states it."""
+    for clock in node.clocks:
+        if name is None or clock.name == name:
+            return clock.rate
+    return node.clocks[0].rate if node.clocks else None
+
+
+def _u32_property(node: DeviceNode, name: str, default: int) -> int:
+    raw = node.properties.get(name)
+    if raw is None:
+        return default
+    if len(raw) != 4:
+        raise HostError(f"{node.path}: property {name!r} is not one cell")
+    return int.from_bytes(raw, "big")
+
+
+def _pl011(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    return Pl011(clock, uartclk=_clock_rate(node, "uartclk"))
+
+
+def _pl031(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    return Pl031(clock)
+
+
+MODEL_FACTORIES: dict[str, ModelFactory] = {
+    "arm,pl011": _pl011,
+    "arm,pl031": _pl031,
+}
+
+
+def model_for(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    """The model for ``node``'s most specific modelled compatible; HostError if none."""
+    for compatible in node.compatible:
+        factory = MODEL_FACTORIES.get(compatible)
+        if factory is not None:
+            return factory(node, clock)
+    raise HostError(f"{node.path}: no simulated model for compatible {list(node.compatible)}")
+
+
+def open_sim_backend(node: DeviceNode, reactor: Reactor,
+                     clock: ModelClock | None = None) -> SimulatedBackend:
+    """A :class:`SimulatedBackend` for ``node`` running on ``reactor``'s clock (or
+    ``clock``, e.g. a :class:`~platpass.host.simulated.clock.ManualClock` in tests)."""
+    if len(node.regions) != 1:
+        raise HostError(f"{node.path}: simulated devices have exactly one region, "
+                        f"firmware gives {len(node.regions)}")
+    model = model_for(node, clock or ReactorClock(reactor))
+    return SimulatedBackend(model, node.regions[0].size)

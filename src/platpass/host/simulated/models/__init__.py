@@ -1,0 +1,14 @@
+"""Register-level models of real IP blocks, written from their public reference manuals.
+
+Each model is pure device logic driven by register accesses, a model clock and host-side
+inputs; :class:`platpass.host.simulated.backend.SimulatedBackend` puts one behind the
+backend interface.
+"""
+
+from __future__ import annotations
+
+from platpass.host.simulated.models.base import DeviceModel
+from platpass.host.simulated.models.pl011 import Pl011
+from platpass.host.simulated.models.pl031 import Pl031
+
+__all__ = ["DeviceModel", "Pl011", "Pl031"]

@@ -1,0 +1,401 @@
+"""ARM PrimeCell UART (PL011), after the Technical Reference Manual (ARM DDI 0183).
+
+What is modelled: the TX and RX FIFOs (32 entries from revision r1p5, 16 before; 1-byte
+holding registers when ``UARTLCR_H.FEN`` is clear), a transmitter that shifts one character
+per character time computed from ``UARTCLK``, ``IBRD``/``FBRD`` and the frame format, the
+flags of ``UARTFR``, receive errors (``UARTRSR``/``UARTECR``, overrun and break), the
+interrupt sources TX, RX, RT (receive timeout after 32 bit periods of silence), OE and BE
+with ``IMSC``/``RIS``/``MIS``/``ICR``, loopback (``UARTCR.LBE``), ``UARTDMACR`` as storage
+(the DMA request lines are not connected to anything in simulation; the driver traps it
+anyway), and the PrimeCell identification registers.
+
+The TX and RX interrupts follow the TRM: they are based on the FIFO level *passing through*
+the trigger level, not on the level itself (TX: the FIFO drains to the trigger level or
+below; RX: it fills to the trigger level or above). Linux's amba-pl011 primes the TX FIFO
+before unmasking TXIM for exactly this reason.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum, IntFlag
+
+from platpass.host.simulated.clock import Cancellable, ModelClock
+from platpass.host.simulated.models.base import DeviceModel, merge, primecell_id_registers
+
+
+class Reg(IntEnum):
+    """Register offsets."""
+
+    DR = 0x000
+    RSR_ECR = 0x004
+    FR = 0x018
+    ILPR = 0x020
+    IBRD = 0x024
+    FBRD = 0x028
+    LCR_H = 0x02C
+    CR = 0x030
+    IFLS = 0x034
+    IMSC = 0x038
+    RIS = 0x03C
+    MIS = 0x040
+    ICR = 0x044
+    DMACR = 0x048
+
+
+class Flag(IntFlag):
+    """``UARTFR`` bits."""
+
+    CTS = 1 << 0
+    DSR = 1 << 1
+    DCD = 1 << 2
+    BUSY = 1 << 3
+    RXFE = 1 << 4
+    TXFF = 1 << 5
+    RXFF = 1 << 6
+    TXFE = 1 << 7
+    RI = 1 << 8
+
+
+class Lcr(IntFlag):
+    """``UARTLCR_H`` bits (WLEN is the two-bit field at 6:5)."""
+
+    BRK = 1 << 0
+    PEN = 1 << 1
+    EPS = 1 << 2
+    STP2 = 1 << 3
+    FEN = 1 << 4
+    SPS = 1 << 7
+
+
+class Cr(IntFlag):
+    """``UARTCR`` bits."""
+
+    UARTEN = 1 << 0
+    SIREN = 1 << 1
+    SIRLP = 1 << 2
+    LBE = 1 << 7
+    TXE = 1 << 8
+    RXE = 1 << 9
+    DTR = 1 << 10
+    RTS = 1 << 11
+    OUT1 = 1 << 12
+    OUT2 = 1 << 13
+    RTSEN = 1 << 14
+    CTSEN = 1 << 15
+
+
+class Int(IntFlag):
+    """Interrupt bits shared by ``IMSC``, ``RIS``, ``MIS`` and ``ICR``."""
+
+    RIM = 1 << 0
+    CTSM = 1 << 1
+    DCDM = 1 << 2
+    DSRM = 1 << 3
+    RX = 1 << 4
+    TX = 1 << 5
+    RT = 1 << 6
+    FE = 1 << 7
+    PE = 1 << 8
+    BE = 1 << 9
+    OE = 1 << 10
+
+
+class DataError(IntFlag):
+    """Error bits a received character carries in ``UARTDR`` (bits 11:8)."""
+
+    FE = 1 << 8
+    PE = 1 << 9
+    BE = 1 << 10
+    OE = 1 << 11
+
+
+ALL_INTERRUPTS = 0x7FF
+CR_RESET = Cr.TXE | Cr.RXE
+IFLS_RESET = 0x12
+#: IFLS level selections, in eighths of the FIFO depth.
+_IFLS_EIGHTHS = {0: 1, 1: 2, 2: 4, 3: 6, 4: 7}
+DEFAULT_UARTCLK = 24_000_000
+DEFAULT_BAUD = 115_200
+
+
+class Pl011(DeviceModel):
+    """The PL011 model. Host side: :attr:`tx_output` / :attr:`on_tx` / :meth:`take_tx`
+    observe what the UART transmits, :meth:`inject_rx` and :meth:`inject_break` feed its
+    receiver."""
+
+    kind = "pl011"
+    size = 0x1000
+    side_effect_ranges = (
+        (Reg.DR, 8),          # DR pops/pushes FIFOs; ECR write clears errors
+        (Reg.LCR_H, 0x20),    # LCR_H (FIFO enable flushes), CR, IFLS, IMSC, RIS/MIS, ICR, DMACR
+    )
+    storage_offsets = frozenset({Reg.ILPR, Reg.IBRD, Reg.FBRD})
+
+    def __init__(self, clock: ModelClock, *, uartclk: int | None = None,
+                 revision: int = 3) -> None:
+        super().__init__(clock)
+        self.uartclk = uartclk or DEFAULT_UARTCLK
+        self.revision = revision
+        #: FIFO depth: r1p5 (revision 3) and later have 32-entry FIFOs.
+        self.depth = 32 if revision >= 3 else 16
+        self._ids = primecell_id_registers((0x11, 0x10, (revision << 4) | 0x4, 0x00))
+        self._offsets = (
+            *(int(r) for r in Reg if r not in (Reg.ICR,)), *sorted(self._ids),
+        )
+        #: Every byte the UART has put on the wire (host side).
+        self.tx_output = bytearray()
+        #: Called with each transmitted byte (host side).
+        self.on_tx: Callable[[bytes], None] | None = None
+        self._tx_timer: Cancellable | None = None
+        self._rt_timer: Cancellable | None = None
+        self.power_on_reset()
+
+    def power_on_reset(self) -> None:
+        """The state after nPRESETn: registers at their TRM reset values, FIFOs empty."""
+        self.cancel(self._tx_timer)
+        self.cancel(self._rt_timer)
+        self._tx_timer = self._rt_timer = None
+        self.tx_fifo: deque[int] = deque()
+        self.rx_fifo: deque[int] = deque()
+        self._shifting = False
+        self.rsr = 0
+        self.ilpr = 0
+        self.ibrd = 0
+        self.fbrd = 0
+        self.lcr_h = 0
+        self.cr = int(CR_RESET)
+        self.ifls = IFLS_RESET
+        self.imsc = 0
+        self.ris = 0
+        self.dmacr = 0
+        self._overrun_pending = False
+        self._update_line()
+
+    # -- host side ----------------------------------------------------------------------
+
+    def inject_rx(self, data: bytes) -> None:
+        """Characters arriving on the RX pin, all at once (each one is a model step)."""
+        self.run_step(lambda: [self._receive(byte) for byte in data])
+
+    def inject_break(self) -> None:
+        """A break condition on the RX pin: a NUL character carrying BE."""
+        self.run_step(lambda: self._receive(0, DataError.BE))
+
+    def take_tx(self) -> bytes:
+        """Transmitted bytes not yet taken (and forget them)."""
+        data = bytes(self.tx_output)
+        self.tx_output.clear()
+        return data
+
+    # -- derived state ------------------------------------------------------------------
+
+    @property
+    def fifo_enabled(self) -> bool:
+        return bool(self.lcr_h & Lcr.FEN)
+
+    @property
+    def capacity(self) -> int:
+        """Entries each FIFO holds now (1 in character mode)."""
+        return self.depth if self.fifo_enabled else 1
+
+    def _tx_trigger(self) -> int:
+        return self.depth * _IFLS_EIGHTHS.get(self.ifls & 0x7, 4) // 8
+
+    def _rx_trigger(self) -> int:
+        return self.depth * _IFLS_EIGHTHS.get((self.ifls >> 3) & 0x7, 4) // 8
+
+    def _bit_time(self) -> float:
+        divisor = self.ibrd + self.fbrd / 64
+        if divisor <= 0:
+            return 1 / DEFAULT_BAUD
+        return 16 * divisor / self.uartclk
+
+    def char_time(self) -> float:
+        """Seconds to shift one frame: start, data, parity, stop bits."""
+        bits = 1 + 5 + ((self.lcr_h >> 5) & 3)
+        bits += 1 if self.lcr_h & Lcr.PEN else 0
+        bits += 2 if self.lcr_h & Lcr.STP2 else 1
+        return bits * self._bit_time()
+
+    def _flags(self) -> int:
+        flags = 0
+        if self.tx_fifo or self._shifting:
+            flags |= Flag.BUSY
+        if not self.rx_fifo:
+            flags |= Flag.RXFE
+        if len(self.tx_fifo) >= self.capacity:
+            flags |= Flag.TXFF
+        if len(self.rx_fifo) >= self.capacity:
+            flags |= Flag.RXFF
+        if not self.tx_fifo:
+            flags |= Flag.TXFE
+        return flags
+
+    def _update_line(self) -> None:
+        self.set_line(0, bool(self.ris & self.imsc))
+
+    # -- transmitter ----------------------------------------------------------------------
+
+    def _tx_enabled(self) -> bool:
+        return (self.cr & (Cr.UARTEN | Cr.TXE)) == (Cr.UARTEN | Cr.TXE)
+
+    def _push_tx(self, byte: int) -> None:
+        if len(self.tx_fifo) >= self.capacity:
+            return  # writes to a full FIFO are lost, as on silicon
+        self.tx_fifo.append(byte)
+        if self._tx_level_above_trigger():
+            self.ris &= ~Int.TX
+        self._kick_tx()
+
+    def _tx_level_above_trigger(self) -> bool:
+        if self.fifo_enabled:
+            return len(self.tx_fifo) > self._tx_trigger()
+        return bool(self.tx_fifo)
+
+    def _kick_tx(self) -> None:
+        if self._shifting or not self.tx_fifo or not self._tx_enabled():
+            return
+        was_above = self._tx_level_above_trigger()
+        byte = self.tx_fifo.popleft()
+        self._shifting = True
+        if was_above and not self._tx_level_above_trigger():
+            self.ris |= Int.TX
+        self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
+
+    def _shift_done(self, byte: int) -> None:
+        self._tx_timer = None
+        self._shifting = False
+        if self.cr & Cr.LBE:
+            self._receive(byte)
+        else:
+            self.tx_output.append(byte)
+            if self.on_tx is not None:
+                self.on_tx(bytes((byte,)))
+        self._kick_tx()
+        self._update_line()
+
+    # -- receiver -------------------------------------------------------------------------
+
+    def _receive(self, byte: int, errors: int = 0) -> None:
+        if (self.cr & (Cr.UARTEN | Cr.RXE)) != (Cr.UARTEN | Cr.RXE):
+            return  # receiver off: the character is never sampled
+        if len(self.rx_fifo) >= self.capacity:
+            self.rsr |= 0x8
+            self.ris |= Int.OE
+            self._overrun_pending = True
+            self._update_line()
+            return
+        if self._overrun_pending:
+            errors |= DataError.OE
+            self._overrun_pending = False
+        below = len(self.rx_fifo) < self._rx_level()
+        self.rx_fifo.append((byte & 0xFF) | errors)
+        if errors & DataError.BE:
+            self.ris |= Int.BE
+        if below and len(self.rx_fifo) >= self._rx_level():
+            self.ris |= Int.RX
+        self.cancel(self._rt_timer)
+        self._rt_timer = self.call_later(32 * self._bit_time(), self._receive_timeout)
+        self._update_line()
+
+    def _rx_level(self) -> int:
+        return self._rx_trigger() if self.fifo_enabled else 1
+
+    def _receive_timeout(self) -> None:
+        self._rt_timer = None
+        if self.rx_fifo:
+            self.ris |= Int.RT
+            self._update_line()
+
+    def _pop_rx(self) -> int:
+        if not self.rx_fifo:
+            return 0
+        entry = self.rx_fifo.popleft()
+        self.rsr = (self.rsr & 0x8) | ((entry >> 8) & 0x7)
+        if len(self.rx_fifo) < self._rx_level():
+            self.ris &= ~Int.RX
+        if not self.rx_fifo:
+            self.ris &= ~Int.RT
+            self.cancel(self._rt_timer)
+            self._rt_timer = None
+        self._update_line()
+        return entry
+
+    def _flush(self) -> None:
+        self.tx_fifo.clear()
+        self.rx_fifo.clear()
+        self.ris &= ~(Int.RX | Int.RT)
+
+    # -- registers ------------------------------------------------------------------------
+
+    def read_reg(self, offset: int, mask: int) -> int:
+        if offset == Reg.DR:
+            return self._pop_rx() if mask & 0xFF else 0
+        return self.peek_reg(offset)
+
+    def peek_reg(self, offset: int) -> int:
+        match offset:
+            case Reg.DR:
+                return self.rx_fifo[0] if self.rx_fifo else 0
+            case Reg.RSR_ECR:
+                return self.rsr
+            case Reg.FR:
+                return self._flags()
+            case Reg.ILPR:
+                return self.ilpr
+            case Reg.IBRD:
+                return self.ibrd
+            case Reg.FBRD:
+                return self.fbrd
+            case Reg.LCR_H:
+                return self.lcr_h
+            case Reg.CR:
+                return self.cr
+            case Reg.IFLS:
+                return self.ifls
+            case Reg.IMSC:
+                return self.imsc
+            case Reg.RIS:
+                return self.ris
+            case Reg.MIS:
+                return self.ris & self.imsc
+            case Reg.DMACR:
+                return self.dmacr
+        return self._ids.get(offset, 0)
+
+    def write_reg(self, offset: int, value: int, mask: int) -> None:
+        match offset:
+            case Reg.DR:
+                if mask & 0xFF:
+                    self._push_tx(value & 0xFF)
+            case Reg.RSR_ECR:
+                self.rsr = 0
+            case Reg.ILPR:
+                self.ilpr = merge(self.ilpr, value, mask) & 0xFF
+            case Reg.IBRD:
+                self.ibrd = merge(self.ibrd, value, mask) & 0xFFFF
+            case Reg.FBRD:
+                self.fbrd = merge(self.fbrd, value, mask) & 0x3F
+            case Reg.LCR_H:
+                new = merge(self.lcr_h, value, mask) & 0xFF
+                if (new ^ self.lcr_h) & Lcr.FEN:
+                    self._flush()  # changing FIFO mode empties both FIFOs
+                self.lcr_h = new
+            case Reg.CR:
+                self.cr = merge(self.cr, value, mask) & 0xFFFF
+                self._kick_tx()
+            case Reg.IFLS:
+                self.ifls = merge(self.ifls, value, mask) & 0x3F
+            case Reg.IMSC:
+                self.imsc = merge(self.imsc, value, mask) & ALL_INTERRUPTS
+            case Reg.ICR:
+                self.ris &= ~(value & mask & ALL_INTERRUPTS)
+            case Reg.DMACR:
+                self.dmacr = merge(self.dmacr, value, mask) & 0x7
+        self._update_line()
+
+    @property
+    def mirror_offsets(self) -> tuple[int, ...]:
+        return self._offsets
