@@ -53,13 +53,15 @@ class RawNode:
 class RawTree:
     """Every node of one blob, by path and by phandle, in blob order."""
 
-    __slots__ = ("by_path", "by_phandle", "nodes", "problems", "root")
+    __slots__ = ("by_path", "by_phandle", "memo", "nodes", "problems", "root")
 
     def __init__(self, nodes: list[RawNode], problems: list[str]) -> None:
         self.nodes = nodes
         self.root = nodes[0]
         self.by_path: dict[str, RawNode] = {node.path: node for node in nodes}
         self.by_phandle: dict[int, RawNode] = {}
+        #: Per-tree memo for the resolver (facts about controllers asked once per node).
+        self.memo: dict[tuple[str, str], object] = {}
         #: Tree-wide findings (duplicate phandles...) that belong to no single node.
         self.problems = problems
         for node in nodes:

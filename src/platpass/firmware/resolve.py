@@ -306,14 +306,21 @@ def _gic_encoded(tree: RawTree, node: RawNode) -> bool:
     A controller with three or more specifier cells whose own interrupt parent is a GIC
     is an irq-domain stacked on the GIC and takes the GIC's encoding unchanged.
     """
-    if _is_gic(node):
-        return True
+    key = ("gic-encoded", node.path)
+    known = tree.memo.get(key)
+    if known is not None:
+        return bool(known)
+    result = _is_gic(node)
     count = _u32(node, "#interrupt-cells")
-    if count is None or count < 3:
-        return False
-    phandle = _u32(node, "interrupt-parent")
-    parent = tree.by_phandle.get(phandle) if phandle is not None else None
-    return parent is not None and parent is not node and _is_gic(parent)
+    if not result and count is not None and count >= 3 and (
+            "interrupts" in node.props or "interrupt-parent" in node.props):
+        try:
+            parent = _interrupt_parent(tree, node)
+        except NodeError:
+            parent = None
+        result = parent is not None and parent is not node and _is_gic(parent)
+    tree.memo[key] = result
+    return result
 
 
 def decode_specifier(gic: bool, specifier: tuple[int, ...]) -> tuple[IrqType, int, Trigger]:

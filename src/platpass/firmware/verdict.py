@@ -1,0 +1,383 @@
+"""The DMA-safety verdict of each device (DESIGN.md section 3), with the evidence for it.
+
+Pure logic: every rule is a function of resolved :class:`DeviceNode` objects, the raw
+properties of their ancestors, and the driver registry. The order of the rules is the
+safety model itself:
+
+1. **Bus master** (``REFUSED_BUS_MASTER``): ``iommus``/``iommu-map``, ``msi-parent``/
+   ``msi-map`` (on the node or on any ancestor: a wrapper such as Qualcomm's GENI QUP
+   carries the stream ID its serial engines master with), ``#dma-cells``, ``dma-coherent``,
+   ``dma-ranges`` on the device, ``memory-region``, ``device_type`` ``pci``/``network``, a
+   compatible of a family known to master the bus, or a driver declaring the IP a master.
+   Nothing outranks this rule, not even a driver claiming the device.
+2. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO, or firmware we could not
+   fully resolve (we cannot prove what we could not read).
+3. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
+   nothing; only a driver's declaration does.
+4. **Shared interrupt** (``REFUSED_SHARED``): another enabled device uses the same line
+   (controller, type, number).
+5. **Traps** (``ASSIGNABLE_WITH_TRAPS``): slave DMA (``dmas``: the guest's node drops it and
+   the driver's ``dma_traps`` apply), a region that is not page-aligned or shares a page with
+   another enabled device (trapped, never mapped), registers the driver always traps.
+6. Otherwise ``ASSIGNABLE``.
+
+Disabled devices are judged too, but never count as sharers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from platpass.firmware.model import DeviceNode
+
+if TYPE_CHECKING:
+    from platpass.drivers.common import PlatformDriver
+    from platpass.drivers.registry import DriverRegistry
+    from platpass.firmware.devicetree import DeviceTree
+
+__all__ = [
+    "BUS_MASTER_FAMILIES",
+    "PAGE_SIZE",
+    "Assessment",
+    "Evidence",
+    "Verdict",
+    "assess_node",
+    "assess_tree",
+    "bus_master_evidence",
+    "region_trap_evidence",
+    "shared_interrupts",
+    "shared_pages",
+]
+
+#: Granule of the mappings a guest gets; a region smaller or misaligned is trapped.
+PAGE_SIZE = 4096
+
+
+class Verdict(StrEnum):
+    """What platpass will do with a device; the values are part of ``scan --json``."""
+
+    ASSIGNABLE = "ASSIGNABLE"
+    ASSIGNABLE_WITH_TRAPS = "ASSIGNABLE_WITH_TRAPS"
+    REFUSED_BUS_MASTER = "REFUSED_BUS_MASTER"
+    REFUSED_UNKNOWN = "REFUSED_UNKNOWN"
+    REFUSED_SHARED = "REFUSED_SHARED"
+
+    @property
+    def assignable(self) -> bool:
+        """True for the two verdicts that let a device be assigned."""
+        return self in (Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One fact that decided a verdict: which rule, on which property, seeing what value."""
+
+    rule: str
+    property: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.property} = {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """A device's verdict, the evidence for it (never empty), and the driver that claims it."""
+
+    node: DeviceNode
+    verdict: Verdict
+    evidence: tuple[Evidence, ...]
+    driver: type[PlatformDriver] | None
+
+    def __post_init__(self) -> None:
+        if not self.evidence:
+            raise ValueError(f"{self.node.path}: a verdict needs evidence")
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The evidence as readable lines (what ``platpass scan`` prints)."""
+        return tuple(str(e) for e in self.evidence)
+
+
+# ------------------------------------------------------------------ bus-master evidence
+
+#: Properties that by themselves show a bus master on the node.
+_MASTER_PROPERTIES = (
+    "iommus", "iommu-map", "msi-parent", "msi-map", "#dma-cells", "dma-coherent",
+    "dma-ranges", "memory-region",
+)
+#: Properties that, on an ancestor, show its children master the bus through it.
+_ANCESTOR_MASTER_PROPERTIES = ("iommus", "iommu-map", "msi-parent", "msi-map")
+#: ``device_type`` values of bus masters.
+_MASTER_DEVICE_TYPES = frozenset({"pci", "network"})
+
+#: Families of IP known to master the bus, matched on each compatible string. Broad on
+#: purpose: a false refusal costs a user a line in ``platpass scan``; a false "assignable"
+#: hands a guest the machine's memory.
+BUS_MASTER_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("USB controller", r"usb|[eoux]hci|dwc[23]|musb|\botg\b"),
+    ("Ethernet MAC", r"ethernet|ether|gmac|emac|dwmac|stmmac|\bfec\b|macb|\bgem\b|eqos|"
+                     r"ethqos|enetc|dpaa|fman|mvneta|\bneta\b|mvpp2|pp2\d|genet|cpsw|ravb|"
+                     r"xgmac|\bnic\b|\bmac\b|-mac\b|\bxgbe|switch|qoriq-mc|fsl-mc|dpmac"),
+    ("MMC/SD controller", r"mmc|sdhci|sdhc|sdhi|mshc|sdio|sdhost|esdhc|\bsd\b|emmc"),
+    ("storage controller", r"sata|ahci|\bufs|ufshc|nvme|nand|\bnfc\b|qspi|fspi|ospi|\bsfc\b|"
+                           r"flash-controller"),
+    ("PCIe controller", r"pci"),
+    ("GPU", r"gpu|mali|adreno|vivante|galcore|panfrost|powervr|\bsgx|\bgc\d{3,4}|v3d|\bvc4|"
+            r"etnaviv|host1x|kgsl|\bimg,"),
+    ("display/video/camera", r"display|\bvop|\bdpu|mdss|\bmdp|hdmi|\bdsi\b|-dsi|lcdc|lcdif|"
+                             r"dcss|\bdrm|\bdss\b|framebuffer|\bedp|\bdp\b|-dp\b|tcon|mixer|"
+                             r"\bde2|hdlcd|malidp|mali-dp|komeda|vpu|vdec|venc|video|codec|"
+                             r"jpeg|\bisp|camss|camera|\bcsi|-csi|\bcif\b|\biep\b|\brga\b|"
+                             r"hantro|\bmfc|\bgsc|scaler|\bipu|\bpxp|ge2d|vdoa|venus|cedrus|"
+                             r"\bhvs\b|pixelvalve|\bvec\b|\btxp\b|vchiq|\bfimc|\bmipi|"
+                             r"\bvin\b|vin-|\bvsp|\bfcp|\bdu\b|-du\b|\bfdp|\bimr"),
+    ("crypto engine", r"crypto|\bcaam|\bsec-v\d|\bqce\b|\bce\d*\b|sahara|\bdcp\b|\bsec\b|"
+                      r"\bhash\b|\bsha\d*\b|\baes\b"),
+    ("DMA engine", r"dma|pl330|pl08x|\bbam\b|\bgpi\b|\bxor|ringacc|\bpktdma|\bcppi|"
+                   r"\bdmac\b|navss"),
+    ("Qualcomm GENI serial engine (own DMA)", r"qcom,geni-"),
+    ("processor/accelerator", r"remoteproc|rproc|\bdsp\b|-dsp\b|\bscp\b|\bnpu|\bapu\b|"
+                              r"\bpru|icss|\brtu\b|\bpas\b|-pas\b|q6v5|wcnss|\bmss\b|\badsp|\bcdsp|"
+                              r"\bslpi|\bipa\b|modem|wlan|wifi|bluetooth|\bmhi\b|\bvpe\b|"
+                              r"\bdla\b|\bgna\b|accel"),
+    ("IOMMU/SMMU (walks page tables)", r"iommu|smmu|\bmmu-\d+|sysmmu|ipmmu|\bdart\b"),
+    ("GICv3 redistributor/ITS (reads tables)", r"gic-v[34]|\bits\b"),
+    ("trace sink (writes memory)", r"coresight-tmc|\betr\b|coresight-catu"),
+    ("audio engine with its own DMA", r"lpass|toddr|frddr|\baiu\b"),
+)
+_FAMILY_RES = tuple((name, re.compile(pattern)) for name, pattern in BUS_MASTER_FAMILIES)
+
+
+def _show(value: bytes) -> str:
+    """A property value for humans: a string, a boolean, or cells."""
+    if not value:
+        return "(present)"
+    if value.endswith(b"\0") and all(32 <= b < 127 or b == 0 for b in value[:-1]) \
+            and not value.startswith(b"\0"):
+        return ", ".join(repr(s) for s in value[:-1].decode("ascii").split("\0"))
+    if len(value) % 4 == 0:
+        words = [int.from_bytes(value[i:i + 4], "big") for i in range(0, len(value), 4)]
+        shown = " ".join(f"{w:#x}" for w in words[:8])
+        return f"<{shown}{' ...' if len(words) > 8 else ''}>"
+    return value.hex()
+
+
+def family_of(compatible: Iterable[str]) -> tuple[str, str] | None:
+    """``(family, compatible)`` of the first compatible naming a bus-master family."""
+    for entry in compatible:
+        lowered = entry.lower()
+        for name, pattern in _FAMILY_RES:
+            if pattern.search(lowered):
+                return name, entry
+    return None
+
+
+def bus_master_evidence(
+        node: DeviceNode,
+        ancestors: Sequence[tuple[str, Mapping[str, bytes]]] = (),
+) -> list[Evidence]:
+    """Every firmware fact showing ``node`` can master the bus (empty: none found).
+
+    ``ancestors`` are ``(path, raw properties)`` of the node's ancestors, parent first.
+    """
+    found = []
+    props = node.properties
+    for prop in _MASTER_PROPERTIES:
+        value = props.get(prop)
+        if value is not None:
+            found.append(Evidence("bus-master-property", prop, _show(value)))
+    device_type = props.get("device_type")
+    if device_type is not None:
+        kind = device_type.rstrip(b"\0").decode("utf-8", "replace")
+        if kind in _MASTER_DEVICE_TYPES:
+            found.append(Evidence("bus-master-property", "device_type", repr(kind)))
+    for path, aprops in ancestors:
+        for prop in _ANCESTOR_MASTER_PROPERTIES:
+            value = aprops.get(prop)
+            if value is not None:
+                found.append(Evidence("bus-master-ancestor", f"{path}:{prop}", _show(value)))
+    family = family_of(node.compatible)
+    if family is not None:
+        found.append(Evidence("bus-master-family", "compatible",
+                              f"{family[1]!r} is a {family[0]}"))
+    return found
+
+
+# ---------------------------------------------------------------------- sharing rules
+
+
+def shared_interrupts(nodes: Iterable[DeviceNode]) -> dict[str, list[Evidence]]:
+    """For each node, the lines it shares with *another enabled* node among ``nodes``.
+
+    ``nodes`` are every node with interrupts; the caller says which are enabled by passing
+    disabled ones too: they are judged but never count as users of a line.
+    """
+    users: dict[tuple[str, str, int], list[str]] = {}
+    nodes = list(nodes)
+    for node in nodes:
+        if not node.enabled:
+            continue
+        for irq in node.interrupts:
+            key = (irq.controller, str(irq.type), irq.number)
+            paths = users.setdefault(key, [])
+            if node.path not in paths:
+                paths.append(node.path)
+    out: dict[str, list[Evidence]] = {}
+    for node in nodes:
+        for irq in node.interrupts:
+            key = (irq.controller, str(irq.type), irq.number)
+            others = [p for p in users.get(key, ()) if p != node.path]
+            if others:
+                out.setdefault(node.path, []).append(Evidence(
+                    "shared-interrupt", "interrupts",
+                    f"{irq.type} {irq.number} of {irq.controller} also used by "
+                    f"{', '.join(others)}"))
+    return out
+
+
+def shared_pages(nodes: Iterable[DeviceNode],
+                 page_size: int = PAGE_SIZE) -> dict[str, list[Evidence]]:
+    """For each node, its regions that share a page with another *enabled* node's region.
+
+    A sweep over page-rounded intervals sorted by start: O(n log n) however large the
+    regions (a 1 GiB window is one interval, not 262144 pages).
+    """
+    mask = page_size - 1
+    spans = []
+    for node in nodes:
+        for index, region in enumerate(node.regions):
+            start = region.address & ~mask
+            end = (region.end + mask) & ~mask if region.size else start + page_size
+            spans.append((start, end, node.path, index, node.enabled))
+    spans.sort()
+    found: dict[str, dict[int, list[str]]] = {}
+    active: list[tuple[int, int, str, int, bool]] = []
+    for span in spans:
+        start, _end, path, index, enabled = span
+        active = [a for a in active if a[1] > start]
+        for other in active:
+            if other[2] == path:
+                continue
+            if other[4]:
+                found.setdefault(path, {}).setdefault(index, []).append(other[2])
+            if enabled:
+                found.setdefault(other[2], {}).setdefault(other[3], []).append(path)
+        active.append(span)
+    out: dict[str, list[Evidence]] = {}
+    for path, by_index in found.items():
+        for index, others in sorted(by_index.items()):
+            unique = list(dict.fromkeys(others))
+            out.setdefault(path, []).append(Evidence(
+                "shared-page", f"reg[{index}]",
+                f"shares a {page_size}-byte page with {', '.join(unique)}"))
+    return out
+
+
+def region_trap_evidence(node: DeviceNode, page_size: int = PAGE_SIZE) -> list[Evidence]:
+    """Regions that cannot be mapped because they are not page-aligned or page-sized."""
+    out = []
+    for index, region in enumerate(node.regions):
+        if region.address % page_size or region.size % page_size or not region.size:
+            out.append(Evidence(
+                "sub-page-region", f"reg[{index}]",
+                f"{region.address:#x}+{region.size:#x} is not {page_size}-byte aligned: "
+                f"trapped, not mapped"))
+    return out
+
+
+# ------------------------------------------------------------------------ the verdict
+
+
+def _driver_claim(node: DeviceNode, driver: type[PlatformDriver]) -> Evidence:
+    matched = next((c for c in node.compatible if c in driver.compatibles), "?")
+    return Evidence("driver", "compatible",
+                    f"{matched!r} claimed by {driver.name} ({driver.family}): "
+                    f"{driver.evidence}")
+
+
+def assess_node(
+        node: DeviceNode,
+        driver: type[PlatformDriver] | None,
+        *,
+        ancestors: Sequence[tuple[str, Mapping[str, bytes]]] = (),
+        shared_irq: Sequence[Evidence] = (),
+        shared_page: Sequence[Evidence] = (),
+) -> Assessment:
+    """The verdict of one node given its driver and the sharing facts about it."""
+    master = bus_master_evidence(node, ancestors)
+    if driver is not None and not driver.cannot_master_bus:
+        master.append(Evidence("bus-master-driver", "compatible",
+                               f"driver {driver.name} declares the IP masters the bus: "
+                               f"{driver.evidence}"))
+    if master:
+        return Assessment(node, Verdict.REFUSED_BUS_MASTER, tuple(master), driver)
+    if not node.is_mmio or not node.regions:
+        reg = node.properties.get("reg")
+        why = "no reg" if reg is None else "reg does not reach the CPU's address space"
+        return Assessment(node, Verdict.REFUSED_UNKNOWN,
+                          (Evidence("not-mmio", "reg", why),), driver)
+    if driver is None:
+        shown = ", ".join(repr(c) for c in node.compatible) or "(none)"
+        return Assessment(node, Verdict.REFUSED_UNKNOWN,
+                          (Evidence("no-driver", "compatible",
+                                    f"{shown}: no device-specific driver"),), None)
+    if node.problems:
+        return Assessment(node, Verdict.REFUSED_UNKNOWN,
+                          tuple(Evidence("firmware-problem", "node", p)
+                                for p in node.problems), driver)
+    if shared_irq:
+        return Assessment(node, Verdict.REFUSED_SHARED, tuple(shared_irq), driver)
+    traps: list[Evidence] = []
+    dmas = node.properties.get("dmas")
+    if dmas is not None:
+        names = [t.name for t in driver.dma_traps]
+        traps.append(Evidence(
+            "slave-dma", "dmas",
+            f"{_show(dmas)}: dropped from the guest node"
+            + (f"; trapped: {', '.join(names)}" if names else "")))
+    traps.extend(region_trap_evidence(node))
+    traps.extend(shared_page)
+    for trap in driver.traps:
+        traps.append(Evidence("driver-trap", f"reg[{trap.region}]+{trap.offset:#x}",
+                              f"{trap.name}: {trap.why}"))
+    claim = _driver_claim(node, driver)
+    if traps:
+        return Assessment(node, Verdict.ASSIGNABLE_WITH_TRAPS, (claim, *traps), driver)
+    return Assessment(node, Verdict.ASSIGNABLE, (claim,), driver)
+
+
+def _effective(node: DeviceNode, tree: DeviceTree) -> DeviceNode:
+    """``node`` as a sharer: disabled when an ancestor is (a disabled bus disables all)."""
+    if node.enabled and not tree.effectively_enabled(node.path):
+        return replace(node, status="disabled")
+    return node
+
+
+def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
+                all: bool = False) -> list[Assessment]:
+    """A verdict for every device of ``tree`` (every node but the root with ``all``)."""
+    nodes = tree.devices(all=all)
+    mmio = nodes if not all else [n for n in nodes if n.is_mmio]
+    if all:
+        with_irqs = [n for n in nodes if n.interrupts]
+    else:
+        with_irqs = [tree.node(node.path) for node in tree.raw.nodes
+                     if node.parent is not None and (
+                         "interrupts" in node.props or "interrupts-extended" in node.props)]
+    irq_shares = shared_interrupts(_effective(n, tree) for n in with_irqs)
+    page_shares = shared_pages(_effective(n, tree) for n in mmio)
+    out = []
+    for node in nodes:
+        ancestors = [(a.path, a.props) for a in tree.ancestors(node.path)]
+        out.append(assess_node(
+            node, registry.match(node.compatible),
+            ancestors=ancestors,
+            shared_irq=irq_shares.get(node.path, ()),
+            shared_page=page_shares.get(node.path, ()),
+        ))
+    return out
