@@ -160,6 +160,11 @@ class _RangeMap:
         self._starts.insert(i, start)
         self._ranges.insert(i, _Range(start, size, handler, label))
 
+    def remove(self, start: int) -> None:
+        i = self._starts.index(start)
+        del self._starts[i]
+        del self._ranges[i]
+
     def find(self, address: int) -> _Range | None:
         i = bisect_right(self._starts, address) - 1
         if i >= 0:
@@ -311,6 +316,10 @@ class Vm:
     def add_mmio(self, address: int, size: int, handler: MmioHandler, label: str) -> None:
         """Send guest accesses to ``[address, address+size)`` (not slot-backed) to ``handler``."""
         self._mmio.add(address, size, handler, label)
+
+    def remove_mmio(self, address: int) -> None:
+        """Forget the MMIO range starting at ``address`` (ValueError when there is none)."""
+        self._mmio.remove(address)
 
     def add_pio(self, port: int, count: int, handler: PioHandler, label: str) -> None:
         """Send guest ``in``/``out`` on ``[port, port+count)`` to ``handler``."""
