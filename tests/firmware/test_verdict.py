@@ -195,7 +195,8 @@ def test_family_and_greedy_driver_never_assignable() -> None:
     assert got.verdict is Verdict.REFUSED_BUS_MASTER
     assert got.driver is ClaimsTooMuch
     assert got.evidence == (Evidence(
-        "bus-master-family", "compatible", "'test,dwc3-usb' is a USB controller"),)
+        "bus-master-family", "compatible",
+        "'test,dwc3-usb' is in a bus-master family: USB controller"),)
 
 
 def test_iommus_on_a_wrapper_taints_its_children() -> None:

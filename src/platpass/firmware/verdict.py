@@ -204,7 +204,7 @@ def bus_master_evidence(
     family = family_of(node.compatible)
     if family is not None:
         found.append(Evidence("bus-master-family", "compatible",
-                              f"{family[1]!r} is a {family[0]}"))
+                              f"{family[1]!r} is in a bus-master family: {family[0]}"))
     return found
 
 

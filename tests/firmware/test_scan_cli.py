@@ -1,0 +1,101 @@
+"""``platpass scan`` through the real entry point, on real DTBs and the simulated board."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from platpass.cli import main
+from platpass.cli.scan import sim_board_path
+from platpass.firmware.verdict import Verdict
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
+RK3568 = SHARED / "rockchip__rk3568-evb1-v10.dtb"
+
+KEYS = {"file", "path", "compatible", "status", "verdict", "reasons", "regions", "irqs",
+        "driver"}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list, str]:
+    code = main(["scan", "--json", *args])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+def test_json_schema_on_a_real_board(capsys: pytest.CaptureFixture[str]) -> None:
+    code, entries, _ = run_json(capsys, "--dtb", str(RK3568))
+    assert code == 0
+    assert entries and all(set(e) == KEYS for e in entries)
+    uart2 = next(e for e in entries if e["path"] == "/serial@fe660000")
+    assert uart2["file"] == str(RK3568)
+    assert uart2["compatible"] == ["rockchip,rk3568-uart", "snps,dw-apb-uart"]
+    assert uart2["status"] == "okay"
+    assert uart2["regions"] == [{"address": 0xFE660000, "size": 0x100}]
+    assert uart2["irqs"] == [{"controller": "/interrupt-controller@fd400000", "type": "SPI",
+                              "number": 118, "trigger": "level-high"}]
+    assert uart2["verdict"] in {v.value for v in Verdict}
+    assert uart2["reasons"] and all(isinstance(r, str) for r in uart2["reasons"])
+    assert uart2["driver"] is None or isinstance(uart2["driver"], str)
+    usb = [e for e in entries if e["path"].startswith("/usb@")]
+    assert usb and all(e["verdict"] == "REFUSED_BUS_MASTER" for e in usb)
+    # non-MMIO nodes only with --all
+    assert not any(e["path"].startswith("/cpus/") for e in entries)
+    _, everything, _ = run_json(capsys, "--all", "--dtb", str(RK3568))
+    assert any(e["path"] == "/cpus/cpu@0" for e in everything)
+    assert len(everything) > len(entries)
+
+
+def test_directory_with_a_bad_file_scans_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(RK3568, tmp_path / "a.dtb")
+    (tmp_path / "sub").mkdir()
+    shutil.copy(SHARED / "arm__foundation-v8.dtb", tmp_path / "sub" / "c.dtb")
+    (tmp_path / "b.dtb").write_bytes(b"this is not a device tree" * 4)
+    code, entries, err = run_json(capsys, "--dtb", str(tmp_path))
+    assert code == 1
+    assert "b.dtb: not a device tree" in err
+    assert {Path(e["file"]).name for e in entries} == {"a.dtb", "c.dtb"}
+
+
+def test_table_output_and_missing_file(capsys: pytest.CaptureFixture[str],
+                                       tmp_path: Path) -> None:
+    code = main(["scan", "--dtb", str(RK3568), "--dtb", str(tmp_path / "nope.dtb")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "nope.dtb: No such file or directory" in captured.err
+    assert "VERDICT" in captured.out and "/serial@fe660000" in captured.out
+    assert "    - bus-master-" in captured.out
+    assert "1 of 2 trees scanned" in captured.out
+
+
+def test_broken_dts_reports_dtc_error(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dts"
+    bad.write_text("/dts-v1/;\n/ { oops\n")
+    assert main(["scan", "--dts", str(bad)]) == 1
+    assert "dtc failed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(Path("/sys/firmware/fdt").exists(),
+                    reason="this host has a live device tree, which scan prefers")
+def test_default_source_is_the_simulated_board(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_board_path().exists()
+    code, entries, _ = run_json(capsys)
+    assert code == 0
+    assert {e["file"] for e in entries} == {str(sim_board_path())}
+    by_compat = {e["compatible"][0]: e for e in entries}
+    for master in ("arm,pl330", "generic-xhci"):
+        assert by_compat[master]["verdict"] == "REFUSED_BUS_MASTER"
+    assert all(e["verdict"] != "REFUSED_SHARED" for e in entries)
+
+
+def test_progress_on_stderr_for_many_files(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["scan", "--json", "--dtb", str(SHARED)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "scanning:" in captured.err
+    files = {e["file"] for e in json.loads(captured.out)}
+    assert len(files) == len(list(SHARED.glob("*.dtb")))
