@@ -4,4 +4,17 @@ Add a built-in driver module by listing it here; each module exports ``DRIVERS``
 """
 
 BUILTIN_MODULES: tuple[str, ...] = (
+    "allwinner",
+    "amlogic",
+    "arm_sbsa",
+    "broadcom",
+    "fsl_layerscape",
+    "imx",
+    "marvell",
+    "qcom_geni",
+    "renesas",
+    "rockchip",
+    "snps_dw",
+    "ti",
+    "xilinx",
 )

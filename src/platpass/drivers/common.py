@@ -120,3 +120,68 @@ class PlatformDriver:
     def guest_properties(self, properties: Mapping[str, bytes]) -> dict[str, bytes]:
         """The guest node's properties after the common transform; default: unchanged."""
         return dict(properties)
+
+
+def access_mask(trap: Trap, offset: int, size: int, bits: int) -> int:
+    """The part of ``bits`` that an access ``[offset, offset+size)`` touches, access-aligned.
+
+    ``bits`` is a little-endian bit mask over the trapped register(s), counted from
+    ``trap.offset``. Bytes of the access outside the trap contribute nothing, so a wide or
+    unaligned access that only partly overlaps a trap is masked only where it overlaps.
+    """
+    mask = 0
+    for index in range(size):
+        byte_offset = offset + index - trap.offset
+        if 0 <= byte_offset < trap.size:
+            mask |= ((bits >> (8 * byte_offset)) & 0xFF) << (8 * index)
+    return mask
+
+
+class MaskedRegisterDriver(PlatformDriver):
+    """A driver whose trapped registers mix bits the guest needs with bits it must not set.
+
+    Many controllers keep their slave-DMA request enables in the same register as their
+    ordinary controls (i.MX UART ``UCR1``: ``TDMAEN`` beside ``UARTEN``). Trapping such a
+    register read-as-zero would break the guest driver; mapping it would let the guest raise
+    DMA requests. Here a trapped register named in :attr:`masked_bits` passes through except
+    for those bits: they are cleared from every write and read back as zero. A trap named in
+    :attr:`write_protected` reads through and ignores writes (a register the host still
+    depends on, e.g. an oscillator selector feeding other blocks). Other traps keep the safe
+    default (reads as zero, writes ignored). :meth:`reset` also clears the masked bits, so a
+    device handed over with DMA requests enabled does not keep them.
+    """
+
+    #: Trap name -> little-endian mask (from the trap's first byte) of bits never passed on.
+    masked_bits: ClassVar[Mapping[str, int]] = {}
+    #: Trap names whose reads pass through and whose writes are dropped.
+    write_protected: ClassVar[frozenset[str]] = frozenset()
+
+    def trap_read(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
+                  size: int) -> int:
+        """Masked registers read through with their masked bits as zero."""
+        bits = self.masked_bits.get(trap.name)
+        if bits is not None:
+            return regs.read(region, offset, size) & ~access_mask(trap, offset, size, bits)
+        if trap.name in self.write_protected:
+            return regs.read(region, offset, size)
+        return super().trap_read(regs, trap, region, offset, size)
+
+    def trap_write(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
+                   size: int, value: int) -> None:
+        """Masked registers take the write without their masked bits."""
+        bits = self.masked_bits.get(trap.name)
+        if bits is not None:
+            regs.write(region, offset, size, value & ~access_mask(trap, offset, size, bits))
+            return
+        super().trap_write(regs, trap, region, offset, size, value)
+
+    def reset(self, regs: RegisterAccess) -> None:
+        """Apply :attr:`reset_sequence`, then clear every masked bit that is still set."""
+        super().reset(regs)
+        for trap in self.traps + self.dma_traps:
+            bits = self.masked_bits.get(trap.name)
+            if not bits:
+                continue
+            current = regs.read(trap.region, trap.offset, trap.size)
+            if current & bits:
+                regs.write(trap.region, trap.offset, trap.size, current & ~bits)

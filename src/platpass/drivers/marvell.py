@@ -1,0 +1,104 @@
+"""Marvell Armada/mvebu low-speed peripherals: RTC, UART, I2C and SPI."""
+
+from __future__ import annotations
+
+from platpass.drivers.common import PlatformDriver, RegisterWrite
+
+
+# Evidence: drivers/rtc/rtc-armada38x.c: region "rtc" (STATUS, IRQ1/IRQ2_CONF, TIME, ALARM1/2)
+# and region "rtc-soc" (bridge timing and interrupt mask); binding
+# Documentation/devicetree/bindings/rtc/armada-380-rtc.txt.
+class Armada38xRtc(PlatformDriver):
+    """Armada 38x / 7k / 8k RTC: region 0 the RTC, region 1 its SoC glue registers."""
+
+    name = "marvell-armada38x-rtc"
+    compatibles = ("marvell,armada-380-rtc", "marvell,armada-8k-rtc")
+    family = "rtc"
+    evidence = (
+        "Linux drivers/rtc/rtc-armada38x.c: time, alarm and interrupt registers in two small "
+        "register regions, no DMA; binding Documentation/devicetree/bindings/rtc/armada-380-rtc.txt"
+    )
+    # IRQ1_CONF (0x04) and IRQ2_CONF (0x08) = 0: alarm and periodic interrupts off.
+    reset_sequence = (
+        RegisterWrite(0, 0x04, 4, 0),
+        RegisterWrite(0, 0x08, 4, 0),
+    )
+
+
+# Evidence: drivers/tty/serial/mvebu-uart.c: RBR/TSH/CTRL/STAT/BRDV registers, one byte per
+# access by the CPU; binding Documentation/devicetree/bindings/serial/marvell,armada-3700-uart.yaml.
+class Armada3700Uart(PlatformDriver):
+    """Armada 3700 standard UART (UART1 - the "-ext" UART2 has another layout)."""
+
+    name = "marvell-armada3700-uart"
+    compatibles = ("marvell,armada-3700-uart",)
+    family = "uart"
+    evidence = (
+        "Linux drivers/tty/serial/mvebu-uart.c: byte registers moved by the CPU, no DMA; "
+        "binding Documentation/devicetree/bindings/serial/marvell,armada-3700-uart.yaml"
+    )
+    # CTRL (0x08) = 0: TX/RX ready and break interrupts off, loopback off.
+    reset_sequence = (RegisterWrite(0, 0x08, 4, 0),)
+
+
+# Evidence: drivers/i2c/busses/i2c-mv64xxx.c (mv64xxx_i2c_regs_mv64xxx: ADDR 0x00, DATA 0x04,
+# CONTROL 0x08, STATUS/BAUD 0x0c, EXT_ADDR 0x10, SOFT_RESET 0x1c); binding
+# Documentation/devicetree/bindings/i2c/marvell,mv64xxx-i2c.yaml.
+class Mv64xxxI2c(PlatformDriver):
+    """Marvell mv64xxx I2C (Armada 370/XP/38x/7k/8k CP110)."""
+
+    name = "marvell-mv64xxx-i2c"
+    compatibles = ("marvell,mv64xxx-i2c", "marvell,mv78230-i2c", "marvell,mv78230-a0-i2c")
+    family = "i2c"
+    evidence = (
+        "Linux drivers/i2c/busses/i2c-mv64xxx.c: one byte per interrupt, CPU driven, no DMA; "
+        "binding Documentation/devicetree/bindings/i2c/marvell,mv64xxx-i2c.yaml"
+    )
+    # CONTROL (0x08) = 0: bus disabled, interrupt off.
+    reset_sequence = (RegisterWrite(0, 0x08, 4, 0),)
+
+
+# Evidence: drivers/i2c/busses/i2c-pxa.c (REGS_A3700: IBMR 0x00, IDBR 0x04, ICR 0x08, ISR 0x0c);
+# binding Documentation/devicetree/bindings/i2c/marvell,armada-3700-i2c.yaml.
+class Armada3700I2c(PlatformDriver):
+    """Armada 3700 I2C (a PXA-family controller)."""
+
+    name = "marvell-armada3700-i2c"
+    compatibles = ("marvell,armada-3700-i2c",)
+    family = "i2c"
+    evidence = (
+        "Linux drivers/i2c/busses/i2c-pxa.c (Armada 3700 register set): byte registers, "
+        "CPU driven, no DMA; binding "
+        "Documentation/devicetree/bindings/i2c/marvell,armada-3700-i2c.yaml"
+    )
+    # ICR (0x08) = 0: unit disabled, every interrupt enable off.
+    reset_sequence = (RegisterWrite(0, 0x08, 4, 0),)
+
+
+# Evidence: drivers/spi/spi-orion.c: IF_CTRL/IF_CONFIG/DATA_OUT/DATA_IN/INT_CAUSE/INT_MASK
+# registers, PIO only; binding Documentation/devicetree/bindings/spi/marvell,orion-spi.yaml.
+class OrionSpi(PlatformDriver):
+    """Marvell Orion/Armada SPI controller (PIO)."""
+
+    name = "marvell-orion-spi"
+    compatibles = (
+        "marvell,orion-spi",
+        "marvell,armada-370-spi",
+        "marvell,armada-375-spi",
+        "marvell,armada-380-spi",
+        "marvell,armada-390-spi",
+        "marvell,armada-xp-spi",
+    )
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-orion.c: PIO data registers only, no DMA; binding "
+        "Documentation/devicetree/bindings/spi/marvell,orion-spi.yaml"
+    )
+    # INT_MASK (0x14) = 0: interrupt off; IF_CTRL (0x00) = 0: chip select released.
+    reset_sequence = (
+        RegisterWrite(0, 0x14, 4, 0),
+        RegisterWrite(0, 0x00, 4, 0),
+    )
+
+
+DRIVERS = (Armada38xRtc, Armada3700Uart, Mv64xxxI2c, Armada3700I2c, OrionSpi)

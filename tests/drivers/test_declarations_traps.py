@@ -1,0 +1,173 @@
+"""What trapped registers do: DMA-enable bits masked, host-owned registers write-protected.
+
+The register file here is a bytearray standing in for the hardware (a test double of the
+device, not of platpass): reads and writes of 1/2/4/8 bytes, little-endian, per region.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from platpass.drivers.allwinner import Sun6iRtc
+from platpass.drivers.common import Trap, access_mask
+from platpass.drivers.fsl_layerscape import Ls1028aLpuart
+from platpass.drivers.imx import IMX_UCR1_DMA_BITS, ImxUart, VybridI2c
+from platpass.drivers.ti import OmapUart
+from platpass.firmware.devicetree import load_dtb
+from platpass.firmware.model import DeviceNode
+
+
+class Registers:
+    """Little-endian register file over bytearrays; records every write."""
+
+    def __init__(self, *sizes: int) -> None:
+        self.mem = [bytearray(size) for size in sizes]
+        self.writes: list[tuple[int, int, int, int]] = []
+
+    def read(self, region: int, offset: int, size: int) -> int:
+        return int.from_bytes(self.mem[region][offset:offset + size], "little")
+
+    def write(self, region: int, offset: int, size: int, value: int) -> None:
+        self.writes.append((region, offset, size, value))
+        self.mem[region][offset:offset + size] = value.to_bytes(size, "little")
+
+
+def _node(compatible: str, *, dmas: bool) -> DeviceNode:
+    props = {"compatible": compatible.encode() + b"\0"}
+    if dmas:
+        props["dmas"] = b"\0\0\0\x01\0\0\0\x16"
+    return DeviceNode(path="/soc/test@0", compatible=(compatible,), status="okay",
+                      is_mmio=True, properties=props)
+
+
+@pytest.fixture(scope="module")
+def imx8mm_uart_with_dmas(shared_dtbs) -> DeviceNode:
+    """The enabled i.MX8MM UART of the Venice GW7903, whose node names SDMA channels."""
+    tree = load_dtb(next(p for p in shared_dtbs if p.name == "freescale__imx8mm-venice-gw7903.dtb"))
+    node = tree.node("/soc@0/bus@30800000/spba-bus@30800000/serial@30860000")
+    assert "dmas" in node.properties and node.enabled
+    return node
+
+
+def _trap(driver: object, name: str) -> Trap:
+    return next(t for t in driver.active_traps() if t.name == name)
+
+
+def test_imx_uart_dma_traps_apply_only_with_dmas(imx8mm_uart_with_dmas: DeviceNode) -> None:
+    with_dmas = ImxUart(imx8mm_uart_with_dmas)
+    assert [t.name for t in with_dmas.active_traps()] == ["UCR1", "UCR4"]
+    assert ImxUart(_node("fsl,imx6q-uart", dmas=False)).active_traps() == ()
+
+
+def test_imx_uart_ucr1_write_keeps_control_bits_and_drops_dma_bits(
+        imx8mm_uart_with_dmas: DeviceNode) -> None:
+    driver = ImxUart(imx8mm_uart_with_dmas)
+    regs = Registers(0x10000)
+    ucr1 = _trap(driver, "UCR1")
+    # UARTEN | ATDMAEN | TDMAEN | RDMAEN | RRDYEN | TRDYEN
+    wanted = 0x0001 | 0x0004 | 0x0008 | 0x0100 | 0x0200 | 0x2000
+    driver.trap_write(regs, ucr1, 0, 0x80, 4, wanted)
+    assert regs.read(0, 0x80, 4) == 0x2201
+    # A byte write to UCR1[15:8] setting RDMAEN and RRDYEN keeps only RRDYEN.
+    driver.trap_write(regs, ucr1, 0, 0x81, 1, 0x03)
+    assert regs.mem[0][0x81] == 0x02
+    # DMA bits the hardware holds (left by the host) read back as zero.
+    regs.write(0, 0x80, 4, 0x0001 | IMX_UCR1_DMA_BITS)
+    assert driver.trap_read(regs, ucr1, 0, 0x80, 4) == 0x0001
+    ucr4 = _trap(driver, "UCR4")
+    driver.trap_write(regs, ucr4, 0, 0x8C, 4, 0x8000 | 0x40 | 0x01)
+    assert regs.read(0, 0x8C, 4) == 0x8001
+
+
+def test_imx_uart_reset_leaves_no_dma_request_enabled(
+        imx8mm_uart_with_dmas: DeviceNode) -> None:
+    driver = ImxUart(imx8mm_uart_with_dmas)
+    regs = Registers(0x10000)
+    regs.write(0, 0x80, 4, 0xFFFF)
+    regs.write(0, 0x8C, 4, 0xFFFF)
+    driver.reset(regs)
+    assert regs.read(0, 0x80, 4) & IMX_UCR1_DMA_BITS == 0
+    assert regs.read(0, 0x80, 4) == 0
+    assert regs.read(0, 0x84, 4) == 0x0001
+    assert regs.read(0, 0x8C, 4) == 0x8000
+
+
+def test_masked_reset_clears_dma_bits_the_sequence_does_not_touch() -> None:
+    driver = Ls1028aLpuart(_node("fsl,ls1028a-lpuart", dmas=True))
+    regs = Registers(0x1000)
+    regs.write(0, 0x00, 4, 0x0F000004 | (1 << 23) | (1 << 21))  # baud + TDMAE + RDMAE
+    regs.write(0, 0x08, 4, 0x00EC0000)  # TE, RE, TIE, RIE...
+    driver.reset(regs)
+    assert regs.read(0, 0x00, 4) == 0x0F000004  # divisor kept, DMA enables gone
+    assert regs.read(0, 0x08, 4) == 0
+
+
+def test_vybrid_i2c_byte_register_mask() -> None:
+    driver = VybridI2c(_node("fsl,vf610-i2c", dmas=True))
+    regs = Registers(0x10000)
+    ibcr = _trap(driver, "IBCR")
+    assert (ibcr.offset, ibcr.size) == (0x02, 1)
+    driver.trap_write(regs, ibcr, 0, 0x02, 1, 0xC2)  # IBIE | MSTA-ish | DMAEN
+    assert regs.mem[0][0x02] == 0xC0
+    # A 4-byte access at 0x00 covering IBAD/IBFD/IBCR/IBSR masks only IBCR's DMAEN.
+    driver.trap_write(regs, ibcr, 0, 0x00, 4, 0x12_02_34_56)
+    assert regs.read(0, 0x00, 4) == 0x12_00_34_56
+
+
+def test_omap_uart_fcr_dma_mode_masked_but_efr_untouched() -> None:
+    driver = OmapUart(_node("ti,am654-uart", dmas=True))
+    regs = Registers(0x100)
+    fcr = _trap(driver, "FCR")
+    regs.write(0, 0x0C, 4, 0x03)  # operational mode: offset 0x08 is FCR
+    driver.trap_write(regs, fcr, 0, 0x08, 4, 0x0F)
+    assert regs.read(0, 0x08, 4) == 0x07
+    regs.write(0, 0x0C, 4, 0xBF)  # configuration mode B: offset 0x08 is EFR
+    driver.trap_write(regs, fcr, 0, 0x08, 4, 0x1F)
+    assert regs.read(0, 0x08, 4) == 0x1F
+    scr = _trap(driver, "SCR")
+    driver.trap_write(regs, scr, 0, 0x40, 4, 0xC7)
+    assert regs.read(0, 0x40, 4) == 0xC0
+
+
+def test_sun6i_rtc_oscillator_register_is_write_protected() -> None:
+    driver = Sun6iRtc(_node("allwinner,sun8i-h3-rtc", dmas=False))
+    regs = Registers(0x400)
+    regs.write(0, 0x00, 4, 0x4011)  # host: external 32k crystal selected
+    losc = _trap(driver, "LOSC_CTRL")
+    assert driver.trap_read(regs, losc, 0, 0x00, 4) == 0x4011
+    driver.trap_write(regs, losc, 0, 0x00, 4, 0x16AA0000)  # guest tries the internal RC
+    assert regs.read(0, 0x00, 4) == 0x4011
+
+
+def test_default_trap_reads_zero_and_ignores_writes() -> None:
+    from platpass.drivers.renesas import RcarI2c
+
+    driver = RcarI2c(_node("renesas,rcar-gen3-i2c", dmas=True))
+    regs = Registers(0x40)
+    regs.write(0, 0x3C, 4, 0x5)
+    icdmaer = _trap(driver, "ICDMAER")
+    assert driver.trap_read(regs, icdmaer, 0, 0x3C, 4) == 0
+    before = list(regs.writes)
+    driver.trap_write(regs, icdmaer, 0, 0x3C, 4, 0xF)
+    assert regs.writes == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(trap_offset=st.integers(0, 32), trap_size=st.sampled_from([1, 2, 4, 8]),
+       offset=st.integers(0, 48), size=st.sampled_from([1, 2, 4, 8]),
+       bits=st.integers(0, (1 << 64) - 1))
+def test_access_mask_touches_only_overlapping_bytes(trap_offset: int, trap_size: int,
+                                                    offset: int, size: int, bits: int) -> None:
+    bits &= (1 << (8 * trap_size)) - 1
+    trap = Trap(0, trap_offset, trap_size, "R", "test")
+    mask = access_mask(trap, offset, size, bits)
+    assert 0 <= mask < 1 << (8 * size)
+    for index in range(size):
+        byte = (mask >> (8 * index)) & 0xFF
+        address = offset + index
+        if trap_offset <= address < trap_offset + trap_size:
+            assert byte == (bits >> (8 * (address - trap_offset))) & 0xFF
+        else:
+            assert byte == 0
