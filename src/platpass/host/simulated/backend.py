@@ -72,7 +72,7 @@ class SimulatedBackend:
             os.close(self._fd)
             raise HostError(f"simulated {model.kind}: cannot set up memfd: {err}") from err
         ranges = tuple(
-            (offset, min(length, size - offset))
+            (int(offset), int(min(length, size - offset)))
             for offset, length in model.side_effect_ranges
             if offset < size
         )

@@ -12,24 +12,22 @@ bytes and RX input, GPIO pins, RTC time, watchdog reset output) hang off
 from __future__ import annotations
 
 import functools
-import shutil
-import subprocess
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from platpass.errors import HostError
+from platpass.firmware.devicetree import DeviceTree, compile_dts, load_blob
 from platpass.firmware.model import DeviceNode
 from platpass.host.simulated.backend import SimulatedBackend
 from platpass.host.simulated.clock import ModelClock, ReactorClock
 from platpass.host.simulated.models.base import DeviceModel
+from platpass.host.simulated.models.ns16550 import Ns16550
 from platpass.host.simulated.models.pl011 import Pl011
 from platpass.host.simulated.models.pl031 import Pl031
+from platpass.host.simulated.models.pl061 import Pl061
+from platpass.host.simulated.models.sp805 import Sp805
 from platpass.reactor import Reactor
-
-if TYPE_CHECKING:
-    from platpass.firmware.devicetree import DeviceTree
 
 BOARD_DTS = "sim-board.dts"
 
@@ -44,25 +42,16 @@ def board_dts_path() -> Path:
 
 @functools.cache
 def board_dtb() -> bytes:
-    """The board compiled to a flattened device tree (``dtc``, once per process)."""
-    dtc = shutil.which("dtc")
-    if dtc is None:
-        raise HostError("dtc not found: install device-tree-compiler (scripts/install)")
-    source = board_dts_path()
-    proc = subprocess.run(
-        [dtc, "-q", "-I", "dts", "-O", "dtb", str(source)],
-        capture_output=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise HostError(f"dtc failed on {source}: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
+    """The board compiled to a flattened device tree (``dtc``, once per process).
+
+    Raises :class:`~platpass.errors.DeviceTreeLoadError` when dtc is missing or fails.
+    """
+    return compile_dts(board_dts_path())
 
 
 def load_board() -> DeviceTree:
     """The board as a loaded :class:`~platpass.firmware.devicetree.DeviceTree`."""
-    from platpass.firmware.devicetree import load_blob
-
-    return load_blob(board_dtb())
+    return load_blob(board_dtb(), str(board_dts_path()))
 
 
 # -- models by compatible ----------------------------------------------------------------
@@ -95,9 +84,32 @@ def _pl031(node: DeviceNode, clock: ModelClock) -> DeviceModel:
     return Pl031(clock)
 
 
+def _pl061(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    return Pl061(clock)
+
+
+def _sp805(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    return Sp805(clock, rate=_clock_rate(node, "wdog_clk"))
+
+
+def _ns16550(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    rate = _u32_property(node, "clock-frequency", 0) or _clock_rate(node)
+    try:
+        return Ns16550(clock, reg_shift=_u32_property(node, "reg-shift", 0),
+                       reg_io_width=_u32_property(node, "reg-io-width", 1), clock_rate=rate)
+    except ValueError as err:
+        raise HostError(f"{node.path}: {err}") from err
+
+
 MODEL_FACTORIES: dict[str, ModelFactory] = {
     "arm,pl011": _pl011,
     "arm,pl031": _pl031,
+    "arm,pl061": _pl061,
+    "arm,sp805": _sp805,
+    "ns16550a": _ns16550,
+    "ns16550": _ns16550,
+    "ns8250": _ns16550,
+    "fsl,ns16550": _ns16550,
 }
 
 

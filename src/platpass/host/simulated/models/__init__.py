@@ -8,7 +8,10 @@ backend interface.
 from __future__ import annotations
 
 from platpass.host.simulated.models.base import DeviceModel
+from platpass.host.simulated.models.ns16550 import Ns16550
 from platpass.host.simulated.models.pl011 import Pl011
 from platpass.host.simulated.models.pl031 import Pl031
+from platpass.host.simulated.models.pl061 import Pl061
+from platpass.host.simulated.models.sp805 import Sp805
 
-__all__ = ["DeviceModel", "Pl011", "Pl031"]
+__all__ = ["DeviceModel", "Ns16550", "Pl011", "Pl031", "Pl061", "Sp805"]
