@@ -115,18 +115,16 @@ def test_mapped_window_costs_no_exit(vm: Vm, wire) -> None:
     assert rtc.pt.stats.forwarded_reads == 0
 
 
-def _loopback_uart(uart: Wired) -> None:
-    """UART in loopback with the receive-timeout interrupt unmasked: one byte written to
-    UARTDR comes back to the receiver, and 32 bit-times later RTRIS raises the line."""
-    uart.thread.call(lambda: uart.device.write(0, 0x30, 4, 0x381))  # UARTEN|TXE|RXE|LBE
-    uart.thread.call(lambda: uart.device.write(0, 0x38, 4, 1 << 6))  # IMSC.RTIM
+#: The guest puts the UART in loopback (UARTCR: UARTEN|TXE|RXE|LBE) with the receive-timeout
+#: interrupt unmasked (UARTIMSC.RTIM); one byte written to UARTDR then comes back to the
+#: receiver and 32 bit-times later RTRIS raises the (level) line.
+LOOPBACK = ((UART + 0x30, 0x381), (UART + 0x38, 1 << 6))
 
 
 def test_device_interrupt_is_taken_by_the_guest_through_irqfd(vm: Vm, wire) -> None:
     uart = wire("arm,pl011", UART, 18)
-    _loopback_uart(uart)
     ports = load_program(vm, "irq", BootInfo(
-        gsi=18, level=True, arm_address=UART, arm_value=ord("x"),      # UARTDR
+        gsi=18, level=True, setup=LOOPBACK, arm_address=UART, arm_value=ord("x"),  # UARTDR
         ack_address=UART + 0x44, ack_value=1 << 6))                    # UARTICR.RTIC
     vm.vcpus[0].run(timeout=10)
     assert ports.result == 0
@@ -138,14 +136,26 @@ def test_device_interrupt_is_taken_by_the_guest_through_irqfd(vm: Vm, wire) -> N
     assert fired.delivered >= 1
 
 
+def test_rtc_alarm_interrupt_reaches_the_guest(vm: Vm, wire) -> None:
+    rtc = wire("arm,pl031", RTC, 20)
+    # a PL031 driver's alarm: IMSC on, then RTCMR = RTCDR + 1; ISR acks with RTCICR
+    ports = load_program(vm, "irq", BootInfo(
+        gsi=20, level=True, setup=((RTC + 0x10, 1),), read_address=RTC,
+        arm_address=RTC + 0x04, arm_value=1, arm_relative=True,
+        ack_address=RTC + 0x1C, ack_value=1))
+    vm.vcpus[0].run(timeout=5)
+    assert ports.result == 0
+    assert ports.reports[0] == 1
+    assert not rtc.thread.call(lambda: rtc.backend.line(0))
+
+
 @pytest.mark.skipif(PVM, reason="this host's KVM is PVM (kvm_pvm), which runs a guest "
                     "with paging off in its instruction emulator and completes a level "
                     "interrupt at injection rather than at the guest's EOI")
 def test_level_interrupt_is_redelivered_only_after_the_guest_eoi(vm: Vm, wire) -> None:
-    uart = wire("arm,pl011", UART, 19)
-    _loopback_uart(uart)
+    wire("arm,pl011", UART, 19)
     ports = load_program(vm, "irq", BootInfo(
-        gsi=19, level=True, arm_address=UART, arm_value=ord("x"),
+        gsi=19, level=True, setup=LOOPBACK, arm_address=UART, arm_value=ord("x"),
         ack_address=UART + 0x44, ack_value=1 << 6, count=200_000, delayed_eoi=True))
     vm.vcpus[0].run(timeout=10)
     assert ports.result == 0
@@ -156,10 +166,9 @@ def test_level_interrupt_is_redelivered_only_after_the_guest_eoi(vm: Vm, wire) -
 
 def test_guest_eoi_unmasks_the_device_through_the_resample_fd(vm: Vm, wire) -> None:
     uart = wire("arm,pl011", UART, 19)
-    _loopback_uart(uart)
     # the guest takes the interrupt and EOIs but never acks at the device
     ports = load_program(vm, "irq", BootInfo(
-        gsi=19, level=True, arm_address=UART, arm_value=ord("x")))
+        gsi=19, level=True, setup=LOOPBACK, arm_address=UART, arm_value=ord("x")))
     vm.vcpus[0].run(timeout=10)
     assert ports.result == 0
     assert uart.thread.call(lambda: uart.backend.line(0))  # still asserted at the device

@@ -58,12 +58,24 @@ class BootInfo:
     count: int = 0
     delayed_eoi: bool = False
     message: bytes = b""
+    #: ``(address, value)`` writes the irq program makes before arming (at most two).
+    setup: tuple[tuple[int, int], ...] = ()
+    #: The arming write adds the value read at ``read_address`` (an RTC alarm "now + n").
+    arm_relative: bool = False
 
     def pack(self) -> bytes:
+        if len(self.setup) > 2:
+            raise VmmError(f"at most two set-up writes fit the boot info, got {len(self.setup)}")
+        setup = [*self.setup, *[(0, 0)] * (2 - len(self.setup))]
+        mode = int(self.delayed_eoi) | (int(self.arm_relative) << 1)
         words = (BOOT_INFO_MAGIC, self.uart, self.rtc, self.gpio, self.gsi, int(self.level),
                  self.arm_address, self.arm_value, self.ack_address, self.ack_value,
-                 self.read_address, self.count, int(self.delayed_eoi), MESSAGE_ADDRESS)
-        return struct.pack(f"<{len(words)}I", *words)
+                 self.read_address, self.count, mode, MESSAGE_ADDRESS,
+                 setup[0][0], setup[0][1], setup[1][0], setup[1][1])
+        try:
+            return struct.pack(f"<{len(words)}I", *words)
+        except struct.error as err:
+            raise VmmError(f"boot info value does not fit 32 bits: {err}") from err
 
 
 def _tool(name: str) -> str:
@@ -138,8 +150,13 @@ class DebugPorts:
         vm.add_pio(REPORT_PORT, 8, self, "debug")
 
 
-def load_program(vm: Vm, name: str, info: BootInfo) -> DebugPorts:
-    """Load ``name`` and its boot info into ``vm``, attach debug ports, boot vCPU 0."""
+def load_program(vm: Vm, name: str, info: BootInfo,
+                 ports: DebugPorts | None = None) -> DebugPorts:
+    """Load ``name`` and its boot info into ``vm`` and boot vCPU 0 at it.
+
+    Pass the ``ports`` of an earlier program to run several programs in one VM (they are
+    cleared); otherwise new debug ports are attached.
+    """
     image = build_program(name)
     if len(info.message) >= MESSAGE_LIMIT:
         raise VmmError(f"guest message is {len(info.message)} bytes; at most "
@@ -147,8 +164,13 @@ def load_program(vm: Vm, name: str, info: BootInfo) -> DebugPorts:
     vm.write_guest(LOAD_ADDRESS, image)
     vm.write_guest(BOOT_INFO_ADDRESS, info.pack())
     vm.write_guest(MESSAGE_ADDRESS, info.message + b"\0")
-    ports = DebugPorts()
-    ports.attach(vm)
+    if ports is None:
+        ports = DebugPorts()
+        ports.attach(vm)
+    else:
+        ports.console.clear()
+        ports.reports.clear()
+        ports.result = None
     vcpu = vm.vcpus[0] if vm.vcpus else vm.create_vcpu()
     vcpu.boot(LOAD_ADDRESS, STACK_TOP, BOOT_INFO_ADDRESS)
     return ports

@@ -241,6 +241,7 @@ class Vm:
         self._mmio = _RangeMap()
         self._pio = _RangeMap()
         self._irqfds: list[tuple[int, int, int | None]] = []
+        self._lines = 0
         self._closed = False
         try:
             for cap in (Cap.IRQCHIP, Cap.USER_MEMORY, Cap.IRQFD, Cap.IRQFD_RESAMPLE):
@@ -326,6 +327,12 @@ class Vm:
         self._pio.add(port, count, handler, label)
 
     # -- interrupts -------------------------------------------------------------------------
+
+    def allocate_gsi(self) -> int:
+        """The guest interrupt line for the next device interrupt (arch numbering)."""
+        gsi = arch.gsi_for_line(self._lines)
+        self._lines += 1
+        return gsi
 
     def irqfd(self, trigger_fd: int, gsi: int, resample_fd: int | None = None) -> None:
         """``KVM_IRQFD``: a write to ``trigger_fd`` raises ``gsi`` in the guest.

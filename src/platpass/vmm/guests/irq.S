@@ -1,8 +1,11 @@
 # Take a device interrupt through the IOAPIC and the local APIC.
 # Set-up: an IDT whose vector IRQ_VECTOR is `isr`, the LAPIC software-enabled, IOAPIC pin
 # BI_GSI routed to IRQ_VECTOR on APIC 0 (level- or edge-triggered per BI_LEVEL). Then the
-# program makes the device interrupt (32-bit write of BI_ARM_VALUE to BI_ARM_ADDR, when
-# BI_ARM_ADDR is not 0; otherwise the host raises the line) and waits with `sti; hlt`.
+# program programs the device: up to two set-up writes (BI_SETUPn_VALUE to BI_SETUPn_ADDR,
+# skipped when the address is 0), then the arming write of BI_ARM_VALUE to BI_ARM_ADDR
+# (with MODE_ARM_RELATIVE the value written is *BI_READ_ADDR + BI_ARM_VALUE, e.g. an RTC
+# alarm one second from now), and waits with `sti; hlt`. With BI_ARM_ADDR 0 the host
+# raises the line.
 # The ISR acknowledges at the device (BI_ACK_VALUE to BI_ACK_ADDR), then EOIs.
 # BI_MODE bit 0 ("delayed EOI"): the first ISR entry neither acks nor EOIs; the main loop
 # spins BI_COUNT iterations with interrupts enabled, reports how many interrupts it saw
@@ -43,13 +46,27 @@ _start:
     or $(1 << 15), %eax                  # level-triggered, active high
 2:  movl %eax, IOAPIC + 0x10
 
-    rdtsc
+    mov BI_SETUP1_ADDR(%ebx), %esi
+    test %esi, %esi
+    jz 7f
+    mov BI_SETUP1_VALUE(%ebx), %eax
+    mov %eax, (%esi)
+7:  mov BI_SETUP2_ADDR(%ebx), %esi
+    test %esi, %esi
+    jz 8f
+    mov BI_SETUP2_VALUE(%ebx), %eax
+    mov %eax, (%esi)
+8:  mov BI_ARM_VALUE(%ebx), %ecx
+    testl $MODE_ARM_RELATIVE, BI_MODE(%ebx)
+    jz 9f
+    mov BI_READ_ADDR(%ebx), %esi
+    add (%esi), %ecx
+9:  rdtsc
     mov %eax, armed_tsc
     mov BI_ARM_ADDR(%ebx), %esi
     test %esi, %esi
     jz 3f
-    mov BI_ARM_VALUE(%ebx), %eax
-    mov %eax, (%esi)
+    mov %ecx, (%esi)
 3:
 wait_first:                              # cli/test/sti;hlt: no wake-up can be lost
     cli
@@ -60,7 +77,7 @@ wait_first:                              # cli/test/sti;hlt: no wake-up can be l
     jmp wait_first
 got_first:
     sti
-    testl $1, BI_MODE(%ebx)
+    testl $MODE_DELAYED_EOI, BI_MODE(%ebx)
     jz finish
     # delayed-EOI mode: the ISR returned without EOI; give a re-delivery every chance
     mov BI_COUNT(%ebx), %ecx
@@ -107,7 +124,7 @@ isr:
     mov %eax, first_tsc
 5:  incl irq_count
     mov bootinfo, %edx
-    testl $1, BI_MODE(%edx)
+    testl $MODE_DELAYED_EOI, BI_MODE(%edx)
     jz ack
     cmpl $0, eoi_done
     je out                               # delayed mode, first entry: no ack, no EOI
