@@ -17,6 +17,7 @@ from platpass.errors import PlatpassError
 #: Subcommand modules under ``platpass.cli``, in the order ``--help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "scan",
+    "serve",
 )
 
 

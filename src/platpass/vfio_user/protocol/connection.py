@@ -116,6 +116,13 @@ class Connection:
         self.error: RemoteProtocolError | None = None
         self._pending_rejected: tuple[Header, int, int] | None = None
 
+    @property
+    def idle(self) -> bool:
+        """True when nothing is buffered, skipped or pending: the next bytes start a
+        fresh message (the server's fast path relies on it)."""
+        return (self.state is State.OPEN and not self._buffer and not self._skip
+                and not self._events and not self._batches)
+
     # ------------------------------------------------------------------ receiving
 
     def receive_data(self, data: bytes | bytearray | memoryview, fds: list[int] | tuple[int, ...]
