@@ -14,7 +14,8 @@ from platpass.drivers.allwinner import Sun6iRtc
 from platpass.drivers.common import Trap, access_mask
 from platpass.drivers.fsl_layerscape import Ls1028aLpuart
 from platpass.drivers.imx import IMX_UCR1_DMA_BITS, ImxUart, VybridI2c
-from platpass.drivers.ti import OmapUart
+from platpass.drivers.qcom import QupI2c
+from platpass.drivers.ti import OmapMcspi, OmapUart
 from platpass.firmware.devicetree import load_dtb
 from platpass.firmware.model import DeviceNode
 
@@ -129,6 +130,27 @@ def test_omap_uart_fcr_dma_mode_masked_but_efr_untouched() -> None:
     scr = _trap(driver, "SCR")
     driver.trap_write(regs, scr, 0, 0x40, 4, 0xC7)
     assert regs.read(0, 0x40, 4) == 0xC0
+
+
+@pytest.mark.parametrize(("mode", "allowed"), [(0, 0), (1, 1), (2, 0), (3, 1)])
+def test_qup_io_mode_never_reaches_a_dma_mode(mode: int, allowed: int) -> None:
+    """QUP modes: 0 FIFO, 1 BLOCK (CPU served), 2 DMOV, 3 BAM (DMA): DMA turns into CPU."""
+    driver = QupI2c(_node("qcom,i2c-qup-v2.2.1", dmas=True))
+    regs = Registers(0x600)
+    io_mode = _trap(driver, "QUP_IO_MODE")
+    packing = (1 << 14) | (1 << 15)
+    driver.trap_write(regs, io_mode, 0, 0x008, 4, (mode << 10) | (mode << 12) | packing)
+    assert regs.read(0, 0x008, 4) == (allowed << 10) | (allowed << 12) | packing
+
+
+def test_mcspi_channel_dma_requests_masked_on_every_channel() -> None:
+    driver = OmapMcspi(_node("ti,omap4-mcspi", dmas=True))
+    regs = Registers(0x400)
+    confs = [t for t in driver.active_traps() if t.name.endswith("CONF")]
+    assert [t.offset for t in confs] == [0x12C, 0x140, 0x154, 0x168]
+    for trap in confs:
+        driver.trap_write(regs, trap, 0, trap.offset, 4, 0x0001_C3FF)  # DMAR|DMAW|DPE0|...
+        assert regs.read(0, trap.offset, 4) == 0x0001_03FF
 
 
 def test_sun6i_rtc_oscillator_register_is_write_protected() -> None:

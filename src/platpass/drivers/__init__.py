@@ -11,6 +11,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fsl_layerscape",
     "imx",
     "marvell",
+    "qcom",
     "qcom_geni",
     "renesas",
     "rockchip",

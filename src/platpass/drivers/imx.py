@@ -159,4 +159,31 @@ class ImxPwm(PlatformDriver):
     )
 
 
-DRIVERS = (ImxGpio, ImxUart, ImxI2c, VybridI2c, ImxWdt, ImxPwm)
+#: eCSPI DMA register request enables: TEDEN (7), RXDEN (23), RXTDEN (31).
+ECSPI_DMA_ENABLE_BITS = (1 << 7) | (1 << 23) | (1 << 31)
+
+
+# Evidence: drivers/spi/spi-imx.c (MX51_ECSPI_*): PIO TXDATA/RXDATA FIFOs; SDMA slave requests
+# enabled by MX51_ECSPI_DMA TEDEN/RXDEN/RXTDEN. Binding
+# Documentation/devicetree/bindings/spi/fsl-imx-cspi.yaml.
+class ImxEcspi(MaskedRegisterDriver):
+    """i.MX51-and-later eCSPI; the DMA register keeps its watermarks, loses its enables."""
+
+    name = "fsl-imx51-ecspi"
+    compatibles = ("fsl,imx51-ecspi", "fsl,imx53-ecspi")
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-imx.c: PIO FIFOs, SDMA slave requests gated by the eCSPI DMA "
+        "register's TEDEN/RXDEN/RXTDEN; binding "
+        "Documentation/devicetree/bindings/spi/fsl-imx-cspi.yaml"
+    )
+    dma_traps = (Trap(0, 0x14, 4, "ECSPI_DMA", "TEDEN/RXDEN/RXTDEN masked: no SDMA requests"),)
+    masked_bits = {"ECSPI_DMA": ECSPI_DMA_ENABLE_BITS}
+    # INT (0x10) = 0: interrupts off; CONREG (0x08) = 0: block disabled.
+    reset_sequence = (
+        RegisterWrite(0, 0x10, 4, 0),
+        RegisterWrite(0, 0x08, 4, 0),
+    )
+
+
+DRIVERS = (ImxGpio, ImxUart, ImxI2c, VybridI2c, ImxWdt, ImxPwm, ImxEcspi)

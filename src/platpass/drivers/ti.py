@@ -173,4 +173,42 @@ class EhrPwm(PlatformDriver):
     )
 
 
-DRIVERS = (OmapUart, OmapI2c, DavinciGpio, RtiWdt, EhrPwm)
+#: OMAP4-and-later McSPI registers sit 0x100 above the node's base (OMAP4_MCSPI_REG_OFFSET).
+_MCSPI_BASE = 0x100
+_MCSPI_CHANNELS = 4
+#: MCSPI_CHxCONF DMAW (14) and DMAR (15): per-channel DMA request enables.
+MCSPI_CHCONF_DMA_BITS = (1 << 14) | (1 << 15)
+
+
+def _mcspi_chconf(channel: int) -> int:
+    """Offset of MCSPI_CHxCONF (each channel has a 0x14-byte bank: CONF, STAT, CTRL, TX, RX)."""
+    return _MCSPI_BASE + 0x2C + 0x14 * channel
+
+
+# Evidence: drivers/spi/spi-omap2-mcspi.c: per-channel CHCONF/CHSTAT/CHCTRL/TX/RX registers;
+# DMA through external slave channels (``dmas``) requested when CHCONF DMAW/DMAR are set.
+# Binding Documentation/devicetree/bindings/spi/omap-spi.yaml.
+class OmapMcspi(MaskedRegisterDriver):
+    """TI OMAP4-and-later multichannel SPI (AM64/AM65/J7 fall back to ``ti,omap4-mcspi``)."""
+
+    name = "ti-omap4-mcspi"
+    compatibles = ("ti,omap4-mcspi",)
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-omap2-mcspi.c: PIO TX/RX registers per channel, DMA only as "
+        "slave requests enabled by CHCONF DMAW/DMAR; binding "
+        "Documentation/devicetree/bindings/spi/omap-spi.yaml"
+    )
+    dma_traps = tuple(
+        Trap(0, _mcspi_chconf(ch), 4, f"CH{ch}CONF", "DMAW/DMAR masked: no DMA requests")
+        for ch in range(_MCSPI_CHANNELS)
+    )
+    masked_bits = {f"CH{ch}CONF": MCSPI_CHCONF_DMA_BITS for ch in range(_MCSPI_CHANNELS)}
+    # IRQENABLE (0x11c) = 0: interrupts off; every CHxCTRL (CHxCONF + 8) = 0: channels off.
+    reset_sequence = (
+        RegisterWrite(0, _MCSPI_BASE + 0x1C, 4, 0),
+        *(RegisterWrite(0, _mcspi_chconf(ch) + 8, 4, 0) for ch in range(_MCSPI_CHANNELS)),
+    )
+
+
+DRIVERS = (OmapUart, OmapI2c, DavinciGpio, RtiWdt, EhrPwm, OmapMcspi)
