@@ -18,6 +18,7 @@ from platpass.errors import PlatpassError
 SUBCOMMANDS: tuple[str, ...] = (
     "scan",
     "serve",
+    "guest_dt",
 )
 
 

@@ -279,10 +279,13 @@ class Allocator:
             self._spis.add(irq.guest_spi)
 
     def place(self, node: DeviceNode, *, label: str | None = None,
-              identity: bool = False) -> DevicePlacement:
+              identity: bool = False,
+              trigger_hints: Mapping[str, Trigger] | None = None) -> DevicePlacement:
         """The placement of ``node``: the recorded one if any, else a new one (recorded).
 
         ``identity`` keeps the host SPI numbers (Xen passes physical lines through 1:1).
+        ``trigger_hints`` gives, per interrupt controller path, the trigger of lines whose
+        specifier does not say (e.g. a TI K3 interrupt router's ``ti,intr-trigger-type``).
         Raises :class:`GuestError` when the window or the pool is exhausted, or an interrupt
         cannot be given to a guest (a per-CPU PPI, an unknown trigger type).
         """
@@ -291,7 +294,7 @@ class Allocator:
             self._check_matches(node, existing, identity)
             return existing
         regions = self._place_regions(node)
-        interrupts = self._place_interrupts(node, identity)
+        interrupts = self._place_interrupts(node, identity, trigger_hints or {})
         placement = DevicePlacement(node.path, label or default_label(node), regions,
                                     interrupts)
         self.record = self.record.with_device(placement)
@@ -353,11 +356,14 @@ class Allocator:
                              f"{window.base:#x}+{window.size:#x}")
         return candidate
 
-    def _place_interrupts(self, node: DeviceNode,
-                          identity: bool) -> tuple[InterruptPlacement, ...]:
+    def _place_interrupts(self, node: DeviceNode, identity: bool,
+                          hints: Mapping[str, Trigger]) -> tuple[InterruptPlacement, ...]:
         placed = []
         pool = self.record.spi_pool
         for index, irq in enumerate(node.interrupts):
+            host_trigger = irq.trigger
+            if host_trigger is Trigger.UNKNOWN:
+                host_trigger = hints.get(irq.controller, Trigger.UNKNOWN)
             if irq.type is IrqType.PPI:
                 raise GuestError(f"{node.path}: interrupt {index} is a per-CPU PPI "
                                  f"({irq.number}); it cannot be given to a guest")
@@ -369,11 +375,16 @@ class Allocator:
                 if irq.number in self._spis:
                     raise GuestError(f"{node.path}: host SPI {irq.number} is already given "
                                      "to another device of this guest")
-                spi, trigger = irq.number, irq.trigger
+                spi, trigger = irq.number, host_trigger
                 if trigger is Trigger.UNKNOWN:
                     raise GuestError(f"{node.path}: interrupt {index} has an unknown trigger")
             else:
-                trigger = guest_trigger(irq.trigger)
+                try:
+                    trigger = guest_trigger(host_trigger)
+                except GuestError as err:
+                    raise GuestError(f"{node.path}: interrupt {index} (controller "
+                                     f"{irq.controller}, specifier {list(irq.specifier)}): "
+                                     f"{err}") from None
                 free = (n for n in range(pool.start, pool.start + pool.count)
                         if n not in self._spis)
                 spi = next(free, None)
@@ -382,7 +393,7 @@ class Allocator:
                                      f"{pool.start + pool.count - 1} is exhausted")
             self._spis.add(spi)
             placed.append(InterruptPlacement(index, irq.controller, irq.type, irq.number,
-                                             irq.trigger, spi, trigger))
+                                             host_trigger, spi, trigger))
         return tuple(placed)
 
 

@@ -369,6 +369,11 @@ def build_guest_device(
             continue
         props[name] = Raw(value)
 
+    if "interrupt-controller" in props and "#address-cells" not in props:
+        # An interrupt provider states its address width (dtc's interrupt_provider check;
+        # an interrupt-map pointing at it needs it). Nothing sits below it in the guest.
+        props["#address-cells"] = u32(0)
+
     plain = {k: v.value for k, v in props.items() if isinstance(v, Raw)}
     rewritten = driver.guest_properties(plain)
     for name in plain:

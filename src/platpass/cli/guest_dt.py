@@ -1,0 +1,278 @@
+"""``platpass guest-dt``: the device-tree description a guest needs for assigned devices.
+
+Reads the host tree (``--dtb``/``--dts``/``--live``/``--sim``; by default the live tree when
+the kernel exposes one, else the simulated board), refuses any node whose verdict is
+``REFUSED_*`` (with the evidence), places the devices in the guest (recorded with
+``--placement FILE`` so the server and the KVM client agree), and writes the flavour's output
+to ``-o``. The VMM arguments or xl.cfg lines that go with the file are printed on stdout.
+Everything is computed before anything is written: on error no file changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from platpass.drivers.common import PlatformDriver
+from platpass.errors import GuestError, NodeError
+from platpass.firmware.devicetree import LIVE_FDT, DeviceTree, load_dtb, load_dts, load_live
+from platpass.firmware.model import DeviceNode
+from platpass.guest.dts import decode_strings
+from platpass.guest.flavours import Flavour, FlavourOutput, crosvm, qemu, xen
+from platpass.guest.placement import (
+    DEFAULT_PAGE_SIZE,
+    AddressRange,
+    GuestPlacement,
+    SpiPool,
+    new_record,
+)
+from platpass.guest.plan import plan_guest, trigger_hints
+from platpass.guest.transform import ClockRates
+
+#: Where the common clock framework publishes each clock's rate (debugfs).
+DEBUGFS_CLK = Path("/sys/kernel/debug/clk")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``guest-dt`` to the ``platpass`` command line."""
+    p = subparsers.add_parser(
+        "guest-dt",
+        help="write the guest device tree (crosvm overlay, QEMU dtb, Xen partial dt)",
+        description="Describe assigned host devices to a guest: reg moved into a guest MMIO "
+                    "window, interrupts as guest SPIs, clocks as fixed clocks at the host's "
+                    "rate, host-only properties dropped.",
+    )
+    p.add_argument("nodes", nargs="+", metavar="NODE", help="host node path or alias")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dtb", metavar="FILE", help="host tree from a .dtb")
+    src.add_argument("--dts", metavar="FILE", help="host tree from a .dts (compiled by dtc)")
+    src.add_argument("--live", action="store_true", help=f"the running host ({LIVE_FDT})")
+    src.add_argument("--sim", action="store_true", help="the built-in simulated board")
+    p.add_argument("--flavour", required=True, choices=[f.value for f in Flavour])
+    p.add_argument("--format", choices=("dtb", "dts"), default="dtb",
+                   help="write the compiled blob (default) or the readable source")
+    p.add_argument("--base-dtb", metavar="FILE",
+                   help="qemu: the guest machine's DTB (qemu-system-aarch64 -M virt "
+                        "-machine dumpdtb=FILE)")
+    p.add_argument("--disable", action="append", default=[], metavar="PATH",
+                   help="qemu: set status = \"disabled\" on this base node (repeatable)")
+    p.add_argument("--remove", action="append", default=[], metavar="PATH",
+                   help="qemu: delete this base node, e.g. one whose place a passed-through "
+                        "device takes (repeatable)")
+    p.add_argument("--mmio-window", type=_range, metavar="BASE:SIZE",
+                   help="guest MMIO window for assigned devices (default 0xc000000:0x2000000)")
+    p.add_argument("--reserve", type=_range, action="append", default=[],
+                   metavar="BASE:SIZE", help="guest range no device may use (repeatable)")
+    p.add_argument("--spi-pool", type=_pool, metavar="START:COUNT",
+                   help="guest SPIs to hand out (default 112:64; xen keeps host SPIs)")
+    p.add_argument("--page-size", type=lambda s: int(s, 0), default=DEFAULT_PAGE_SIZE,
+                   help="host page size (default 0x1000)")
+    p.add_argument("--clock-rate", action="append", default=[], metavar="NAME=HZ",
+                   help="rate of a clock with no known rate: NAME is its clock-names entry, "
+                        "its provider path, PROVIDER:INDEX, or * (repeatable)")
+    p.add_argument("--placement", metavar="FILE",
+                   help="placement record to reuse and update (JSON, read by the KVM client)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.set_defaults(func=run)
+
+
+def _range(text: str) -> AddressRange:
+    try:
+        return AddressRange.parse(text)
+    except GuestError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _pool(text: str) -> SpiPool:
+    try:
+        return SpiPool.parse(text)
+    except GuestError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def parse_clock_rates(items: list[str]) -> dict[str, int]:
+    """``NAME=HZ`` items (HZ in any base, or with a k/M suffix) as a mapping."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise GuestError(f"--clock-rate {item!r}: expected NAME=HZ")
+        scale = 1
+        if value[-1:] in ("k", "M"):
+            scale = 1000 if value[-1] == "k" else 1_000_000
+            value = value[:-1]
+        try:
+            rate = int(value, 0) * scale
+        except ValueError as err:
+            raise GuestError(f"--clock-rate {item!r}: {value!r} is not a number") from err
+        if not 0 < rate <= 0xFFFFFFFF:
+            raise GuestError(f"--clock-rate {item!r}: rate must be 1..4294967295 Hz")
+        out[name] = rate
+    return out
+
+
+def load_tree(args: argparse.Namespace) -> DeviceTree:
+    """The host tree the arguments name."""
+    if args.dtb:
+        return load_dtb(args.dtb)
+    if args.dts:
+        return load_dts(args.dts)
+    if args.live or (not args.sim and LIVE_FDT.exists()):
+        return load_live()
+    from platpass.host.simulated.board import load_board
+
+    return load_board()
+
+
+def provider_names(tree: DeviceTree, nodes: list[DeviceNode]) -> dict[str, tuple[str, ...]]:
+    """Clock provider path -> its Linux clock names (``clock-output-names`` or node name)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for node in nodes:
+        for clock in node.clocks:
+            if clock.provider in out:
+                continue
+            try:
+                raw = tree.raw_node(clock.provider)
+            except NodeError:
+                continue
+            names = decode_strings(raw.props.get("clock-output-names", b""))
+            out[clock.provider] = names or (raw.name.split("@", 1)[0],)
+    return out
+
+
+def live_clock_rates(names: dict[str, tuple[str, ...]],
+                     root: Path = DEBUGFS_CLK) -> dict[str, int]:
+    """Rates of the named clocks from debugfs (only those that exist and parse)."""
+    out: dict[str, int] = {}
+    for candidates in names.values():
+        for name in candidates:
+            if "/" in name or name in out:
+                continue
+            try:
+                out[name] = int((root / name / "clk_rate").read_text().strip())
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def select_devices(tree: DeviceTree,
+                   wanted: list[str]) -> list[tuple[DeviceNode, PlatformDriver]]:
+    """The wanted nodes with their drivers; raises GuestError for any refused node."""
+    from platpass.drivers.registry import default_registry
+    from platpass.firmware.verdict import Verdict, assess_tree
+
+    assessments = {a.node.path: a for a in assess_tree(tree, default_registry())}
+    out: list[tuple[DeviceNode, PlatformDriver]] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for name in wanted:
+        try:
+            path = tree.raw_node(name).path
+        except NodeError as err:
+            problems.append(str(err))
+            continue
+        if path in seen:
+            continue
+        seen.add(path)
+        found = assessments.get(path)
+        if found is None:
+            problems.append(f"{path}: not a memory-mapped device")
+            continue
+        if found.verdict not in (Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS) \
+                or found.driver is None:
+            why = "; ".join(f"{e.rule}: {e.property} = {e.value}" for e in found.evidence)
+            problems.append(f"{path}: {found.verdict} ({why or 'no evidence recorded'})")
+            continue
+        out.append((found.node, found.driver(found.node)))
+    if problems:
+        raise GuestError("cannot describe these devices to a guest:\n  "
+                         + "\n  ".join(problems))
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, then write the output and the record; print the VMM lines."""
+    flavour = Flavour(args.flavour)
+    if flavour is not Flavour.QEMU and (args.base_dtb or args.disable or args.remove):
+        raise GuestError("--base-dtb, --disable and --remove apply to --flavour qemu only")
+    if flavour is Flavour.QEMU and not args.base_dtb:
+        raise GuestError("--flavour qemu needs --base-dtb (dump one with qemu-system-aarch64 "
+                         "-M virt -machine dumpdtb=virt.dtb)")
+    out_path = Path(args.output)
+    tree = load_tree(args)
+    devices = select_devices(tree, args.nodes)
+
+    record_path = Path(args.placement) if args.placement else None
+    if record_path is not None and record_path.exists():
+        try:
+            record = GuestPlacement.from_json(record_path.read_bytes())
+        except OSError as err:
+            raise GuestError(f"{record_path}: {err.strerror or err}") from err
+        if args.mmio_window:
+            record = replace(record, window=args.mmio_window)
+        if args.spi_pool:
+            record = replace(record, spi_pool=args.spi_pool)
+    else:
+        record = new_record(page_size=args.page_size, window=args.mmio_window,
+                            spi_pool=args.spi_pool)
+
+    nodes = [node for node, _ in devices]
+    names = provider_names(tree, nodes)
+    live = live_clock_rates(names) if (args.live or tree.source == str(LIVE_FDT)) else {}
+    rates = ClockRates(overrides=parse_clock_rates(args.clock_rate), live=live,
+                       provider_names=names)
+    reserved = list(args.reserve)
+    reserved_spis: frozenset[int] = frozenset()
+    gic_phandle = None
+    base_blob = b""
+    if flavour is Flavour.QEMU:
+        try:
+            base_blob = Path(args.base_dtb).read_bytes()
+        except OSError as err:
+            raise GuestError(f"{args.base_dtb}: {err.strerror or err}") from err
+        base = qemu.inspect_base(base_blob, args.disable, args.remove)
+        reserved += base.reserved(record.page_size)
+        reserved_spis = base.spis
+        gic_phandle = base.gic_phandle
+
+    guests, record = plan_guest(devices, flavour, record, rates=rates,
+                                host_phandles=frozenset(tree.raw.by_phandle),
+                                reserved=reserved, reserved_spis=reserved_spis,
+                                gic_phandle=gic_phandle,
+                                trigger_hints=trigger_hints(
+                                    {n.path: n.props for n in tree.raw.nodes
+                                     if "ti,intr-trigger-type" in n.props}))
+    output: FlavourOutput
+    if flavour is Flavour.CROSVM:
+        output = crosvm.build(guests, str(out_path))
+    elif flavour is Flavour.QEMU:
+        output = qemu.build(base_blob, guests, args.disable, args.remove)
+        output = replace(output, vmm_lines=(f"-dtb {out_path}",))
+    else:
+        output = xen.build(guests, str(out_path), record.page_size)
+
+    data = output.source.encode() if args.format == "dts" else output.blob
+    _write_atomic(out_path, data)
+    if record_path is not None:
+        _write_atomic(record_path, record.to_json().encode())
+    for guest in guests:
+        dropped = ", ".join(sorted(guest.dropped)) or "nothing"
+        print(f"# {guest.host.path} -> {guest.node.name} (label {guest.label}); "
+              f"dropped: {dropped}")
+    for line in output.vmm_lines:
+        print(line)
+    return 0

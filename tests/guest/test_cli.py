@@ -1,0 +1,102 @@
+"""``platpass guest-dt`` end to end on real board trees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import libfdt
+import pytest
+
+from platpass.cli import main
+from platpass.guest.dts import cells_of
+from platpass.guest.placement import GuestPlacement
+
+DTBS = Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
+RK3568 = str(DTBS / "rockchip__rk3568-evb1-v10.dtb")
+JUNO = str(DTBS / "arm__juno-scmi.dtb")
+
+
+def test_crosvm_overlay_and_placement_record(tmp_path: Path, capsys) -> None:
+    out, rec = tmp_path / "uart.dtbo", tmp_path / "guest.json"
+    argv = ["guest-dt", "/serial@fdd50000", "/i2c@fdd40000", "--dtb", RK3568,
+            "--flavour", "crosvm", "--clock-rate", "baudclk=24000000",
+            "--clock-rate", "*=100M", "--placement", str(rec), "-o", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"--device-tree-overlay {out},filter" in printed
+    assert "--vfio /sys/bus/platform/devices/fdd50000.serial,dt-symbol=serial_fdd50000" \
+        in printed
+    assert "dmas" in printed and "pinctrl-0" in printed  # reported as dropped
+    record = GuestPlacement.from_json(rec.read_text())
+    uart = record.device("/serial@fdd50000")
+    assert uart.regions[0].guest_address == 0xC000000
+    assert uart.interrupts[0].guest_spi == 112
+    fdt = libfdt.FdtRo(out.read_bytes())
+    node = fdt.path_offset("/fragment@0/__overlay__/serial@c000000")
+    assert cells_of(bytes(fdt.getprop(node, "interrupts"))) == (0, 112, 4)
+    # a second run with the same record keeps the first device where it was
+    out2 = tmp_path / "more.dtbo"
+    assert main(["guest-dt", "/serial@fdd50000", "/i2c@fe5a0000", "--dtb", RK3568,
+                 "--flavour", "crosvm", "--clock-rate", "*=100M", "--placement", str(rec),
+                 "-o", str(out2)]) == 0
+    again = GuestPlacement.from_json(rec.read_text())
+    assert again.device("/serial@fdd50000") == uart
+    new = again.device("/i2c@fe5a0000")
+    assert new.regions[0].guest_address not in (
+        r.guest_address for d in record.devices for r in d.regions)
+    assert json.loads(rec.read_text())["platpass_guest_placement"] == 1
+
+
+def test_unknown_rate_refused_and_nothing_written(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.dtbo"
+    assert main(["guest-dt", "/serial@fdd50000", "--dtb", RK3568, "--flavour", "crosvm",
+                 "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no rate is known for clock 0 ('baudclk')" in err and "--clock-rate" in err
+    assert not out.exists()
+
+
+def test_refused_device_shows_verdict_and_evidence(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.dtbo"
+    assert main(["guest-dt", "/iommu@2b600000", "/i2c@7ffa0000", "--dtb", JUNO,
+                 "--flavour", "crosvm", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "/iommu@2b600000: REFUSED_" in err
+    assert not out.exists()
+    assert main(["guest-dt", "/nope", "--dtb", JUNO, "--flavour", "crosvm",
+                 "-o", str(out)]) == 1
+    assert "no such node" in capsys.readouterr().err
+
+
+def test_xen_partial_tree_and_xl_lines(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pt.dtb"
+    assert main(["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "xen",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'dtdev = [ "/i2c@7ffa0000" ]' in printed
+    assert 'iomem = [ "7ffa0,1@c000" ]' in printed
+    assert "irqs = [ 136 ]" in printed  # host SPI 104 + 32
+    fdt = libfdt.FdtRo(out.read_bytes())
+    node = fdt.path_offset("/passthrough/i2c@c000000")
+    assert cells_of(bytes(fdt.getprop(node, "interrupts"))) == (0, 104, 4)
+
+
+def test_qemu_needs_a_base_and_dts_format(tmp_path: Path, capsys, qemu_virt_dtb) -> None:
+    out = tmp_path / "virt.dts"
+    assert main(["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "qemu",
+                 "-o", str(out)]) == 1
+    assert "needs --base-dtb" in capsys.readouterr().err
+    assert main(["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "qemu",
+                 "--base-dtb", str(qemu_virt_dtb), "--format", "dts", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "i2c_7ffa0000: i2c@c001000 {" in text  # c000000 is platform-bus's unit address
+    assert "interrupt-parent = <0x8002>;" in text
+
+
+@pytest.mark.parametrize("bad", [["--clock-rate", "x"], ["--clock-rate", "a=0"],
+                                 ["--clock-rate", "a=fast"]])
+def test_bad_clock_rate_arguments(tmp_path: Path, capsys, bad) -> None:
+    assert main(["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "crosvm",
+                 *bad, "-o", str(tmp_path / "o")]) == 1
+    assert "--clock-rate" in capsys.readouterr().err
