@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from platpass.drivers.common import PlatformDriver
+from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.vmm.kvm import Vm, kvm_unavailable_reason
 
 KVM_REASON = kvm_unavailable_reason()
@@ -22,3 +24,16 @@ def vm() -> Iterator[Vm]:
         yield machine
     finally:
         machine.close()
+
+
+@pytest.fixture
+def sim_registry() -> DriverRegistry:
+    """The default driver registry; until the PL011/PL031 register-level drivers are in
+    it, a bare declaration stands in for them (no traps, default reset)."""
+    registry = default_registry()
+    for compatible in ("arm,pl011", "arm,pl031"):
+        if registry.match((compatible,)) is None:
+            registry.register(type(f"Bare_{compatible[4:]}", (PlatformDriver,), {
+                "name": f"bare-{compatible}", "compatibles": (compatible,),
+                "family": "test", "evidence": "stand-in until the real driver lands"}))
+    return registry

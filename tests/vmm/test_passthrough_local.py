@@ -32,7 +32,7 @@ def _driver(node: DeviceNode) -> PlatformDriver:
     if cls is None:  # the register-level drivers land separately; a bare declaration
         cls = type("BareDriver", (PlatformDriver,), {
             "name": "bare", "compatibles": node.compatible, "family": "test",
-            "evidence": "test"})
+            "evidence": "stand-in until the real driver lands"})
     return cls(node)
 
 
