@@ -47,8 +47,9 @@ class Bcm2835I2c(PlatformDriver):
     reset_sequence = (RegisterWrite(0, 0x00, 4, 0x30),)
 
 
-# Evidence: drivers/pwm/pwm-bcm2835.c: CTL/STA/DMAC/RNG/DAT registers; the DMAC register's
-# ENAB bit would raise DREQs to the host's DMA engine (used by audio drivers). Binding
+# Evidence: drivers/pwm/pwm-bcm2835.c programs only CTL and the per-channel RNG/DAT registers;
+# the BCM2835 ARM Peripherals manual (PWM chapter) adds STA, the FIFO and DMAC, whose ENAB bit
+# (31) raises DREQs to the host's DMA engine. Binding
 # Documentation/devicetree/bindings/pwm/brcm,bcm2835-pwm.yaml.
 class Bcm2835Pwm(PlatformDriver):
     """BCM2835 two-channel PWM."""
@@ -58,7 +59,7 @@ class Bcm2835Pwm(PlatformDriver):
     family = "pwm"
     evidence = (
         "Linux drivers/pwm/pwm-bcm2835.c: control and range/data registers; DMA only as "
-        "DREQ requests gated by DMAC.ENAB; binding "
+        "DREQ requests gated by DMAC.ENAB (BCM2835 ARM Peripherals, PWM); binding "
         "Documentation/devicetree/bindings/pwm/brcm,bcm2835-pwm.yaml"
     )
     dma_traps = (Trap(0, 0x08, 4, "DMAC", "DREQ enable and thresholds: read as zero"),)
