@@ -45,6 +45,9 @@ from platpass.vfio_user.protocol.header import (
 _ACCESS = struct.Struct("=HHIIIQII")  # header + offset, region, count
 _ACCESS_SIZE = _ACCESS.size  # 32
 _PAGE = mmap.PAGESIZE
+_REGION_READ = int(Command.REGION_READ)
+_REGION_WRITE = int(Command.REGION_WRITE)
+_REPLY = int(MessageType.REPLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ class VfioUserClient:
                                   max_fds=max_msg_fds)
         self._next_id = 0
         self._send_buf = bytearray(_ACCESS_SIZE + 8)
+        send_view = memoryview(self._send_buf)
+        self._request_view = send_view[:_ACCESS_SIZE]
+        self._write_views = {n: send_view[:_ACCESS_SIZE + n] for n in (1, 2, 4, 8)}
         self._recv_buf = bytearray(1 << 16)
         self._recv_view = memoryview(self._recv_buf)
         self.server_version: m.Version | None = None
@@ -315,18 +321,16 @@ class VfioUserClient:
         """Trapped register read (fast path: one send, one recv_into)."""
         if not self._framer.idle:
             return int.from_bytes(self.read_bytes(region, offset, size), "little")
-        msg_id = self._msg_id()
-        buf = self._send_buf
-        _ACCESS.pack_into(buf, 0, msg_id, Command.REGION_READ, _ACCESS_SIZE, 0, 0,
+        self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
+        _ACCESS.pack_into(self._send_buf, 0, msg_id, _REGION_READ, _ACCESS_SIZE, 0, 0,
                           offset, region, size)
-        self.sock.send(memoryview(buf)[:_ACCESS_SIZE])
+        self.sock.send(self._request_view)
         want = _ACCESS_SIZE + size
-        nbytes = self.sock.recv_into(self._recv_buf)
         rbuf = self._recv_buf
+        nbytes = self.sock.recv_into(rbuf)
         if nbytes == want:
             rid, _cmd, rsize, rflags, _e, _o, _r, rcount = _ACCESS.unpack_from(rbuf)
-            if rid == msg_id and rsize == want and rflags == MessageType.REPLY \
-                    and rcount == size:
+            if rid == msg_id and rflags == _REPLY and rsize == want and rcount == size:
                 return int.from_bytes(rbuf[_ACCESS_SIZE:want], "little")
         return int.from_bytes(self._finish_slow(msg_id, Command.REGION_READ, nbytes)
                               .payload[16:], "little")
@@ -336,16 +340,16 @@ class VfioUserClient:
         if not self._framer.idle:
             self.write_bytes(region, offset, value.to_bytes(size, "little"))
             return
-        msg_id = self._msg_id()
+        self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
         buf = self._send_buf
-        _ACCESS.pack_into(buf, 0, msg_id, Command.REGION_WRITE, _ACCESS_SIZE + size, 0, 0,
+        _ACCESS.pack_into(buf, 0, msg_id, _REGION_WRITE, _ACCESS_SIZE + size, 0, 0,
                           offset, region, size)
         buf[_ACCESS_SIZE:_ACCESS_SIZE + size] = value.to_bytes(size, "little")
-        self.sock.send(memoryview(buf)[:_ACCESS_SIZE + size])
+        self.sock.send(self._write_views[size])
         nbytes = self.sock.recv_into(self._recv_buf)
         if nbytes == _ACCESS_SIZE:
             rid, _c, rsize, rflags, _e, _o, _r, _n = _ACCESS.unpack_from(self._recv_buf)
-            if rid == msg_id and rsize == _ACCESS_SIZE and rflags == MessageType.REPLY:
+            if rid == msg_id and rflags == _REPLY and rsize == _ACCESS_SIZE:
                 return
         self._finish_slow(msg_id, Command.REGION_WRITE, nbytes)
 

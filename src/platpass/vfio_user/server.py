@@ -60,6 +60,8 @@ _RECV_SIZE = 1 << 16
 _ACCESS = struct.Struct("=HHIIIQII")
 _READ_SIZE = HEADER_SIZE + 16
 _REPLY_TYPE = int(MessageType.REPLY)
+_REGION_READ = int(Command.REGION_READ)
+_REGION_WRITE = int(Command.REGION_WRITE)
 _ACCESS_SIZES = (1, 2, 4, 8)
 
 
@@ -137,8 +139,13 @@ class ClientConnection:
                                  max_fds=limits.max_msg_fds)
         self._anc_size = socket.CMSG_SPACE(limits.max_msg_fds * 4)
         self._buf = bytearray(_RECV_SIZE)
+        self._bufs = [self._buf]
         self._view = memoryview(self._buf)
         self._reply = bytearray(_READ_SIZE + 8)
+        reply_view = memoryview(self._reply)
+        #: count -> the reply bytes of a REGION_READ of that count (0: a REGION_WRITE).
+        self._reply_views = {n: reply_view[:_READ_SIZE + n] for n in (0, *_ACCESS_SIZES)}
+        self._fast_ok = False  # set once VERSION has been negotiated
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self.closed = False
         # Fast-path facts about the device (fixed for its life).
@@ -146,6 +153,7 @@ class ClientConnection:
         self._read = device.read
         self._write = device.write
         self._sizes = self.session._region_sizes
+        self._nregions = len(self._sizes)
         self._readable = tuple(bool(f & RegionFlags.READ) for f in self.session._region_flags)
         self._writable = tuple(bool(f & RegionFlags.WRITE) for f in self.session._region_flags)
         self._max_xfer = limits.max_data_xfer_size
@@ -155,12 +163,15 @@ class ClientConnection:
     def on_readable(self) -> None:
         try:
             nbytes, ancdata, msg_flags, _addr = self.sock.recvmsg_into(
-                [self._buf], self._anc_size)
+                self._bufs, self._anc_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
             log.info("client of %s: receive failed: %s", self.endpoint.name, err)
             self.close()
+            return
+        if (not ancdata and not msg_flags and nbytes >= _READ_SIZE and self._fast_ok
+                and not self._out and self.framer.idle and self._fast_path(nbytes)):
             return
         fds: list[int] = []
         for level, kind, data in ancdata:
@@ -168,9 +179,6 @@ class ClientConnection:
                 usable = len(data) - len(data) % 4
                 fds.extend(struct.unpack(f"={usable // 4}i", data[:usable]))
         truncated = bool(msg_flags & socket.MSG_CTRUNC)
-        if (nbytes and not fds and not truncated and self.session.negotiated
-                and self._fast_path(nbytes)):
-            return
         try:
             self.framer.receive_data(self._view[:nbytes], fds, fds_truncated=truncated)
         except Exception:
@@ -179,6 +187,7 @@ class ClientConnection:
                     os.close(fd)
             raise
         self._drain_events()
+        self._fast_ok = self.session.negotiated
 
     def _fast_path(self, nbytes: int) -> bool:
         """Answer a lone REGION_READ/WRITE of one naturally aligned access directly.
@@ -186,37 +195,34 @@ class ClientConnection:
         Returns False (and consumes nothing) for anything unusual, which then takes the
         full codec path and gets the full checks and error replies.
         """
-        if nbytes < _READ_SIZE or not self.framer.idle or self._out:
-            return False
         msg_id, command, size, flags, _err, offset, region, count = _ACCESS.unpack_from(
             self._buf)
-        if size != nbytes or flags != 0 or count not in _ACCESS_SIZES or offset % count:
+        if size != nbytes or flags or count not in _ACCESS_SIZES or offset % count:
             return False
         try:
-            if command == Command.REGION_READ:
-                if (size != _READ_SIZE or region >= len(self._sizes)
+            if command == _REGION_READ:
+                if (size != _READ_SIZE or region >= self._nregions
                         or offset + count > self._sizes[region] or not self._readable[region]):
                     return False
                 value = self._read(region, offset, count)
                 reply = self._reply
-                _ACCESS.pack_into(reply, 0, msg_id, command, _READ_SIZE + count, _REPLY_TYPE,
-                                  0, offset, region, count)
+                _ACCESS.pack_into(reply, 0, msg_id, _REGION_READ, _READ_SIZE + count,
+                                  _REPLY_TYPE, 0, offset, region, count)
                 reply[_READ_SIZE:_READ_SIZE + count] = value.to_bytes(count, "little")
-                self._send_now(memoryview(reply)[:_READ_SIZE + count])
+                self._send_now(self._reply_views[count])
                 return True
-            if command == Command.REGION_WRITE:
-                if (size != _READ_SIZE + count or region >= len(self._sizes)
+            if command == _REGION_WRITE:
+                if (size != _READ_SIZE + count or region >= self._nregions
                         or offset + count > self._sizes[region] or not self._writable[region]):
                     return False
                 value = int.from_bytes(self._buf[_READ_SIZE:_READ_SIZE + count], "little")
                 self._write(region, offset, count, value)
-                reply = self._reply
-                _ACCESS.pack_into(reply, 0, msg_id, command, _READ_SIZE, _REPLY_TYPE, 0,
-                                  offset, region, count)
-                self._send_now(memoryview(reply)[:_READ_SIZE])
+                _ACCESS.pack_into(self._reply, 0, msg_id, _REGION_WRITE, _READ_SIZE,
+                                  _REPLY_TYPE, 0, offset, region, count)
+                self._send_now(self._reply_views[0])
                 return True
         except VfioError:
-            return False  # not yet touched the device in a way that matters: full path
+            return False  # the device refused before acting: the full path replies
         return False
 
     def _drain_events(self) -> None:
