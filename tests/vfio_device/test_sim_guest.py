@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from vfio_testbed import drain
+from vfio_testbed import LineBackend, drain
 
 from platpass.drivers.common import PlatformDriver
 from platpass.drivers.registry import default_registry
@@ -194,9 +194,43 @@ def test_pl011_reset_leaves_nothing_for_the_next_guest(guest: Callable[[str], Gu
     g.device.client_gone()
     assert g.device.irqs.lines[0].trigger_fd is None
     g.device.open()  # the next client: the driver quiesces the UART
-    if type(g.device.driver) is not PlatformDriver:  # the PL011 driver has landed
-        assert g.r(IMSC) == 0
-        assert g.r(FR) & FR_RXFE
+    assert g.r(IMSC) == 0 and g.r(CR) & 1 == 0
+    assert g.r(FR) & FR_RXFE  # the previous guest's bytes are gone
+    assert g.irqs() == 0
+
+
+def test_pl011_dmacr_is_trapped_and_reads_zero(guest: Callable[[str], Guest]) -> None:
+    for path in (f"{SOC}/serial@0", f"{SOC}/serial@10000"):  # without and with ``dmas``
+        g = guest(path)
+        assert type(g.device.driver).__name__ == "ArmPl011"
+        before = g.device.stats.trapped_writes
+        g.w(DMACR, 0x7)  # TXDMAE | RXDMAE | DMAONERR
+        assert g.r(DMACR) == 0
+        assert g.backend.model.dmacr == 0  # type: ignore[attr-defined]
+        assert g.device.stats.trapped_writes == before + 1
+        # A wide access over the trap reaches the model only for the untrapped half.
+        g.device.write(0, DMACR, 8, 0x0000_0000_0000_0007)
+        assert g.backend.model.dmacr == 0  # type: ignore[attr-defined]
+
+
+def test_real_hardware_layout_maps_the_pl031_and_traps_the_pl011(
+        board: DeviceTree, reactor: EpollReactor) -> None:
+    """With a backend that has no side-effect registers (real MMIO), only the drivers'
+    traps decide: the PL031 page is mapped whole, the PL011 page (UARTDMACR) never."""
+    rtc = board.node(f"{SOC}/rtc@20000")
+    uart = board.node(f"{SOC}/serial@0")
+    rtc_dev = VfioDevice(rtc, driver_for(rtc), LineBackend(), reactor)
+    uart_dev = VfioDevice(uart, driver_for(uart), LineBackend(), reactor)
+    mapped, trapped = rtc_dev.region_info(0), uart_dev.region_info(0)
+    assert mapped.flags == RegionFlags.READ | RegionFlags.WRITE | RegionFlags.MMAP
+    assert mapped.sparse_areas is None and mapped.map_source is not None
+    assert trapped.flags == RegionFlags.READ | RegionFlags.WRITE
+    assert trapped.map_source is None
+    # The same PL031 behind a page it shares with another device is never mapped.
+    shared = VfioDevice(rtc, driver_for(rtc), LineBackend(), reactor, force_trap_all=True)
+    assert not shared.region_info(0).mappable
+    for device in (rtc_dev, uart_dev, shared):
+        device.close()
 
 
 def test_pl031_match_interrupt(guest: Callable[[str], Guest]) -> None:
