@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import errno
+from typing import ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vfio_testbed import LineBackend, QuietDriver, make_node
 
+from platpass.drivers.common import RegisterAccess, Trap
 from platpass.errors import VfioError
-from platpass.firmware.model import Trigger
+from platpass.firmware.model import DeviceNode, Trigger
 from platpass.host.backend import MapSource
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
@@ -162,3 +166,61 @@ def test_region_count_must_match_firmware(reactor: EpollReactor) -> None:
     with pytest.raises(VfioError) as err:
         VfioDevice(node, QuietDriver(node), backend, reactor)
     assert err.value.errno == errno.ENODEV
+
+
+class RecordingDriver(QuietDriver):
+    """QuietDriver that also records which bytes reached its trap handlers."""
+
+    traps: ClassVar[tuple[Trap, ...]] = (
+        Trap(0, 0x48, 4, "DMACR", "DMA enables"),
+        Trap(0, 0x52, 2, "HALF", "a 16-bit trapped register"),
+        Trap(0, 0x60, 8, "WIDE", "a 64-bit trapped register"),
+    )
+
+    def __init__(self, node: DeviceNode) -> None:
+        super().__init__(node)
+        self.bytes_seen: set[int] = set()
+
+    def trap_read(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
+                  size: int) -> int:
+        self.bytes_seen.update(range(offset, offset + size))
+        return 0
+
+    def trap_write(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
+                   size: int, value: int) -> None:
+        self.bytes_seen.update(range(offset, offset + size))
+
+
+TRAPPED = {b for t in RecordingDriver.traps for b in range(t.offset, t.offset + t.size)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8]), st.integers(0x30, 0x78), st.booleans())
+def test_trapped_bytes_reach_only_the_driver(size: int, offset: int, write: bool) -> None:
+    """Whatever the access, a trapped byte never reaches the backend and an untrapped byte
+    never reaches the driver; trapped bytes read as zero, the rest read through."""
+    offset -= offset % size
+    reactor = EpollReactor()
+    backend = LineBackend()
+    node = make_node()
+    driver = RecordingDriver(node)
+    dev = VfioDevice(node, driver, backend, reactor)
+    try:
+        for b in range(0x30, 0x80):
+            backend.write(0, b, 1, 0xA0 | (b & 0xF))
+        backend.log.clear()
+        touched = set(range(offset, offset + size))
+        if write:
+            dev.write(0, offset, size, (1 << (8 * size)) - 1)
+            for b in range(0x30, 0x80):
+                expected = 0xFF if b in touched - TRAPPED else 0xA0 | (b & 0xF)
+                assert backend.read(0, b, 1) == expected, hex(b)
+        else:
+            value = dev.read(0, offset, size)
+            for i, b in enumerate(sorted(touched)):
+                byte = (value >> (8 * i)) & 0xFF
+                assert byte == (0 if b in TRAPPED else 0xA0 | (b & 0xF)), hex(b)
+        assert driver.bytes_seen == touched & TRAPPED
+    finally:
+        dev.close()
+        reactor.close()
