@@ -19,7 +19,9 @@ on an edge line is lazy — an edge that arrives while disabled is recorded (IRQ
 and the line is masked at the chip; ``enable_irq`` replays one recorded edge. platpass
 does the same: MASK only sets a flag; an edge while masked is latched (several edges
 collapse into one) and the backend line is masked; UNMASK re-enables it and delivers the
-latched edge.
+latched edge. A backend that also latches edges while masked (the simulated one does)
+may report one more on UNMASK: two or more edges while masked can then give two signals,
+never one without an edge.
 
 Loopback (``ACTION_TRIGGER`` with DATA_NONE, or DATA_BOOL true) runs the same handler as a
 real line event: a level line that is not masked is masked and signalled, a masked one is
