@@ -326,3 +326,20 @@ def test_send_checks_size() -> None:
     assert conn.send_message(header) == header.encode()
     with pytest.raises(LocalProtocolError):
         conn.send_message(header, b"x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(set(Command))), st.binary(max_size=96))
+def test_decoders_only_ever_raise_remote_protocol_errors(command: Command,
+                                                         payload: bytes) -> None:
+    try:
+        decode_request(command, payload)
+    except RemoteProtocolError as err:
+        assert err.errno in (errno.EINVAL, errno.ENOSYS)
+
+
+def test_deeply_nested_version_json_is_einval() -> None:
+    payload = b"\0\0\1\0" + b"[" * 100_000 + b"]" * 100_000 + b"\0"
+    with pytest.raises(RemoteProtocolError) as info:
+        Version.decode(payload)
+    assert info.value.errno == errno.EINVAL

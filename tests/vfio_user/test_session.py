@@ -324,6 +324,12 @@ def test_unsupported_commands(rtc: VfioDevice, command: int, payload: bytes,
     assert refused(negotiated(rtc), command, payload) == code
 
 
+def test_invalid_message_type_is_einval(rtc: VfioDevice) -> None:
+    session = negotiated(rtc)
+    reply = session.handle(msg(Command.DEVICE_RESET, flags=2))
+    assert reply is not None and reply.header.error == errno.EINVAL
+
+
 def test_reset_and_replies_are_dropped(rtc: VfioDevice) -> None:
     session = negotiated(rtc)
     assert not ask(session, Command.DEVICE_RESET).header.is_error

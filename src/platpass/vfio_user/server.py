@@ -162,6 +162,13 @@ class ClientConnection:
 
     def on_readable(self) -> None:
         try:
+            self._on_readable()
+        except Exception:  # never let one connection take the shared loop down
+            log.exception("client of %s: unexpected failure; closing it", self.endpoint.name)
+            self.close()
+
+    def _on_readable(self) -> None:
+        try:
             nbytes, ancdata, msg_flags, _addr = self.sock.recvmsg_into(
                 self._bufs, self._anc_size)
         except (BlockingIOError, InterruptedError):

@@ -146,14 +146,21 @@ class Session:
         header = event.header
         fds = event.fds
         try:
-            if not header.is_command:
-                # Replies (we never send commands) and invalid types cannot be answered.
-                log.warning("dropping message with type %d (command %d)",
-                            header.type, header.command)
+            if header.is_reply:
+                # We never send commands, so no reply is expected; one cannot be answered.
+                log.warning("dropping unsolicited reply (command %d, id %d)",
+                            header.command, header.msg_id)
                 return None
+            if not header.is_command:
+                return self._error(header, errno.EINVAL, f"message type {header.type} is "
+                                   "neither command nor reply")
             if isinstance(event, Rejected):
                 return self._error(header, event.errno, event.reason)
             return self._dispatch(header, event.payload, fds)
+        except Exception:  # a bug must cost one reply, not every device of the server
+            log.exception("command %d (id %d) failed unexpectedly", header.command,
+                          header.msg_id)
+            return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
         finally:
             _close_all(fds)
 

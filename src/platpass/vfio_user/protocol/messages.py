@@ -119,7 +119,7 @@ class Version:
             raise _reject("VERSION data has an embedded NUL")
         try:
             document = json.loads(text.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
             raise _reject(f"VERSION data is not UTF-8 JSON: {err}") from err
         if not isinstance(document, dict):
             raise _reject("VERSION data is not a JSON object")
