@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import pytest
 
 from platpass.errors import VmmError
-from platpass.vmm.guest_programs import BootInfo, build_program, load_program
+from platpass.vmm.guest_programs import PROGRAMS, BootInfo, build_program, load_program
 from platpass.vmm.kvm import Vm
 from platpass.vmm.kvm_uapi import Exit
 
@@ -39,7 +40,7 @@ class Registers:
 
 
 def test_every_guest_program_assembles() -> None:
-    for name in ("hello", "pl011", "mmio_read", "irq"):
+    for name in PROGRAMS:
         assert len(build_program(name)) > 16
 
 
@@ -112,3 +113,27 @@ def test_run_with_a_guest_that_never_finishes_times_out(vm: Vm) -> None:
     # the irq program with nothing to raise its line waits in hlt forever
     load_program(vm, "irq", BootInfo(gsi=18, level=True))
     assert vm.vcpus[0].run(timeout=0.3) is Exit.INTR
+
+
+def test_irqfd_writes_each_reach_the_guest_isr(vm: Vm) -> None:
+    trigger = os.eventfd(0, os.EFD_NONBLOCK)
+    resample = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        vm.irqfd(trigger, 21, resample)
+        seen = threading.Semaphore(0)
+        ports = load_program(vm, "irq_loop", BootInfo(gsi=21, level=True, count=3))
+        ports.on_report = lambda _value: seen.release()
+        runner = threading.Thread(target=vm.vcpus[0].run, kwargs={"timeout": 10})
+        runner.start()
+        assert seen.acquire(timeout=5)  # the guest is set up and waiting
+        for _ in range(3):
+            os.eventfd_write(trigger, 1)
+            assert seen.acquire(timeout=5)
+        runner.join(10)
+        assert ports.result == 0
+        assert ports.reports == [0, 1, 2, 3]
+        assert os.eventfd_read(resample) >= 1  # KVM resampled the level line
+    finally:
+        vm.irqfd_remove(trigger, 21)
+        os.close(trigger)
+        os.close(resample)

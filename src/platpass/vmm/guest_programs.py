@@ -18,6 +18,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,7 +39,7 @@ EXIT_PORT = 0x504
 BOOT_INFO_MAGIC = 0x50504249  # "PPBI"
 
 #: The programs in ``guests/`` (without the ``.S``).
-PROGRAMS = ("hello", "pl011", "mmio_read", "irq")
+PROGRAMS = ("hello", "pl011", "mmio_read", "irq", "irq_loop")
 
 
 @dataclass(slots=True)
@@ -132,6 +133,8 @@ class DebugPorts:
     console: bytearray = field(default_factory=bytearray)
     reports: list[int] = field(default_factory=list)
     result: int | None = None
+    #: Called on the vCPU thread with each reported value (benchmarks timestamp here).
+    on_report: Callable[[int], None] | None = None
 
     def pio_read(self, port: int, size: int) -> int:
         return 0
@@ -141,6 +144,8 @@ class DebugPorts:
             self.console.append(value & 0xFF)
         elif port == REPORT_PORT:
             self.reports.append(value)
+            if self.on_report is not None:
+                self.on_report(value)
         elif port == EXIT_PORT:
             self.result = value
             raise RunStopped(value)
