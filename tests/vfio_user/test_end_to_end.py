@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -33,10 +34,10 @@ PL011, PL031, PL061, SP805 = "serial@0", "rtc@20000", "gpio@30000", "watchdog@40
 class Server:
     """A ``platpass serve`` subprocess; stopped with SIGTERM."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "platpass", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=pass_fds)
         self.lines: list[str] = []
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -251,5 +252,21 @@ def test_mappable_page_is_mmapped_from_the_region_fd(tmp_path: Path) -> None:
             mapped = again.map_region(0)
             assert mapped.read32(0x1004) == 0xCAFEF00D  # same memory, state kept
             mapped.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_inherited_listening_socket_with_fd_option(tmp_path: Path) -> None:
+    """vfio-user's backend convention: ``--fd=FDNUM`` names a socket set up by the caller."""
+    path = tmp_path / "handed.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    server = Server("--sim", f"{SOC}/{PL031}", f"--fd={listener.fileno()}",
+                    pass_fds=(listener.fileno(),))
+    listener.close()
+    try:
+        with VfioUserClient.connect(path) as rtc:
+            assert rtc.read(0, 0xFE0, 4) == 0x31
     finally:
         assert server.stop() == 0

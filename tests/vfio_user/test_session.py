@@ -299,6 +299,11 @@ def test_dma_map_unmap_records_and_closes_the_fd(rtc: VfioDevice) -> None:
     assert refused(session, Command.DMA_UNMAP, DmaUnmap(16, 0, 0, 4096).encode()) \
         == errno.EINVAL
     ask(session, Command.DMA_MAP, MAP_RW.encode())
+    second = DmaMap(32, 3, 0, MAP_RW.address + 0x1000, 0x1000)  # type: ignore[arg-type]
+    ask(session, Command.DMA_MAP, second.encode())
+    both = DmaUnmap(24, 0, MAP_RW.address, 0x2000)  # covers two maps, matches neither
+    assert refused(session, Command.DMA_UNMAP, both.encode()) == errno.ENOENT
+    assert len(rtc.iommu) == 2
     ask(session, Command.DMA_UNMAP, DmaUnmap(24, 2, 0, 0).encode())
     assert len(rtc.iommu) == 0
 

@@ -29,6 +29,8 @@ Decisions taken from the specification (``docs/interop/vfio-user.rst``):
   DMA_READ/DMA_WRITE (server-to-client commands), REGION_WRITE_MULTI (not negotiated),
   MIG_DATA_READ/WRITE: ENOTSUP. DEVICE_FEATURE: ENOTTY (what VFIO answers for a feature it
   lacks; there is no migration). Unknown command numbers: ENOSYS.
+* **DMA_UNMAP** must name exactly one earlier mapping (address and size), else ENOENT;
+  flag ``VFIO_DMA_UNMAP_FLAG_ALL`` (address and size 0) drops every mapping.
 * **fds.** DMA_MAP may carry one fd and SET_IRQS with DATA_EVENTFD ``count`` fds (or none,
   which tears the eventfds down); any other fd is EINVAL. Every received fd is closed once
   the request is handled (the device dup()s what it keeps; DMA memory is never mapped).
@@ -246,6 +248,14 @@ class Session:
                 raise VfioError(errno.ENOTSUP, "DMA unmapping refused: --dma deny")
             self.device.iommu.clear()
         else:
+            # The specification: "address and size ... must match exactly a previous
+            # mapping" (the IOMMU alone would also accept a range holding several).
+            if not any(mapping.iova == request.address and mapping.size == request.size
+                       for mapping in self.device.iommu.mappings) \
+                    and not self.device.iommu.deny:
+                raise RemoteProtocolError(
+                    errno.ENOENT, f"DMA_UNMAP [{request.address:#x}, +{request.size:#x}) "
+                    "matches no mapping exactly")
             self.device.dma_unmap(request.address, request.size)
         echoed = m.DmaUnmap(m.DMA_UNMAP.size, request.flags, request.address, request.size)
         return self._ok(header, echoed.encode())
