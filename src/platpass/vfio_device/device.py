@@ -51,6 +51,7 @@ __all__ = [
 
 #: Region access widths VFIO platform devices accept.
 ACCESS_SIZES = (1, 2, 4, 8)
+_ACCESS_SIZE_SET = frozenset(ACCESS_SIZES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,10 @@ class VfioDevice:
             tuple(t for t in driver.active_traps() if t.region == r)
             for r in range(len(self._regions))
         )
+        self._sizes = tuple(r.size for r in self._regions)
+        self._trap_spans = tuple(
+            tuple((t.offset, t.offset + t.size) for t in traps) for traps in self._traps
+        )
         levels = [
             irq.trigger.is_level or irq.trigger == Trigger.UNKNOWN
             for irq in node.interrupts[:irq_count]
@@ -170,7 +175,12 @@ class VfioDevice:
     def read(self, region: int, offset: int, size: int) -> int:
         """Read ``size`` bytes (little-endian value). EINVAL for a bad region/offset/size."""
         self._check_access(region, offset, size)
-        return self._read(region, offset, size)
+        end = offset + size
+        for start, stop in self._trap_spans[region]:
+            if start < end and offset < stop:
+                return self._read(region, offset, size)
+        self._stats.backend_reads += 1
+        return self.backend.read(region, offset, size)
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
         """Write ``size`` bytes. EINVAL for a bad region/offset/size or a value that does not
@@ -179,25 +189,33 @@ class VfioDevice:
         if not 0 <= value < 1 << (8 * size):
             self._stats.refused += 1
             raise VfioError(errno.EINVAL, f"value {value:#x} does not fit in {size} bytes")
-        self._write(region, offset, size, value)
+        end = offset + size
+        for start, stop in self._trap_spans[region]:
+            if start < end and offset < stop:
+                self._write(region, offset, size, value)
+                return
+        self._stats.backend_writes += 1
+        self.backend.write(region, offset, size, value)
 
     def _check_access(self, region: int, offset: int, size: int) -> None:
-        self._check_open()
-        if not 0 <= region < len(self._regions):
+        # On every region access: plain comparisons only.
+        if self._closed:
+            raise VfioError(errno.ENODEV, f"{self.node.path}: device closed")
+        if not 0 <= region < len(self._sizes):
             self._stats.refused += 1
             raise VfioError(errno.EINVAL, f"region {region} out of range")
-        if size not in ACCESS_SIZES or offset < 0 or offset % size:
+        if size not in _ACCESS_SIZE_SET or offset < 0 or offset % size:
             self._stats.refused += 1
             raise VfioError(
                 errno.EINVAL,
                 f"access of {size} bytes at {offset:#x}: need 1/2/4/8 bytes, naturally aligned",
             )
-        if offset + size > self._regions[region].size:
+        if offset + size > self._sizes[region]:
             self._stats.refused += 1
             raise VfioError(
                 errno.EINVAL,
                 f"access [{offset:#x}, +{size}) past the end of region {region} "
-                f"({self._regions[region].size:#x} bytes)",
+                f"({self._sizes[region]:#x} bytes)",
             )
 
     def _trap_for(self, region: int, offset: int, size: int) -> tuple[Trap | None, bool]:
