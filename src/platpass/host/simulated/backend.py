@@ -86,6 +86,9 @@ class SimulatedBackend:
         self._storage = {o for o in model.storage_offsets if o + model.reg_width <= size}
         self._span = self._map_size
         self._shadow = bytearray(self._span)
+        for offset, value in model.constants.items():
+            if offset + model.reg_width <= self._span:
+                struct.pack_into(self._fmt, self._shadow, offset, value)
         self._last: list[int] = [0] * len(self._offsets)
         self._listener: IrqListener | None = None
         count = model.irq_count
@@ -116,9 +119,15 @@ class SimulatedBackend:
 
     def read(self, region: int, offset: int, size: int) -> int:
         self._check(region, offset, size)
-        if offset >= self.model.size:
+        model = self.model
+        if offset >= model.size:
             return 0
-        return self._run_step(lambda: self.model.read(offset, size))
+        if (not model.read_has_side_effects(offset, size) and not self._in_step
+                and not self._closed and not self._mapped_writes_pending()):
+            # A read without side effects changes no state: nothing to publish, no line
+            # can move. Still an event boundary, but with no mapped writes to take over.
+            return model.read(offset, size)
+        return self._run_step(lambda: model.read(offset, size))
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
         self._check(region, offset, size)
@@ -190,6 +199,10 @@ class SimulatedBackend:
         self._deliver()
         return result
 
+    def _mapped_writes_pending(self) -> bool:
+        mm = self._mm
+        return mm is None or mm[: self._span] != self._shadow
+
     def _reconcile(self) -> bool:
         """Take over writes made through a mapping; True when the memfd needs restoring."""
         mm = self._mm
@@ -210,6 +223,8 @@ class SimulatedBackend:
         assert mm is not None
         values = self.model.mirror_values()
         last = self._last
+        if values == last and not force:
+            return
         pack = struct.pack_into
         fmt = self._fmt
         shadow = self._shadow

@@ -111,7 +111,13 @@ class Msr(IntFlag):
 FIFO_DEPTH = 16
 RX_TRIGGERS = (1, 4, 8, 14)
 LCR_DLAB = 0x80
-_ERRORS = Lsr.OE | Lsr.PE | Lsr.FE | Lsr.BI
+_ERRORS = int(Lsr.OE | Lsr.PE | Lsr.FE | Lsr.BI)
+# Plain ints for the hot paths (IntFlag arithmetic is slow).
+_ERBFI, _ETBEI, _ELSI, _EDSSI = (int(b) for b in Ier)
+_IIR_THRE = int(Iir.THRE)
+_LSR_DR, _LSR_OE, _LSR_BI, _LSR_THRE, _LSR_TEMT, _LSR_FIFO_ERROR = (
+    int(b) for b in (Lsr.DR, Lsr.OE, Lsr.BI, Lsr.THRE, Lsr.TEMT, Lsr.FIFO_ERROR))
+_LOOP = int(Mcr.LOOP)
 DEFAULT_CLOCK = 1_843_200
 DEFAULT_BAUD = 115_200
 
@@ -139,6 +145,7 @@ class Ns16550(DeviceModel):
         super().__init__(clock)
         self.clock_rate = clock_rate or DEFAULT_CLOCK
         self._offsets = tuple(index * stride for index in range(8))
+        self._build_tables()
         #: Every byte put on the wire (host side).
         self.tx_output = bytearray()
         #: Called with each transmitted byte (host side).
@@ -177,14 +184,14 @@ class Ns16550(DeviceModel):
     def inject_rx(self, data: bytes) -> None:
         """Characters arriving on SIN (ignored while in loopback, as the pin is cut off)."""
         def receive_all() -> None:
-            if not self.mcr & Mcr.LOOP:
+            if not self.mcr & _LOOP:
                 for byte in data:
                     self._receive(byte)
         self.run_step(receive_all)
 
     def inject_break(self) -> None:
         """A break on SIN: a NUL character with BI."""
-        self.run_step(lambda: None if self.mcr & Mcr.LOOP else self._receive(0, Lsr.BI))
+        self.run_step(lambda: None if self.mcr & _LOOP else self._receive(0, Lsr.BI))
 
     def take_tx(self) -> bytes:
         """Transmitted bytes not yet taken (and forget them)."""
@@ -222,13 +229,13 @@ class Ns16550(DeviceModel):
     def lsr(self) -> int:
         value = self._lsr_errors
         if self.rx_fifo:
-            value |= Lsr.DR
+            value |= _LSR_DR
         if not self.tx_fifo:
-            value |= Lsr.THRE
+            value |= _LSR_THRE
             if not self._shifting:
-                value |= Lsr.TEMT
+                value |= _LSR_TEMT
         if self.fifo_enabled and any(entry >> 8 for entry in self.rx_fifo):
-            value |= Lsr.FIFO_ERROR
+            value |= _LSR_FIFO_ERROR
         return value
 
     def _rx_ready(self) -> bool:
@@ -238,16 +245,16 @@ class Ns16550(DeviceModel):
 
     def interrupt_id(self) -> Iir:
         """The highest-priority pending and enabled interrupt."""
-        if self.ier & Ier.ELSI and self._lsr_errors & _ERRORS:
+        if self.ier & _ELSI and self._lsr_errors & _ERRORS:
             return Iir.LINE_STATUS
-        if self.ier & Ier.ERBFI:
+        if self.ier & _ERBFI:
             if self._rx_ready():
                 return Iir.RX_DATA
             if self._timeout_pending:
                 return Iir.RX_TIMEOUT
-        if self.ier & Ier.ETBEI and self._thre_pending:
+        if self.ier & _ETBEI and self._thre_pending:
             return Iir.THRE
-        if self.ier & Ier.EDSSI and self._msr_deltas:
+        if self.ier & _EDSSI and self._msr_deltas:
             return Iir.MODEM_STATUS
         return Iir.NONE
 
@@ -260,7 +267,7 @@ class Ns16550(DeviceModel):
     # -- modem lines ----------------------------------------------------------------------------
 
     def _modem_lines(self) -> int:
-        if self.mcr & Mcr.LOOP:
+        if self.mcr & _LOOP:
             lines = 0
             lines |= Msr.CTS if self.mcr & Mcr.RTS else 0
             lines |= Msr.DSR if self.mcr & Mcr.DTR else 0
@@ -303,7 +310,7 @@ class Ns16550(DeviceModel):
     def _shift_done(self, byte: int) -> None:
         self._tx_timer = None
         self._shifting = False
-        if self.mcr & Mcr.LOOP:
+        if self.mcr & _LOOP:
             self._receive(byte)
         else:
             self.tx_output.append(byte)
@@ -316,7 +323,7 @@ class Ns16550(DeviceModel):
 
     def _receive(self, byte: int, errors: int = 0) -> None:
         if len(self.rx_fifo) >= self.capacity:
-            self._lsr_errors |= Lsr.OE       # the character in the shift register is lost
+            self._lsr_errors |= _LSR_OE       # the character in the shift register is lost
         else:
             if not self.rx_fifo:
                 self._lsr_errors |= errors   # errors show when their character is on top
@@ -367,91 +374,94 @@ class Ns16550(DeviceModel):
 
     # -- registers -----------------------------------------------------------------------------
 
-    def _index(self, offset: int) -> int | None:
-        if offset % self.stride:
-            return None
-        index = offset // self.stride
-        return index if index < 8 else None
+    def _build_tables(self) -> None:
+        at = self._offsets
+        self.peekers = {
+            at[Reg.RBR_THR_DLL]: self._peek_rbr_dll,
+            at[Reg.IER_DLM]: lambda: self.dlm if self.lcr & LCR_DLAB else self.ier,
+            at[Reg.IIR_FCR]: self._iir,
+            at[Reg.LCR]: lambda: self.lcr,
+            at[Reg.MCR]: lambda: self.mcr,
+            at[Reg.LSR]: self.lsr,
+            at[Reg.MSR]: lambda: self._msr_lines | self._msr_deltas,
+            at[Reg.SCR]: lambda: self.scr,
+        }
+        self.readers = {
+            at[Reg.RBR_THR_DLL]: self._read_rbr_dll,
+            at[Reg.IIR_FCR]: self._read_iir,
+            at[Reg.LSR]: self._read_lsr,
+            at[Reg.MSR]: self._read_msr,
+        }
+        self.writers = {
+            at[Reg.RBR_THR_DLL]: self._write_thr_dll,
+            at[Reg.IER_DLM]: self._write_ier_dlm,
+            at[Reg.IIR_FCR]: lambda value, mask: self._write_fcr(value & 0xFF),
+            at[Reg.LCR]: self._write_lcr,
+            at[Reg.MCR]: self._write_mcr,
+            at[Reg.SCR]: self._write_scr,
+        }
 
     def read_reg(self, offset: int, mask: int) -> int:
-        index = self._index(offset)
-        if index is None or not mask & 0xFF:
-            return 0
-        match index:
-            case Reg.RBR_THR_DLL if not self.lcr & LCR_DLAB:
-                value = self._read_rbr()
-            case Reg.IIR_FCR:
-                value = self._iir()
-                if value & 0xF == Iir.THRE:
-                    self._thre_pending = False
-            case Reg.LSR:
-                value = self.lsr()
-                self._lsr_errors = 0
-            case Reg.MSR:
-                value = self._msr_lines | self._msr_deltas
-                self._msr_deltas = 0
-            case _:
-                return self.peek_reg(offset)
-        self._update_line()
+        if not mask & 0xFF:
+            return 0    # an access to the unused upper lanes of a 32-bit-wide register
+        value = super().read_reg(offset, mask)
+        if offset in self.readers:
+            self._update_line()
         return value
 
-    def peek_reg(self, offset: int) -> int:
-        index = self._index(offset)
-        if index is None:
-            return 0
-        dlab = bool(self.lcr & LCR_DLAB)
-        match index:
-            case Reg.RBR_THR_DLL:
-                if dlab:
-                    return self.dll
-                return self.rx_fifo[0] & 0xFF if self.rx_fifo else 0
-            case Reg.IER_DLM:
-                return self.dlm if dlab else self.ier
-            case Reg.IIR_FCR:
-                return self._iir()
-            case Reg.LCR:
-                return self.lcr
-            case Reg.MCR:
-                return self.mcr
-            case Reg.LSR:
-                return self.lsr()
-            case Reg.MSR:
-                return self._msr_lines | self._msr_deltas
-            case Reg.SCR:
-                return self.scr
-        return 0
-
     def write_reg(self, offset: int, value: int, mask: int) -> None:
-        index = self._index(offset)
-        if index is None or not mask & 0xFF:
-            return
-        byte = value & 0xFF
-        dlab = bool(self.lcr & LCR_DLAB)
-        match index:
-            case Reg.RBR_THR_DLL:
-                if dlab:
-                    self.dll = byte
-                else:
-                    self._write_thr(byte)
-            case Reg.IER_DLM:
-                if dlab:
-                    self.dlm = byte
-                else:
-                    enabling_thre = byte & Ier.ETBEI and not self.ier & Ier.ETBEI
-                    self.ier = byte & 0x0F
-                    if enabling_thre and not self.tx_fifo:
-                        self._thre_pending = True
-            case Reg.IIR_FCR:
-                self._write_fcr(byte)
-            case Reg.LCR:
-                self.lcr = byte
-            case Reg.MCR:
-                self.mcr = byte & 0x1F
-                self._refresh_modem()
-            case Reg.SCR:
-                self.scr = byte
+        if mask & 0xFF:
+            super().write_reg(offset, value, mask)
+
+    def after_write(self) -> None:
         self._update_line()
 
-    @property
-    def mirror_offsets(self) -> tuple[int, ...]:
-        return self._offsets
+    def _peek_rbr_dll(self) -> int:
+        if self.lcr & LCR_DLAB:
+            return self.dll
+        return self.rx_fifo[0] & 0xFF if self.rx_fifo else 0
+
+    def _read_rbr_dll(self, mask: int) -> int:
+        return self.dll if self.lcr & LCR_DLAB else self._read_rbr()
+
+    def _read_iir(self, mask: int) -> int:
+        value = self._iir()
+        if value & 0xF == _IIR_THRE:
+            self._thre_pending = False
+        return value
+
+    def _read_lsr(self, mask: int) -> int:
+        value = self.lsr()
+        self._lsr_errors = 0
+        return value
+
+    def _read_msr(self, mask: int) -> int:
+        value = self._msr_lines | self._msr_deltas
+        self._msr_deltas = 0
+        return value
+
+    def _write_thr_dll(self, value: int, mask: int) -> None:
+        if self.lcr & LCR_DLAB:
+            self.dll = value & 0xFF
+        else:
+            self._write_thr(value & 0xFF)
+
+    def _write_ier_dlm(self, value: int, mask: int) -> None:
+        byte = value & 0xFF
+        if self.lcr & LCR_DLAB:
+            self.dlm = byte
+            return
+        enabling_thre = byte & _ETBEI and not self.ier & _ETBEI
+        self.ier = byte & 0x0F
+        if enabling_thre and not self.tx_fifo:
+            self._thre_pending = True
+
+    def _write_lcr(self, value: int, mask: int) -> None:
+        self.lcr = value & 0xFF
+
+    def _write_mcr(self, value: int, mask: int) -> None:
+        self.mcr = value & 0x1F
+        self._refresh_modem()
+
+    def _write_scr(self, value: int, mask: int) -> None:
+        self.scr = value & 0xFF

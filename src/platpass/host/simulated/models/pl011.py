@@ -112,7 +112,16 @@ class DataError(IntFlag):
 
 
 ALL_INTERRUPTS = 0x7FF
-CR_RESET = Cr.TXE | Cr.RXE
+CR_RESET = int(Cr.TXE | Cr.RXE)
+# Plain ints for the hot paths: IntFlag arithmetic costs a microsecond per operation.
+_BUSY, _RXFE, _TXFF, _RXFF, _TXFE = (int(f) for f in (Flag.BUSY, Flag.RXFE, Flag.TXFF,
+                                                       Flag.RXFF, Flag.TXFE))
+_FEN, _PEN, _STP2 = int(Lcr.FEN), int(Lcr.PEN), int(Lcr.STP2)
+_UARTEN, _TXE, _RXE, _LBE = int(Cr.UARTEN), int(Cr.TXE), int(Cr.RXE), int(Cr.LBE)
+_TX_ON, _RX_ON = _UARTEN | _TXE, _UARTEN | _RXE
+_INT_RX, _INT_TX, _INT_RT, _INT_BE, _INT_OE = (int(i) for i in (Int.RX, Int.TX, Int.RT,
+                                                                 Int.BE, Int.OE))
+_DATA_BE, _DATA_OE = int(DataError.BE), int(DataError.OE)
 IFLS_RESET = 0x12
 #: IFLS level selections, in eighths of the FIFO depth.
 _IFLS_EIGHTHS = {0: 1, 1: 2, 2: 4, 3: 6, 4: 7}
@@ -140,16 +149,14 @@ class Pl011(DeviceModel):
         self.revision = revision
         #: FIFO depth: r1p5 (revision 3) and later have 32-entry FIFOs.
         self.depth = 32 if revision >= 3 else 16
-        self._ids = primecell_id_registers((0x11, 0x10, (revision << 4) | 0x4, 0x00))
-        self._offsets = (
-            *(int(r) for r in Reg if r not in (Reg.ICR,)), *sorted(self._ids),
-        )
+        self.constants = primecell_id_registers((0x11, 0x10, (revision << 4) | 0x4, 0x00))
         #: Every byte the UART has put on the wire (host side).
         self.tx_output = bytearray()
         #: Called with each transmitted byte (host side).
         self.on_tx: Callable[[bytes], None] | None = None
         self._tx_timer: Cancellable | None = None
         self._rt_timer: Cancellable | None = None
+        self._build_tables()
         self.power_on_reset()
 
     def power_on_reset(self) -> None:
@@ -181,7 +188,7 @@ class Pl011(DeviceModel):
 
     def inject_break(self) -> None:
         """A break condition on the RX pin: a NUL character carrying BE."""
-        self.run_step(lambda: self._receive(0, DataError.BE))
+        self.run_step(lambda: self._receive(0, _DATA_BE))
 
     def take_tx(self) -> bytes:
         """Transmitted bytes not yet taken (and forget them)."""
@@ -193,7 +200,7 @@ class Pl011(DeviceModel):
 
     @property
     def fifo_enabled(self) -> bool:
-        return bool(self.lcr_h & Lcr.FEN)
+        return bool(self.lcr_h & _FEN)
 
     @property
     def capacity(self) -> int:
@@ -215,22 +222,23 @@ class Pl011(DeviceModel):
     def char_time(self) -> float:
         """Seconds to shift one frame: start, data, parity, stop bits."""
         bits = 1 + 5 + ((self.lcr_h >> 5) & 3)
-        bits += 1 if self.lcr_h & Lcr.PEN else 0
-        bits += 2 if self.lcr_h & Lcr.STP2 else 1
+        bits += 1 if self.lcr_h & _PEN else 0
+        bits += 2 if self.lcr_h & _STP2 else 1
         return bits * self._bit_time()
 
     def _flags(self) -> int:
-        flags = 0
-        if self.tx_fifo or self._shifting:
-            flags |= Flag.BUSY
-        if not self.rx_fifo:
-            flags |= Flag.RXFE
-        if len(self.tx_fifo) >= self.capacity:
-            flags |= Flag.TXFF
-        if len(self.rx_fifo) >= self.capacity:
-            flags |= Flag.RXFF
-        if not self.tx_fifo:
-            flags |= Flag.TXFE
+        tx = len(self.tx_fifo)
+        rx = len(self.rx_fifo)
+        capacity = self.depth if self.lcr_h & _FEN else 1
+        flags = _BUSY if tx or self._shifting else 0
+        if not rx:
+            flags |= _RXFE
+        if tx >= capacity:
+            flags |= _TXFF
+        if rx >= capacity:
+            flags |= _RXFF
+        if not tx:
+            flags |= _TXFE
         return flags
 
     def _update_line(self) -> None:
@@ -239,14 +247,14 @@ class Pl011(DeviceModel):
     # -- transmitter ----------------------------------------------------------------------
 
     def _tx_enabled(self) -> bool:
-        return (self.cr & (Cr.UARTEN | Cr.TXE)) == (Cr.UARTEN | Cr.TXE)
+        return (self.cr & _TX_ON) == _TX_ON
 
     def _push_tx(self, byte: int) -> None:
         if len(self.tx_fifo) >= self.capacity:
             return  # writes to a full FIFO are lost, as on silicon
         self.tx_fifo.append(byte)
         if self._tx_level_above_trigger():
-            self.ris &= ~Int.TX
+            self.ris &= ~_INT_TX
         self._kick_tx()
 
     def _tx_level_above_trigger(self) -> bool:
@@ -261,13 +269,13 @@ class Pl011(DeviceModel):
         byte = self.tx_fifo.popleft()
         self._shifting = True
         if was_above and not self._tx_level_above_trigger():
-            self.ris |= Int.TX
+            self.ris |= _INT_TX
         self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
 
     def _shift_done(self, byte: int) -> None:
         self._tx_timer = None
         self._shifting = False
-        if self.cr & Cr.LBE:
+        if self.cr & _LBE:
             self._receive(byte)
         else:
             self.tx_output.append(byte)
@@ -279,23 +287,23 @@ class Pl011(DeviceModel):
     # -- receiver -------------------------------------------------------------------------
 
     def _receive(self, byte: int, errors: int = 0) -> None:
-        if (self.cr & (Cr.UARTEN | Cr.RXE)) != (Cr.UARTEN | Cr.RXE):
+        if (self.cr & _RX_ON) != _RX_ON:
             return  # receiver off: the character is never sampled
         if len(self.rx_fifo) >= self.capacity:
             self.rsr |= 0x8
-            self.ris |= Int.OE
+            self.ris |= _INT_OE
             self._overrun_pending = True
             self._update_line()
             return
         if self._overrun_pending:
-            errors |= DataError.OE
+            errors |= _DATA_OE
             self._overrun_pending = False
         below = len(self.rx_fifo) < self._rx_level()
         self.rx_fifo.append((byte & 0xFF) | errors)
-        if errors & DataError.BE:
-            self.ris |= Int.BE
+        if errors & _DATA_BE:
+            self.ris |= _INT_BE
         if below and len(self.rx_fifo) >= self._rx_level():
-            self.ris |= Int.RX
+            self.ris |= _INT_RX
         self.cancel(self._rt_timer)
         self._rt_timer = self.call_later(32 * self._bit_time(), self._receive_timeout)
         self._update_line()
@@ -306,7 +314,7 @@ class Pl011(DeviceModel):
     def _receive_timeout(self) -> None:
         self._rt_timer = None
         if self.rx_fifo:
-            self.ris |= Int.RT
+            self.ris |= _INT_RT
             self._update_line()
 
     def _pop_rx(self) -> int:
@@ -315,9 +323,9 @@ class Pl011(DeviceModel):
         entry = self.rx_fifo.popleft()
         self.rsr = (self.rsr & 0x8) | ((entry >> 8) & 0x7)
         if len(self.rx_fifo) < self._rx_level():
-            self.ris &= ~Int.RX
+            self.ris &= ~_INT_RX
         if not self.rx_fifo:
-            self.ris &= ~Int.RT
+            self.ris &= ~_INT_RT
             self.cancel(self._rt_timer)
             self._rt_timer = None
         self._update_line()
@@ -326,76 +334,81 @@ class Pl011(DeviceModel):
     def _flush(self) -> None:
         self.tx_fifo.clear()
         self.rx_fifo.clear()
-        self.ris &= ~(Int.RX | Int.RT)
+        self.ris &= ~(_INT_RX | _INT_RT)
 
     # -- registers ------------------------------------------------------------------------
 
-    def read_reg(self, offset: int, mask: int) -> int:
-        if offset == Reg.DR:
-            return self._pop_rx() if mask & 0xFF else 0
-        return self.peek_reg(offset)
+    def _build_tables(self) -> None:
+        self.peekers = {
+            Reg.DR: lambda: self.rx_fifo[0] if self.rx_fifo else 0,
+            Reg.RSR_ECR: lambda: self.rsr,
+            Reg.FR: self._flags,
+            Reg.ILPR: lambda: self.ilpr,
+            Reg.IBRD: lambda: self.ibrd,
+            Reg.FBRD: lambda: self.fbrd,
+            Reg.LCR_H: lambda: self.lcr_h,
+            Reg.CR: lambda: self.cr,
+            Reg.IFLS: lambda: self.ifls,
+            Reg.IMSC: lambda: self.imsc,
+            Reg.RIS: lambda: self.ris,
+            Reg.MIS: lambda: self.ris & self.imsc,
+            Reg.DMACR: lambda: self.dmacr,
+        }
+        self.readers = {Reg.DR: self._read_dr}
+        self.writers = {
+            Reg.DR: self._write_dr,
+            Reg.RSR_ECR: self._write_ecr,
+            Reg.ILPR: self._write_ilpr,
+            Reg.IBRD: self._write_ibrd,
+            Reg.FBRD: self._write_fbrd,
+            Reg.LCR_H: self._write_lcr_h,
+            Reg.CR: self._write_cr,
+            Reg.IFLS: self._write_ifls,
+            Reg.IMSC: self._write_imsc,
+            Reg.ICR: self._write_icr,
+            Reg.DMACR: self._write_dmacr,
+        }
 
-    def peek_reg(self, offset: int) -> int:
-        match offset:
-            case Reg.DR:
-                return self.rx_fifo[0] if self.rx_fifo else 0
-            case Reg.RSR_ECR:
-                return self.rsr
-            case Reg.FR:
-                return self._flags()
-            case Reg.ILPR:
-                return self.ilpr
-            case Reg.IBRD:
-                return self.ibrd
-            case Reg.FBRD:
-                return self.fbrd
-            case Reg.LCR_H:
-                return self.lcr_h
-            case Reg.CR:
-                return self.cr
-            case Reg.IFLS:
-                return self.ifls
-            case Reg.IMSC:
-                return self.imsc
-            case Reg.RIS:
-                return self.ris
-            case Reg.MIS:
-                return self.ris & self.imsc
-            case Reg.DMACR:
-                return self.dmacr
-        return self._ids.get(offset, 0)
-
-    def write_reg(self, offset: int, value: int, mask: int) -> None:
-        match offset:
-            case Reg.DR:
-                if mask & 0xFF:
-                    self._push_tx(value & 0xFF)
-            case Reg.RSR_ECR:
-                self.rsr = 0
-            case Reg.ILPR:
-                self.ilpr = merge(self.ilpr, value, mask) & 0xFF
-            case Reg.IBRD:
-                self.ibrd = merge(self.ibrd, value, mask) & 0xFFFF
-            case Reg.FBRD:
-                self.fbrd = merge(self.fbrd, value, mask) & 0x3F
-            case Reg.LCR_H:
-                new = merge(self.lcr_h, value, mask) & 0xFF
-                if (new ^ self.lcr_h) & Lcr.FEN:
-                    self._flush()  # changing FIFO mode empties both FIFOs
-                self.lcr_h = new
-            case Reg.CR:
-                self.cr = merge(self.cr, value, mask) & 0xFFFF
-                self._kick_tx()
-            case Reg.IFLS:
-                self.ifls = merge(self.ifls, value, mask) & 0x3F
-            case Reg.IMSC:
-                self.imsc = merge(self.imsc, value, mask) & ALL_INTERRUPTS
-            case Reg.ICR:
-                self.ris &= ~(value & mask & ALL_INTERRUPTS)
-            case Reg.DMACR:
-                self.dmacr = merge(self.dmacr, value, mask) & 0x7
+    def after_write(self) -> None:
         self._update_line()
 
-    @property
-    def mirror_offsets(self) -> tuple[int, ...]:
-        return self._offsets
+    def _read_dr(self, mask: int) -> int:
+        return self._pop_rx() if mask & 0xFF else 0
+
+    def _write_dr(self, value: int, mask: int) -> None:
+        if mask & 0xFF:
+            self._push_tx(value & 0xFF)
+
+    def _write_ecr(self, value: int, mask: int) -> None:
+        self.rsr = 0
+
+    def _write_ilpr(self, value: int, mask: int) -> None:
+        self.ilpr = merge(self.ilpr, value, mask) & 0xFF
+
+    def _write_ibrd(self, value: int, mask: int) -> None:
+        self.ibrd = merge(self.ibrd, value, mask) & 0xFFFF
+
+    def _write_fbrd(self, value: int, mask: int) -> None:
+        self.fbrd = merge(self.fbrd, value, mask) & 0x3F
+
+    def _write_lcr_h(self, value: int, mask: int) -> None:
+        new = merge(self.lcr_h, value, mask) & 0xFF
+        if (new ^ self.lcr_h) & _FEN:
+            self._flush()  # changing FIFO mode empties both FIFOs
+        self.lcr_h = new
+
+    def _write_cr(self, value: int, mask: int) -> None:
+        self.cr = merge(self.cr, value, mask) & 0xFFFF
+        self._kick_tx()
+
+    def _write_ifls(self, value: int, mask: int) -> None:
+        self.ifls = merge(self.ifls, value, mask) & 0x3F
+
+    def _write_imsc(self, value: int, mask: int) -> None:
+        self.imsc = merge(self.imsc, value, mask) & ALL_INTERRUPTS
+
+    def _write_icr(self, value: int, mask: int) -> None:
+        self.ris &= ~(value & mask & ALL_INTERRUPTS)
+
+    def _write_dmacr(self, value: int, mask: int) -> None:
+        self.dmacr = merge(self.dmacr, value, mask) & 0x7

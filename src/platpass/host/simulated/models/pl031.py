@@ -53,9 +53,8 @@ class Pl031(DeviceModel):
         """``initial``: counter value at power-on (default: host wall-clock seconds);
         ``running``: whether firmware has already started the counter (boards do)."""
         super().__init__(clock)
-        self._ids = primecell_id_registers((0x31, 0x10, 0x14, 0x00))
-        self._offsets = (Reg.DR, Reg.MR, Reg.LR, Reg.CR, Reg.IMSC, Reg.RIS, Reg.MIS,
-                         *sorted(self._ids))
+        self.constants = primecell_id_registers((0x31, 0x10, 0x14, 0x00))
+        self._build_tables()
         self._tick: Cancellable | None = None
         self.mr = 0
         self.lr = 0
@@ -112,41 +111,41 @@ class Pl031(DeviceModel):
 
     # -- registers ------------------------------------------------------------------------
 
-    def peek_reg(self, offset: int) -> int:
-        match offset:
-            case Reg.DR:
-                return self.counter
-            case Reg.MR:
-                return self.mr
-            case Reg.LR:
-                return self.lr
-            case Reg.CR:
-                return int(self.started)
-            case Reg.IMSC:
-                return self.imsc
-            case Reg.RIS:
-                return self.ris
-            case Reg.MIS:
-                return self.ris & self.imsc
-        return self._ids.get(offset, 0)
+    def _build_tables(self) -> None:
+        self.peekers = {
+            Reg.DR: lambda: self.counter,
+            Reg.MR: lambda: self.mr,
+            Reg.LR: lambda: self.lr,
+            Reg.CR: lambda: int(self.started),
+            Reg.IMSC: lambda: self.imsc,
+            Reg.RIS: lambda: self.ris,
+            Reg.MIS: lambda: self.ris & self.imsc,
+        }
+        self.writers = {
+            Reg.MR: self._write_mr,
+            Reg.LR: self._write_lr,
+            Reg.CR: self._write_cr,
+            Reg.IMSC: self._write_imsc,
+            Reg.ICR: self._write_icr,
+        }
 
-    def write_reg(self, offset: int, value: int, mask: int) -> None:
-        match offset:
-            case Reg.MR:
-                self.mr = merge(self.mr, value, mask) & _MASK32
-            case Reg.LR:
-                self.lr = merge(self.lr, value, mask) & _MASK32
-                self._load(self.lr)
-            case Reg.CR:
-                if value & mask & 1 and not self.started:
-                    self._start()
-            case Reg.IMSC:
-                self.imsc = merge(self.imsc, value, mask) & 1
-            case Reg.ICR:
-                if value & mask & 1:
-                    self.ris = 0
+    def after_write(self) -> None:
         self._update_line()
 
-    @property
-    def mirror_offsets(self) -> tuple[int, ...]:
-        return self._offsets
+    def _write_mr(self, value: int, mask: int) -> None:
+        self.mr = merge(self.mr, value, mask) & _MASK32
+
+    def _write_lr(self, value: int, mask: int) -> None:
+        self.lr = merge(self.lr, value, mask) & _MASK32
+        self._load(self.lr)
+
+    def _write_cr(self, value: int, mask: int) -> None:
+        if value & mask & 1 and not self.started:
+            self._start()
+
+    def _write_imsc(self, value: int, mask: int) -> None:
+        self.imsc = merge(self.imsc, value, mask) & 1
+
+    def _write_icr(self, value: int, mask: int) -> None:
+        if value & mask & 1:
+            self.ris = 0

@@ -56,12 +56,10 @@ class Pl061(DeviceModel):
 
     def __init__(self, clock: ModelClock) -> None:
         super().__init__(clock)
-        self._ids = primecell_id_registers((0x61, 0x10, 0x14, 0x00))
-        self._offsets = (
-            *range(0, DATA_WINDOW_END, 4),
-            Reg.DIR, Reg.IS, Reg.IBE, Reg.IEV, Reg.IE, Reg.RIS, Reg.MIS, Reg.AFSEL,
-            *sorted(self._ids),
-        )
+        self.constants = primecell_id_registers((0x61, 0x10, 0x14, 0x00))
+        self._window_pads = 0
+        self._window = [0] * (DATA_WINDOW_END >> 2)
+        self._build_tables()
         #: Called with the new pad levels whenever an output pin changes (host side).
         self.on_output: Callable[[int], None] | None = None
         self._inputs = 0
@@ -139,61 +137,61 @@ class Pl061(DeviceModel):
 
     # -- registers ------------------------------------------------------------------------
 
-    def peek_reg(self, offset: int) -> int:
-        if offset < DATA_WINDOW_END:
-            return self._pads & (offset >> 2)
-        match offset:
-            case Reg.DIR:
-                return self.dir
-            case Reg.IS:
-                return self.is_
-            case Reg.IBE:
-                return self.ibe
-            case Reg.IEV:
-                return self.iev
-            case Reg.IE:
-                return self.ie
-            case Reg.RIS:
-                return self.ris
-            case Reg.MIS:
-                return self.ris & self.ie
-            case Reg.AFSEL:
-                return self.afsel
-        return self._ids.get(offset, 0)
+    def _build_tables(self) -> None:
+        peekers: dict[int, Callable[[], int]] = {
+            offset: (lambda select=offset >> 2: self._pads & select)
+            for offset in range(0, DATA_WINDOW_END, 4)
+        }
+        peekers.update({
+            Reg.DIR: lambda: self.dir,
+            Reg.IS: lambda: self.is_,
+            Reg.IBE: lambda: self.ibe,
+            Reg.IEV: lambda: self.iev,
+            Reg.IE: lambda: self.ie,
+            Reg.RIS: lambda: self.ris,
+            Reg.MIS: lambda: self.ris & self.ie,
+            Reg.AFSEL: lambda: self.afsel,
+        })
+        self.peekers = peekers
+        writers: dict[int, Callable[[int, int], None]] = {
+            offset: (lambda value, mask, select=offset >> 2: self._write_data(select, value,
+                                                                                mask))
+            for offset in range(0, DATA_WINDOW_END, 4)
+        }
+        writers.update({
+            Reg.DIR: self._write_dir,
+            Reg.IS: lambda value, mask: self._set_byte("is_", value, mask),
+            Reg.IBE: lambda value, mask: self._set_byte("ibe", value, mask),
+            Reg.IEV: lambda value, mask: self._set_byte("iev", value, mask),
+            Reg.IE: lambda value, mask: self._set_byte("ie", value, mask),
+            Reg.IC: self._write_ic,
+            Reg.AFSEL: lambda value, mask: self._set_byte("afsel", value, mask),
+        })
+        self.writers = writers
 
-    def write_reg(self, offset: int, value: int, mask: int) -> None:
-        if offset < DATA_WINDOW_END:
-            if mask & 0xFF:
-                select = offset >> 2
-                self.data = ((self.data & ~select) | (value & select)) & 0xFF
-                self._refresh_pads()
-            return
-        byte = value & 0xFF if mask & 0xFF else None
-        if byte is None:
-            return
-        match offset:
-            case Reg.DIR:
-                self.dir = byte
-                self._refresh_pads()
-            case Reg.IS:
-                self.is_ = byte
-            case Reg.IBE:
-                self.ibe = byte
-            case Reg.IEV:
-                self.iev = byte
-            case Reg.IE:
-                self.ie = byte
-            case Reg.IC:
-                self.edge_latched &= ~byte
-            case Reg.AFSEL:
-                self.afsel = merge(self.afsel, value, mask) & 0xFF
+    def after_write(self) -> None:
         self._update_line()
 
-    @property
-    def mirror_offsets(self) -> tuple[int, ...]:
-        return self._offsets
+    def _write_data(self, select: int, value: int, mask: int) -> None:
+        if mask & 0xFF:
+            self.data = ((self.data & ~select) | (value & select)) & 0xFF
+            self._refresh_pads()
+
+    def _set_byte(self, name: str, value: int, mask: int) -> None:
+        setattr(self, name, merge(getattr(self, name), value, mask) & 0xFF)
+
+    def _write_dir(self, value: int, mask: int) -> None:
+        self.dir = merge(self.dir, value, mask) & 0xFF
+        self._refresh_pads()
+
+    def _write_ic(self, value: int, mask: int) -> None:
+        self.edge_latched &= ~(value & mask & 0xFF)
 
     def mirror_values(self) -> list[int]:
         pads = self._pads
-        data = [pads & mask for mask in range(DATA_WINDOW_END >> 2)]
-        return data + [self.peek_reg(offset) for offset in self._offsets[DATA_WINDOW_END >> 2:]]
+        if pads != self._window_pads:   # the 256-word DATA window only moves with the pads
+            self._window_pads = pads
+            self._window = [pads & select for select in range(DATA_WINDOW_END >> 2)]
+        ris = self.ris
+        return [*self._window,
+                self.dir, self.is_, self.ibe, self.iev, self.ie, ris, ris & self.ie, self.afsel]

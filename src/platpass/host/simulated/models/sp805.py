@@ -52,6 +52,7 @@ UNLOCK_KEY = 0x1ACCE551
 LOAD_RESET = 0xFFFF_FFFF
 DEFAULT_WDOGCLK = 1_000_000
 _MASK32 = 0xFFFF_FFFF
+_INTEN, _RESEN = int(Control.INTEN), int(Control.RESEN)
 
 
 class Sp805(DeviceModel):
@@ -69,9 +70,8 @@ class Sp805(DeviceModel):
     def __init__(self, clock: ModelClock, *, rate: int | None = None) -> None:
         super().__init__(clock)
         self.rate = rate or DEFAULT_WDOGCLK
-        self._ids = primecell_id_registers((0x05, 0x18, 0x14, 0x00))
-        self._offsets = (Reg.LOAD, Reg.CONTROL, Reg.RIS, Reg.MIS, Reg.LOCK, Reg.ITCR,
-                         *sorted(self._ids))
+        self.constants = primecell_id_registers((0x05, 0x18, 0x14, 0x00))
+        self._build_tables()
         #: Called with True/False when the reset output changes (host side).
         self.on_reset: Callable[[bool], None] | None = None
         #: How many times ``WDOGRES`` has been asserted.
@@ -102,12 +102,12 @@ class Sp805(DeviceModel):
         """Level of ``WDOGRES``."""
         if self.itcr & 1:
             return bool(self.itop & 1)
-        return self._res and bool(self.control & Control.RESEN)
+        return self._res and bool(self.control & _RESEN)
 
     @property
     def running(self) -> bool:
         """True while the counter decrements."""
-        return bool(self.control & Control.INTEN)
+        return bool(self.control & _INTEN)
 
     # -- behaviour ------------------------------------------------------------------------
 
@@ -149,61 +149,63 @@ class Sp805(DeviceModel):
         if self.itcr & 1:
             self.set_line(0, bool(self.itop & 2))
         else:
-            self.set_line(0, bool(self.ris and self.control & Control.INTEN))
+            self.set_line(0, bool(self.ris and self.control & _INTEN))
 
     # -- registers ------------------------------------------------------------------------
 
-    def read_reg(self, offset: int, mask: int) -> int:
-        return self.peek_reg(offset)
+    def _build_tables(self) -> None:
+        self.peekers = {
+            Reg.LOAD: lambda: self.load,
+            Reg.VALUE: lambda: self.value,
+            Reg.CONTROL: lambda: self.control,
+            Reg.RIS: lambda: self.ris,
+            Reg.MIS: lambda: int(bool(self.ris and self.control & _INTEN)),
+            Reg.LOCK: lambda: int(self.locked),
+            Reg.ITCR: lambda: self.itcr,
+        }
+        self._unlocked_writers: dict[int, Callable[[int, int], None]] = {
+            Reg.LOAD: self._write_load,
+            Reg.CONTROL: self._write_control,
+            Reg.INTCLR: self._write_intclr,
+            Reg.ITCR: self._write_itcr,
+            Reg.ITOP: self._write_itop,
+        }
+        self.writers = {
+            offset: (lambda value, mask, write=write: None if self.locked
+                     else write(value, mask))
+            for offset, write in self._unlocked_writers.items()
+        }
+        self.writers[Reg.LOCK] = self._write_lock
 
-    def peek_reg(self, offset: int) -> int:
-        match offset:
-            case Reg.LOAD:
-                return self.load
-            case Reg.VALUE:
-                return self.value
-            case Reg.CONTROL:
-                return self.control
-            case Reg.RIS:
-                return self.ris
-            case Reg.MIS:
-                return int(bool(self.ris and self.control & Control.INTEN))
-            case Reg.LOCK:
-                return int(self.locked)
-            case Reg.ITCR:
-                return self.itcr
-        return self._ids.get(offset, 0)
-
-    def write_reg(self, offset: int, value: int, mask: int) -> None:
-        if offset == Reg.LOCK:
-            self.locked = (value & mask) != (UNLOCK_KEY & mask) or mask != _MASK32
-            return
-        if self.locked:
-            return  # lock engaged: every other register ignores writes
-        match offset:
-            case Reg.LOAD:
-                self.load = merge(self.load, value, mask) & _MASK32
-                self._restart(self.load)
-            case Reg.CONTROL:
-                was_running = self.running
-                self.control = merge(self.control, value, mask) & 0x3
-                if self.running and not was_running:
-                    self._restart(self.load)   # enabling reloads from WdogLoad
-                elif was_running and not self.running:
-                    held = self.value
-                    self.cancel(self._expiry)
-                    self._expiry = None
-                    self._stopped_value = held
-            case Reg.INTCLR:
-                self.ris = 0
-                self._res = False
-                self._restart(self.load)
-            case Reg.ITCR:
-                self.itcr = merge(self.itcr, value, mask) & 1
-            case Reg.ITOP:
-                self.itop = merge(self.itop, value, mask) & 3
+    def after_write(self) -> None:
         self._update_outputs()
 
-    @property
-    def mirror_offsets(self) -> tuple[int, ...]:
-        return self._offsets
+    def _write_lock(self, value: int, mask: int) -> None:
+        # Only the whole key, written in one access, unlocks; anything else locks.
+        self.locked = mask != _MASK32 or value != UNLOCK_KEY
+
+    def _write_load(self, value: int, mask: int) -> None:
+        self.load = merge(self.load, value, mask) & _MASK32
+        self._restart(self.load)
+
+    def _write_control(self, value: int, mask: int) -> None:
+        was_running = self.running
+        self.control = merge(self.control, value, mask) & 0x3
+        if self.running and not was_running:
+            self._restart(self.load)   # enabling reloads from WdogLoad
+        elif was_running and not self.running:
+            held = self.value
+            self.cancel(self._expiry)
+            self._expiry = None
+            self._stopped_value = held
+
+    def _write_intclr(self, value: int, mask: int) -> None:
+        self.ris = 0
+        self._res = False
+        self._restart(self.load)
+
+    def _write_itcr(self, value: int, mask: int) -> None:
+        self.itcr = merge(self.itcr, value, mask) & 1
+
+    def _write_itop(self, value: int, mask: int) -> None:
+        self.itop = merge(self.itop, value, mask) & 3
