@@ -320,3 +320,26 @@ def test_bad_inputs_raise_load_errors(tmp_path) -> None:
         load_dts(broken)
     with pytest.raises(DeviceTreeLoadError, match="no such file"):
         load_dts(tmp_path / "missing.dts")
+
+
+def test_raw_tree_children_and_duplicate_phandles() -> None:
+    import libfdt
+
+    from platpass.firmware.devicetree import compile_dts
+
+    blob = compile_dts(text="""/dts-v1/;
+/ {
+    #address-cells = <1>; #size-cells = <1>;
+    a@1000 { reg = <0x1000 0x100>; phandle = <7>; x { }; y { }; };
+    b@2000 { reg = <0x2000 0x100>; phandle = <8>; };
+};
+""")
+    # dtc refuses duplicate phandles, so make one with libfdt, as a broken firmware would
+    fdt = libfdt.Fdt(bytearray(blob))
+    fdt.setprop_u32(fdt.path_offset("/b@2000"), "phandle", 7)
+    t = load_blob(fdt.as_bytearray())
+    raw = t.raw
+    assert [n.path for n in raw.children(raw.root)] == ["/a@1000", "/b@2000"]
+    assert [n.name for n in raw.children(t.raw_node("/a@1000"))] == ["x", "y"]
+    assert raw.by_phandle[7].path == "/a@1000"
+    assert t.problems == ("phandle 0x7 used by both /a@1000 and /b@2000",)

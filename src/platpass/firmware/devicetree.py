@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 from platpass.errors import DeviceTreeLoadError, NodeError
-from platpass.firmware.model import DeviceNode
-from platpass.firmware.rawtree import RawNode, RawTree, read_blob
+from platpass.firmware.model import DeviceNode, Interrupt
+from platpass.firmware.rawtree import RawNode, RawTree, gc_paused, read_blob
 from platpass.firmware.resolve import (
     AddressMap,
     resolve_clocks,
@@ -52,6 +52,8 @@ class DeviceTree:
         self.source = source
         self._addresses = AddressMap(raw)
         self._resolved: dict[str, DeviceNode] = {}
+        self._irqs: dict[str, tuple[tuple[Interrupt, ...], tuple[str, ...]]] = {}
+        self._enabled_memo: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"DeviceTree({self.source!r}, {len(self.raw.nodes)} nodes)"
@@ -92,15 +94,22 @@ class DeviceTree:
         without ``ranges``, clocks and regulators without ``reg``), memory and
         reserved-memory nodes.
         """
+        with gc_paused():
+            return self._devices(all)
+
+    def _devices(self, all: bool) -> list[DeviceNode]:
         out = []
         resolve = self._resolve
+        if all:
+            return [resolve(raw) for raw in self.raw.nodes if raw.parent is not None]
+        cpu_space = self._addresses.cpu_space
         for raw in self.raw.nodes:
-            if raw.parent is None:
+            parent = raw.parent
+            if parent is None or "reg" not in raw.props:
                 continue
-            if all:
-                out.append(resolve(raw))
-                continue
-            if "reg" not in raw.props or not self._may_be_device(raw):
+            # cheap pre-check: children of buses without ranges (I2C, SPI...) are never
+            # MMIO, so they are not resolved at all here
+            if not cpu_space(parent)[0] or not self._may_be_device(raw):
                 continue
             node = resolve(raw)
             if node.is_mmio:
@@ -113,13 +122,33 @@ class DeviceTree:
 
     def effectively_enabled(self, path: str) -> bool:
         """The node and every ancestor are enabled (a disabled bus disables its children)."""
-        raw: RawNode | None = self.raw_node(path)
-        while raw is not None:
-            status = raw.props.get("status")
-            if status is not None and status.rstrip(b"\0") not in (b"okay", b"ok"):
-                return False
-            raw = raw.parent
-        return True
+        return self._enabled(self.raw_node(path))
+
+    def _enabled(self, raw: RawNode) -> bool:
+        known = self._enabled_memo.get(raw.path)
+        if known is not None:
+            return known
+        status = raw.props.get("status")
+        result = status is None or status.rstrip(b"\0") in (b"okay", b"ok")
+        if result and raw.parent is not None:
+            result = self._enabled(raw.parent)
+        self._enabled_memo[raw.path] = result
+        return result
+
+    def interrupt_users(self) -> list[tuple[str, bool, tuple[Interrupt, ...]]]:
+        """``(path, effectively enabled, interrupts)`` of every node that has interrupts.
+
+        The input of the shared-interrupt rule: every user of a line counts, MMIO or not,
+        so this resolves only the interrupts of nodes that are not devices.
+        """
+        out = []
+        for raw in self.raw.nodes:
+            props = raw.props
+            if "interrupts" in props or "interrupts-extended" in props:
+                irqs = self._interrupts(raw)[0]
+                if irqs:
+                    out.append((raw.path, self._enabled(raw), irqs))
+        return out
 
     # ------------------------------------------------------------------ resolution
 
@@ -132,6 +161,16 @@ class DeviceTree:
         parent = raw.parent
         return not (parent is not None and parent.name == "reserved-memory"
                     and parent.depth == 1)
+
+    def _interrupts(self, raw: RawNode) -> tuple[tuple[Interrupt, ...], tuple[str, ...]]:
+        done = self._irqs.get(raw.path)
+        if done is None:
+            try:
+                done = resolve_interrupts(self.raw, raw)
+            except NodeError as err:
+                done = ((), (err.message,))
+            self._irqs[raw.path] = done
+        return done
 
     def _resolve(self, raw: RawNode) -> DeviceNode:
         done = self._resolved.get(raw.path)
@@ -157,11 +196,8 @@ class DeviceTree:
             except NodeError as err:
                 problems.append(err.message)
         if "interrupts" in props or "interrupts-extended" in props:
-            try:
-                interrupts, unrouted = resolve_interrupts(self.raw, raw)
-                problems.extend(unrouted)
-            except NodeError as err:
-                problems.append(err.message)
+            interrupts, irq_problems = self._interrupts(raw)
+            problems.extend(irq_problems)
         if "clocks" in props:
             try:
                 clocks = resolve_clocks(self.raw, raw)

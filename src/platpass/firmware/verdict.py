@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from platpass.firmware.model import DeviceNode
+from platpass.firmware.model import DeviceNode, Interrupt, MmioRange
+from platpass.firmware.rawtree import gc_paused
 
 if TYPE_CHECKING:
     from platpass.drivers.common import PlatformDriver
     from platpass.drivers.registry import DriverRegistry
     from platpass.firmware.devicetree import DeviceTree
+    from platpass.firmware.rawtree import RawNode
 
 __all__ = [
     "BUS_MASTER_FAMILIES",
@@ -150,7 +152,12 @@ BUS_MASTER_FAMILIES: tuple[tuple[str, str], ...] = (
     ("trace sink (writes memory)", r"coresight-tmc|\betr\b|coresight-catu"),
     ("audio engine with its own DMA", r"lpass|toddr|frddr|\baiu\b"),
 )
-_FAMILY_RES = tuple((name, re.compile(pattern)) for name, pattern in BUS_MASTER_FAMILIES)
+#: All families in one alternation (one regex search per compatible string, not one per
+#: family); group ``f<i>`` names family ``i``.
+_FAMILY_RE = re.compile("|".join(
+    f"(?P<f{i}>{pattern})" for i, (_name, pattern) in enumerate(BUS_MASTER_FAMILIES)))
+#: compatible string -> family name or None; compatibles repeat across nodes and boards.
+_family_memo: dict[str, str | None] = {}
 
 
 def _show(value: bytes) -> str:
@@ -170,20 +177,31 @@ def _show(value: bytes) -> str:
 def family_of(compatible: Iterable[str]) -> tuple[str, str] | None:
     """``(family, compatible)`` of the first compatible naming a bus-master family."""
     for entry in compatible:
-        lowered = entry.lower()
-        for name, pattern in _FAMILY_RES:
-            if pattern.search(lowered):
-                return name, entry
+        try:
+            name = _family_memo[entry]
+        except KeyError:
+            match = _FAMILY_RE.search(entry.lower())
+            name = None
+            if match is not None:
+                assert match.lastgroup is not None
+                name = BUS_MASTER_FAMILIES[int(match.lastgroup[1:])][0]
+            if len(_family_memo) < 65536:
+                _family_memo[entry] = name
+        if name is not None:
+            return name, entry
     return None
 
 
 def bus_master_evidence(
         node: DeviceNode,
         ancestors: Sequence[tuple[str, Mapping[str, bytes]]] = (),
+        ancestor_evidence: Sequence[Evidence] = (),
 ) -> list[Evidence]:
     """Every firmware fact showing ``node`` can master the bus (empty: none found).
 
-    ``ancestors`` are ``(path, raw properties)`` of the node's ancestors, parent first.
+    ``ancestors`` are ``(path, raw properties)`` of the node's ancestors, parent first;
+    ``ancestor_evidence`` is the same judgement already made (``assess_tree`` memoises it
+    per bus, since siblings share their ancestors).
     """
     found = []
     props = node.properties
@@ -201,6 +219,7 @@ def bus_master_evidence(
             value = aprops.get(prop)
             if value is not None:
                 found.append(Evidence("bus-master-ancestor", f"{path}:{prop}", _show(value)))
+    found.extend(ancestor_evidence)
     family = family_of(node.compatible)
     if family is not None:
         found.append(Evidence("bus-master-family", "compatible",
@@ -211,55 +230,61 @@ def bus_master_evidence(
 # ---------------------------------------------------------------------- sharing rules
 
 
-def shared_interrupts(nodes: Iterable[DeviceNode]) -> dict[str, list[Evidence]]:
-    """For each node, the lines it shares with *another enabled* node among ``nodes``.
+def shared_interrupts(
+        users: Iterable[tuple[str, bool, Sequence[Interrupt]]],
+) -> dict[str, list[Evidence]]:
+    """For each user of a line, the other *enabled* users of the same line.
 
-    ``nodes`` are every node with interrupts; the caller says which are enabled by passing
-    disabled ones too: they are judged but never count as users of a line.
+    ``users`` are ``(path, enabled, interrupts)`` of every node with interrupts; disabled
+    ones are judged but never count as users. A line is (controller, type, number).
     """
-    users: dict[tuple[str, str, int], list[str]] = {}
-    nodes = list(nodes)
-    for node in nodes:
-        if not node.enabled:
+    users = list(users)
+    by_line: dict[tuple[str, str, int], list[str]] = {}
+    for path, enabled, irqs in users:
+        if not enabled:
             continue
-        for irq in node.interrupts:
-            key = (irq.controller, str(irq.type), irq.number)
-            paths = users.setdefault(key, [])
-            if node.path not in paths:
-                paths.append(node.path)
+        for irq in irqs:
+            paths = by_line.setdefault((irq.controller, irq.type, irq.number), [])
+            if not paths or paths[-1] != path:
+                paths.append(path)
     out: dict[str, list[Evidence]] = {}
-    for node in nodes:
-        for irq in node.interrupts:
-            key = (irq.controller, str(irq.type), irq.number)
-            others = [p for p in users.get(key, ()) if p != node.path]
-            if others:
-                out.setdefault(node.path, []).append(Evidence(
-                    "shared-interrupt", "interrupts",
-                    f"{irq.type} {irq.number} of {irq.controller} also used by "
-                    f"{', '.join(others)}"))
+    for path, _enabled, irqs in users:
+        for irq in irqs:
+            others = [p for p in by_line.get((irq.controller, irq.type, irq.number), ())
+                      if p != path]
+            if not others:
+                continue
+            out.setdefault(path, []).append(Evidence(
+                "shared-interrupt", "interrupts",
+                f"{irq.type} {irq.number} of {irq.controller} also used by "
+                f"{', '.join(others)}"))
     return out
 
 
-def shared_pages(nodes: Iterable[DeviceNode],
-                 page_size: int = PAGE_SIZE) -> dict[str, list[Evidence]]:
+def shared_pages(
+        users: Iterable[tuple[str, bool, Sequence[MmioRange]]],
+        page_size: int = PAGE_SIZE,
+) -> dict[str, list[Evidence]]:
     """For each node, its regions that share a page with another *enabled* node's region.
 
-    A sweep over page-rounded intervals sorted by start: O(n log n) however large the
-    regions (a 1 GiB window is one interval, not 262144 pages).
+    ``users`` are ``(path, enabled, regions)``. A sweep over page-rounded intervals sorted
+    by start: O(n log n) however large the regions (a 1 GiB window is one interval).
     """
     mask = page_size - 1
     spans = []
-    for node in nodes:
-        for index, region in enumerate(node.regions):
+    for path, enabled, regions in users:
+        for index, region in enumerate(regions):
             start = region.address & ~mask
-            end = (region.end + mask) & ~mask if region.size else start + page_size
-            spans.append((start, end, node.path, index, node.enabled))
+            end = (region.address + region.size + mask) & ~mask if region.size \
+                else start + page_size
+            spans.append((start, end, path, index, enabled))
     spans.sort()
     found: dict[str, dict[int, list[str]]] = {}
     active: list[tuple[int, int, str, int, bool]] = []
     for span in spans:
         start, _end, path, index, enabled = span
-        active = [a for a in active if a[1] > start]
+        if active:
+            active = [a for a in active if a[1] > start]
         for other in active:
             if other[2] == path:
                 continue
@@ -305,11 +330,12 @@ def assess_node(
         driver: type[PlatformDriver] | None,
         *,
         ancestors: Sequence[tuple[str, Mapping[str, bytes]]] = (),
+        ancestor_evidence: Sequence[Evidence] = (),
         shared_irq: Sequence[Evidence] = (),
         shared_page: Sequence[Evidence] = (),
 ) -> Assessment:
     """The verdict of one node given its driver and the sharing facts about it."""
-    master = bus_master_evidence(node, ancestors)
+    master = bus_master_evidence(node, ancestors, ancestor_evidence)
     if driver is not None and not driver.cannot_master_bus:
         master.append(Evidence("bus-master-driver", "compatible",
                                f"driver {driver.name} declares the IP masters the bus: "
@@ -351,32 +377,44 @@ def assess_node(
     return Assessment(node, Verdict.ASSIGNABLE, (claim,), driver)
 
 
-def _effective(node: DeviceNode, tree: DeviceTree) -> DeviceNode:
-    """``node`` as a sharer: disabled when an ancestor is (a disabled bus disables all)."""
-    if node.enabled and not tree.effectively_enabled(node.path):
-        return replace(node, status="disabled")
-    return node
+def _ancestor_evidence(raw: RawNode | None,
+                       memo: dict[str, tuple[Evidence, ...]]) -> tuple[Evidence, ...]:
+    """Bus-master evidence on ``raw`` and its ancestors, memoised per node path."""
+    if raw is None:
+        return ()
+    known = memo.get(raw.path)
+    if known is not None:
+        return known
+    own = tuple(
+        Evidence("bus-master-ancestor", f"{raw.path}:{prop}", _show(raw.props[prop]))
+        for prop in _ANCESTOR_MASTER_PROPERTIES if prop in raw.props)
+    result = own + _ancestor_evidence(raw.parent, memo)
+    memo[raw.path] = result
+    return result
 
 
 def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
                 all: bool = False) -> list[Assessment]:
     """A verdict for every device of ``tree`` (every node but the root with ``all``)."""
+    with gc_paused():
+        return _assess_tree(tree, registry, all)
+
+
+def _assess_tree(tree: DeviceTree, registry: DriverRegistry,
+                 all: bool) -> list[Assessment]:
     nodes = tree.devices(all=all)
-    mmio = nodes if not all else [n for n in nodes if n.is_mmio]
-    if all:
-        with_irqs = [n for n in nodes if n.interrupts]
-    else:
-        with_irqs = [tree.node(node.path) for node in tree.raw.nodes
-                     if node.parent is not None and (
-                         "interrupts" in node.props or "interrupts-extended" in node.props)]
-    irq_shares = shared_interrupts(_effective(n, tree) for n in with_irqs)
-    page_shares = shared_pages(_effective(n, tree) for n in mmio)
+    enabled = tree.effectively_enabled
+    irq_shares = shared_interrupts(tree.interrupt_users())
+    page_shares = shared_pages((n.path, enabled(n.path), n.regions)
+                               for n in nodes if n.is_mmio)
+    memo: dict[str, tuple[Evidence, ...]] = {}
+    match = registry.match
     out = []
     for node in nodes:
-        ancestors = [(a.path, a.props) for a in tree.ancestors(node.path)]
+        raw = tree.raw_node(node.path)
         out.append(assess_node(
-            node, registry.match(node.compatible),
-            ancestors=ancestors,
+            node, match(node.compatible),
+            ancestor_evidence=_ancestor_evidence(raw.parent, memo),
             shared_irq=irq_shares.get(node.path, ()),
             shared_page=page_shares.get(node.path, ()),
         ))
