@@ -20,7 +20,7 @@ from platpass.drivers.registry import default_registry
 from platpass.firmware.devicetree import DeviceTree
 from platpass.firmware.model import DeviceNode
 from platpass.host.simulated import ManualClock, SimulatedBackend
-from platpass.host.simulated.board import load_board, open_sim_backend
+from platpass.host.simulated.board import MODEL_FACTORIES, load_board, open_sim_backend
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, RegionFlags
@@ -262,3 +262,45 @@ def test_loopback_on_a_sim_device(guest: Callable[[str], Guest]) -> None:
     assert g.device.irqs.lines[0].masked
     g.eoi()  # the RTC itself is quiet: nothing more
     assert g.irqs() == 0
+
+
+def modelled_nodes() -> list[str]:
+    """Every enabled node of the simulated board that has a model behind it."""
+    return [n.path for n in load_board().devices()
+            if n.is_mmio and any(c in MODEL_FACTORIES for c in n.compatible)]
+
+
+@pytest.mark.parametrize("path", modelled_nodes())
+def test_every_modelled_board_device_is_a_consistent_vfio_device(
+        board: DeviceTree, reactor: EpollReactor, path: str) -> None:
+    node = board.node(path)
+    backend = open_sim_backend(node, reactor, clock=ManualClock())
+    device = VfioDevice(node, driver_for(node), backend, reactor)
+    try:
+        assert type(device.driver) is not PlatformDriver, "no register-level driver"
+        device.open()
+        info = device.info
+        assert info.flags == DeviceFlags.PLATFORM | DeviceFlags.RESET
+        assert (info.num_regions, info.num_irqs) == (len(node.regions), len(node.interrupts))
+        for index in range(info.num_regions):
+            region = device.region_info(index)
+            assert region.size == node.regions[index].size
+            for trap in device.driver.active_traps():  # no trap ever sits on a mapped page
+                for area in region.sparse_areas or ():
+                    assert not (area.offset < trap.offset + trap.size
+                                and trap.offset < area.offset + area.size)
+                if region.mappable and region.sparse_areas is None:
+                    assert trap.region != index
+        for index in range(info.num_irqs):
+            assert device.irq_info(index).flags & IrqInfoFlags.AUTOMASKED  # level lines
+        # A quiesced device after open: its line is low, so a fresh trigger gets nothing.
+        efd = os.eventfd(0, os.EFD_NONBLOCK)
+        try:
+            device.set_irqs(0, F.DATA_EVENTFD | F.ACTION_TRIGGER, 0, 1, fds=[efd])
+            assert drain(efd) == 0
+        finally:
+            os.close(efd)
+        device.reset()
+    finally:
+        device.close()
+    assert device.closed
