@@ -42,7 +42,7 @@ OPS = st.one_of(
     st.tuples(st.just("unmask"), line_, flag_data),
     st.tuples(st.just("resampler"), line_, st.sampled_from([0, 1, -1])),
     st.tuples(st.just("kick"), line_),
-    st.tuples(st.just("invalid"), line_, st.integers(0, 7)),
+    st.tuples(st.just("invalid"), line_, st.integers(0, 9)),
 )
 
 
@@ -84,15 +84,26 @@ def invalid_call(h: Harness, line: int, kind: int) -> None:
         (line, F.DATA_EVENTFD | F.ACTION_TRIGGER, 0, 1, {"fds": [h.resamplers[line][0], -1]}),
         (line, F.DATA_EVENTFD | F.ACTION_MASK, 0, 0, {}),    # count 0 is trigger-only
     ]
+    read_end, write_end = os.pipe()
+    closed = os.eventfd(0)
+    os.close(closed)
+    args += [
+        (line, F.DATA_EVENTFD | F.ACTION_TRIGGER, 0, 1, {"fds": [closed]}),    # EBADF
+        (line, F.DATA_EVENTFD | F.ACTION_UNMASK, 0, 1, {"fds": [read_end]}),  # not eventfd
+    ]
     index, flags, start, count, data = args[kind]
-    before = h.state()
     try:
-        h.device.set_irqs(index, flags, start, count, **data)  # type: ignore[arg-type]
-    except VfioError:
-        pass
-    else:
-        raise AssertionError(f"invalid call {args[kind]} accepted")
-    assert h.state() == before
+        before = h.state()
+        try:
+            h.device.set_irqs(index, flags, start, count, **data)  # type: ignore[arg-type]
+        except VfioError:
+            pass
+        else:
+            raise AssertionError(f"invalid call {args[kind]} accepted")
+        assert h.state() == before
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def step(h: Harness, op: tuple[object, ...]) -> None:
