@@ -284,13 +284,17 @@ def test_oversized_message_is_skipped_and_stream_stays_in_sync() -> None:
     conn = Connection(max_message_size=64)
     big = _wire(4, Command.REGION_WRITE, RegionRead(0, 0, 100).encode() + bytes(100))
     fds = _pipe_fds(1)
-    conn.receive_data(big[:40], fds)
-    assert _events(conn) == []
-    conn.receive_data(big[40:] + _wire(5, Command.DEVICE_RESET))
-    rejected, after = _events(conn)
+    conn.receive_data(big[:16], fds)
+    (rejected,) = _events(conn)  # answered on the header alone
     assert isinstance(rejected, Rejected) and rejected.errno == errno.E2BIG
     assert rejected.header.msg_id == 4 and rejected.fds == tuple(fds)
-    assert isinstance(after, Message) and after.header.msg_id == 5
+    stray = _pipe_fds(1)
+    conn.receive_data(big[16:40], stray)  # fds inside the skipped body have no owner
+    assert _events(conn) == []
+    conn.receive_data(big[40:] + _wire(5, Command.DEVICE_RESET))
+    (after,) = _events(conn)
+    assert isinstance(after, Message) and after.header.msg_id == 5 and after.fds == ()
+    assert not _is_open(stray[0])
     os.close(fds[0])
 
 

@@ -167,6 +167,20 @@ def test_region_fast_path_and_full_path_agree(wire: Wire, quiet_device: VfioDevi
     assert quiet_device.read(0, 4, 4) == 5
 
 
+def test_oversized_message_is_answered_e2big_at_once_and_skipped(wire: Wire) -> None:
+    negotiate(wire)
+    size = 4 << 20
+    wire.send(Header(5, Command.REGION_WRITE, size, 0).encode())
+    (reply,) = wire.pump()
+    assert isinstance(reply, Message) and reply.header.error == errno.E2BIG
+    body = bytes(size - HEADER_SIZE)
+    for at in range(0, len(body), 1 << 16):
+        wire.send(body[at:at + (1 << 16)])
+        wire.pump()
+    (info,) = wire.command(Command.DEVICE_GET_INFO, DeviceInfo(16).encode(), msg_id=6)
+    assert isinstance(info, Message) and info.header.msg_id == 6 and not info.header.is_error
+
+
 def test_unresynchronisable_stream_closes_only_that_connection(
         reactor: EpollReactor, wire: Wire, make_device: object) -> None:
     negotiate(wire)

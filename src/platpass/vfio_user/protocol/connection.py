@@ -14,9 +14,9 @@ records each batch with the stream positions of its chunk and hands it to the ow
 **Errors.** A header whose size field is smaller than a header leaves no way to find the
 next message: the connection goes to :attr:`State.ERROR` and ``next_event`` raises
 :class:`RemoteProtocolError`. An oversized message (bigger than ``max_message_size``) is
-skipped without being buffered and reported as :class:`Rejected` with ``E2BIG`` — the
-stream stays in sync. Misusing the API (sending after ERROR) raises
-:class:`LocalProtocolError`.
+reported as :class:`Rejected` with ``E2BIG`` as soon as its header is in, and its body is
+then skipped without being buffered — the stream stays in sync. Misusing the API
+(sending after ERROR) raises :class:`LocalProtocolError`.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Connection:
         self._eof = False
         self._events: deque[Event] = deque()
         self.error: RemoteProtocolError | None = None
-        self._pending_rejected: tuple[Header, int, int] | None = None
+        self._skip_end = 0  # stream position where the skipped message ends
 
     @property
     def idle(self) -> bool:
@@ -180,16 +180,20 @@ class Connection:
                 errno.EINVAL, f"message size {size} is smaller than the 16-byte header"))
         msg_start = self._buffer_start
         if size > self.max_message_size:
-            # Skip the body without buffering it; the stream stays in sync.
+            # Reject on the header alone (a peer may wait for the answer before sending
+            # the body), then skip the body without buffering it: the stream stays in sync.
             have = len(buffer)
             del buffer[:have if have < size else size]
             self._buffer_start += min(have, size)
             self._skip = max(size - have, 0)
-            self._pending_rejected = (header, msg_start, msg_start + size)
+            fds, _truncated = self._claim_fds(msg_start, msg_start + size)
+            self._skip_end = msg_start + size
             if not self._skip:
                 self._finish_skipped()
-                return self._events.popleft()
-            return self._eof_or_need()
+            return Rejected(
+                header, errno.E2BIG,
+                f"message of {size} bytes exceeds the limit of {self.max_message_size}",
+                tuple(fds))
         if len(buffer) < size:
             return self._eof_or_need()
         payload = bytes(buffer[HEADER_SIZE:size])
@@ -202,14 +206,10 @@ class Connection:
         return Message(header, payload, tuple(fds))
 
     def _finish_skipped(self) -> None:
-        assert self._pending_rejected is not None
-        header, start, end = self._pending_rejected
-        self._pending_rejected = None
-        fds, _truncated = self._claim_fds(start, end)
-        self._events.append(Rejected(
-            header, errno.E2BIG,
-            f"message of {header.size} bytes exceeds the limit of {self.max_message_size}",
-            tuple(fds)))
+        """The skipped body is over: fds that came with it have no owner; close them."""
+        end, self._skip_end = self._skip_end, 0
+        while self._batches and self._batches[0].end <= end:
+            self._close_fds(self._batches.popleft().fds)
 
     def _eof_or_need(self) -> Event | _NeedData:
         if not self._eof:
