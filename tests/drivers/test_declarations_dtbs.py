@@ -25,7 +25,7 @@ FAMILY_FLOORS = {
     "i2c": 84,
     "watchdog": 38,
     "pwm": 25,
-    "spi": 37,
+    "spi": 38,
     "rtc": 4,
     "adc": 2,
 }

@@ -14,6 +14,7 @@ from platpass.drivers.allwinner import Sun6iRtc
 from platpass.drivers.common import Trap, access_mask
 from platpass.drivers.fsl_layerscape import Ls1028aLpuart
 from platpass.drivers.imx import IMX_UCR1_DMA_BITS, ImxUart, VybridI2c
+from platpass.drivers.nvidia import TegraGpio, TegraUart
 from platpass.drivers.qcom import QupI2c
 from platpass.drivers.ti import OmapMcspi, OmapUart
 from platpass.firmware.devicetree import load_dtb
@@ -151,6 +152,35 @@ def test_mcspi_channel_dma_requests_masked_on_every_channel() -> None:
     for trap in confs:
         driver.trap_write(regs, trap, 0, trap.offset, 4, 0x0001_C3FF)  # DMAR|DMAW|DPE0|...
         assert regs.read(0, trap.offset, 4) == 0x0001_03FF
+
+
+def test_tegra_uart_fcr_write_loses_dma_mode_while_iir_reads_stay_whole() -> None:
+    driver = TegraUart(_node("nvidia,tegra20-uart", dmas=True))
+    regs = Registers(0x40)
+    fcr = _trap(driver, "FCR")
+    driver.trap_write(regs, fcr, 0, 0x08, 1, 0xCF)  # trigger level, DMA mode, FIFO reset+on
+    assert regs.mem[0][0x08] == 0xC7
+    regs.write(0, 0x08, 4, 0xCC)  # the hardware's IIR: FIFOs on, character timeout (0xC)
+    assert driver.trap_read(regs, fcr, 0, 0x08, 4) == 0xCC
+    # The masked reset never reads 0x08 back (it is IIR, not FCR); FCR comes from the sequence.
+    driver.reset(regs)
+    assert regs.read(0, 0x08, 4) == 0x07
+    assert (0, 0x08, 4, 0xCC & ~0x08) not in regs.writes
+
+
+def test_tegra_gpio_pin_function_select_is_write_protected() -> None:
+    driver = TegraGpio(_node("nvidia,tegra30-gpio", dmas=False))
+    regs = Registers(0x1000)
+    regs.write(0, 0x304, 4, 0x0000_00F0)  # bank 3, port 1: four lines are GPIOs (host's choice)
+    cnf = next(t for t in driver.traps if t.name == "CNF3")
+    assert driver.trap_read(regs, cnf, 0, 0x304, 4) == 0xF0
+    driver.trap_write(regs, cnf, 0, 0x304, 4, 0xFF)  # guest tries to take four more pins
+    msk = next(t for t in driver.traps if t.name == "MSK_CNF3")
+    driver.trap_write(regs, msk, 0, 0x384, 4, 0xFF0F)  # ...or through the masked twin
+    assert regs.read(0, 0x304, 4) == 0xF0
+    assert regs.read(0, 0x384, 4) == 0
+    # Everything else in the bank (OE, OUT, INT_ENB...) is the guest's and stays mappable.
+    assert not any(t.covers(0, 0x310, 4) or t.covers(0, 0x350, 4) for t in driver.traps)
 
 
 def test_sun6i_rtc_oscillator_register_is_write_protected() -> None:

@@ -16,6 +16,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "imx",
     "marvell",
     "ns16550",
+    "nvidia",
     "qcom",
     "qcom_geni",
     "renesas",

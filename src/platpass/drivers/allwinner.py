@@ -50,6 +50,7 @@ class Sun6iRtc(MaskedRegisterDriver):
         "allwinner,sun8i-v3-rtc",
         "allwinner,sun50i-h5-rtc",
         "allwinner,sun50i-h6-rtc",
+        "allwinner,sun50i-h616-rtc",
     )
     family = "rtc"
     evidence = (
@@ -139,4 +140,30 @@ class Sun4iLradc(PlatformDriver):
     )
 
 
-DRIVERS = (Sun6iWdt, Sun6iRtc, SunxiI2c, Sun4iPwm, Sun4iLradc)
+#: FIFO_CTL bits that raise DRQs to the DMA engine: RF_DRQ_EN (8) and TF_DRQ_EN (24).
+SUN6I_SPI_FIFO_DRQ_BITS = (1 << 8) | (1 << 24)
+
+
+# Evidence: drivers/spi/spi-sun6i.c: TXD/RXD FIFO registers; with ``dmas`` the DMA engine is
+# fed through DRQs enabled by FIFO_CTL RF_DRQ_EN/TF_DRQ_EN. Binding
+# Documentation/devicetree/bindings/spi/allwinner,sun6i-a31-spi.yaml.
+class Sun6iSpi(MaskedRegisterDriver):
+    """Allwinner A31/H3-style SPI controller."""
+
+    name = "allwinner-sun6i-spi"
+    compatibles = ("allwinner,sun6i-a31-spi", "allwinner,sun8i-h3-spi")
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-sun6i.c: PIO FIFO registers, DMA only as DRQs enabled in "
+        "FIFO_CTL; binding Documentation/devicetree/bindings/spi/allwinner,sun6i-a31-spi.yaml"
+    )
+    dma_traps = (Trap(0, 0x18, 4, "FIFO_CTL", "RF_DRQ_EN/TF_DRQ_EN masked: no DRQs"),)
+    masked_bits = {"FIFO_CTL": SUN6I_SPI_FIFO_DRQ_BITS}
+    # INT_CTL (0x10) = 0: interrupts off; GBL_CTL (0x04) = 0: bus disabled.
+    reset_sequence = (
+        RegisterWrite(0, 0x10, 4, 0),
+        RegisterWrite(0, 0x04, 4, 0),
+    )
+
+
+DRIVERS = (Sun6iWdt, Sun6iRtc, SunxiI2c, Sun4iPwm, Sun4iLradc, Sun6iSpi)

@@ -155,11 +155,16 @@ class MaskedRegisterDriver(PlatformDriver):
     masked_bits: ClassVar[Mapping[str, int]] = {}
     #: Trap names whose reads pass through and whose writes are dropped.
     write_protected: ClassVar[frozenset[str]] = frozenset()
+    #: Masked traps whose *reads* pass through unmasked: a write-only register sharing its
+    #: address with a read-only one (16550 FCR writes / IIR reads at the same offset).
+    unmasked_reads: ClassVar[frozenset[str]] = frozenset()
 
     def trap_read(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
                   size: int) -> int:
         """Masked registers read through with their masked bits as zero."""
         bits = self.masked_bits.get(trap.name)
+        if bits is not None and trap.name in self.unmasked_reads:
+            return regs.read(region, offset, size)
         if bits is not None:
             return regs.read(region, offset, size) & ~access_mask(trap, offset, size, bits)
         if trap.name in self.write_protected:
@@ -176,11 +181,15 @@ class MaskedRegisterDriver(PlatformDriver):
         super().trap_write(regs, trap, region, offset, size, value)
 
     def reset(self, regs: RegisterAccess) -> None:
-        """Apply :attr:`reset_sequence`, then clear every masked bit that is still set."""
+        """Apply :attr:`reset_sequence`, then clear every masked bit that is still set.
+
+        Write-only masked registers (:attr:`unmasked_reads`) cannot be read back; their
+        quiescent value must come from :attr:`reset_sequence`.
+        """
         super().reset(regs)
         for trap in self.traps + self.dma_traps:
             bits = self.masked_bits.get(trap.name)
-            if not bits:
+            if not bits or trap.name in self.unmasked_reads:
                 continue
             current = regs.read(trap.region, trap.offset, trap.size)
             if current & bits:

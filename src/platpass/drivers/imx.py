@@ -186,4 +186,56 @@ class ImxEcspi(MaskedRegisterDriver):
     )
 
 
-DRIVERS = (ImxGpio, ImxUart, ImxI2c, VybridI2c, ImxWdt, ImxPwm, ImxEcspi)
+#: i.MX LPUART registers sit 0x10 above the node's base (VERID/PARAM/GLOBAL/PINCFG first).
+_LPUART_IMX_OFFSET = 0x10
+#: LPUART BAUD bits that raise eDMA requests: TDMAE (23), RDMAE (21), RIDMAE (20).
+IMX_LPUART_BAUD_DMA_BITS = (1 << 23) | (1 << 21) | (1 << 20)
+
+
+# Evidence: drivers/tty/serial/fsl_lpuart.c (imx7ulp/imx8qxp data: 32-bit, reg_off 0x10):
+# data FIFO UART, eDMA slave requests gated by BAUD TDMAE/RDMAE. Binding
+# Documentation/devicetree/bindings/serial/fsl-lpuart.yaml.
+class ImxLpuart(MaskedRegisterDriver):
+    """i.MX7ULP/8QXP/8ULP/93 LPUART (little-endian, registers at +0x10)."""
+
+    name = "fsl-imx-lpuart"
+    compatibles = ("fsl,imx7ulp-lpuart", "fsl,imx8qxp-lpuart")
+    family = "uart"
+    evidence = (
+        "Linux drivers/tty/serial/fsl_lpuart.c (imx7ulp_data, reg_off 0x10): data FIFO "
+        "UART, eDMA slave requests gated by BAUD TDMAE/RDMAE; binding "
+        "Documentation/devicetree/bindings/serial/fsl-lpuart.yaml"
+    )
+    dma_traps = (
+        Trap(0, _LPUART_IMX_OFFSET + 0x00, 4, "BAUD", "TDMAE/RDMAE/RIDMAE masked"),
+    )
+    masked_bits = {"BAUD": IMX_LPUART_BAUD_DMA_BITS}
+    # CTRL (+0x08) = 0: transmitter, receiver and interrupts off.
+    reset_sequence = (RegisterWrite(0, _LPUART_IMX_OFFSET + 0x08, 4, 0),)
+
+
+# Evidence: drivers/i2c/busses/i2c-imx-lpi2c.c: master FIFO registers (MTDR/MRDR); DMA only
+# through eDMA slave channels enabled by MDER TDDE/RDDE. Binding
+# Documentation/devicetree/bindings/i2c/i2c-imx-lpi2c.yaml.
+class ImxLpi2c(PlatformDriver):
+    """i.MX7ULP-and-later low-power I2C."""
+
+    name = "fsl-imx-lpi2c"
+    compatibles = ("fsl,imx7ulp-lpi2c",)
+    family = "i2c"
+    evidence = (
+        "Linux drivers/i2c/busses/i2c-imx-lpi2c.c: FIFO registers served by the CPU, DMA "
+        "only as slave requests enabled in MDER; binding "
+        "Documentation/devicetree/bindings/i2c/i2c-imx-lpi2c.yaml"
+    )
+    # MDER (0x1c) holds only TDDE (bit 0) and RDDE (bit 1).
+    dma_traps = (Trap(0, 0x1C, 4, "MDER", "TX/RX DMA enables: read as zero"),)
+    # MIER (0x18) = 0: interrupts off; MCR (0x10) = 0: master disabled; MDER = 0.
+    reset_sequence = (
+        RegisterWrite(0, 0x18, 4, 0),
+        RegisterWrite(0, 0x10, 4, 0),
+        RegisterWrite(0, 0x1C, 4, 0),
+    )
+
+
+DRIVERS = (ImxGpio, ImxUart, ImxI2c, VybridI2c, ImxWdt, ImxPwm, ImxEcspi, ImxLpuart, ImxLpi2c)

@@ -101,4 +101,44 @@ class OrionSpi(PlatformDriver):
     )
 
 
-DRIVERS = (Armada38xRtc, Armada3700Uart, Mv64xxxI2c, Armada3700I2c, OrionSpi)
+# Evidence: drivers/gpio/gpio-mvebu.c (orion layout: OUT, IO_CONF, BLINK_EN, IN_POL, DATA_IN,
+# EDGE_CAUSE, EDGE_MASK 0x18, LEVEL_MASK 0x1c); binding
+# Documentation/devicetree/bindings/gpio/gpio-mvebu.yaml.
+class OrionGpio(PlatformDriver):
+    """Marvell Orion-style GPIO bank (pin muxing stays with the MPP controller)."""
+
+    name = "marvell-orion-gpio"
+    compatibles = ("marvell,orion-gpio",)
+    family = "gpio"
+    evidence = (
+        "Linux drivers/gpio/gpio-mvebu.c: data, direction, blink and interrupt mask "
+        "registers only; binding Documentation/devicetree/bindings/gpio/gpio-mvebu.yaml"
+    )
+    # EDGE_MASK (0x18) and LEVEL_MASK (0x1c) = 0: no line raises an interrupt.
+    reset_sequence = (
+        RegisterWrite(0, 0x18, 4, 0),
+        RegisterWrite(0, 0x1C, 4, 0),
+    )
+
+
+# Evidence: drivers/spi/spi-armada-3700.c: IF_CTRL/IF_CFG/DATA_OUT/DATA_IN/INT_* registers,
+# PIO only; binding Documentation/devicetree/bindings/spi/spi-armada-3700.txt.
+class Armada3700Spi(PlatformDriver):
+    """Armada 3700 SPI controller (PIO)."""
+
+    name = "marvell-armada3700-spi"
+    compatibles = ("marvell,armada-3700-spi",)
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-armada-3700.c: PIO data registers only, no DMA; binding "
+        "Documentation/devicetree/bindings/spi/spi-armada-3700.txt"
+    )
+    # INT_MASK (0x2c) = 0: interrupts off; IF_CTRL (0x00) = 0: chip selects released.
+    reset_sequence = (
+        RegisterWrite(0, 0x2C, 4, 0),
+        RegisterWrite(0, 0x00, 4, 0),
+    )
+
+
+DRIVERS = (Armada38xRtc, Armada3700Uart, Mv64xxxI2c, Armada3700I2c, OrionSpi, OrionGpio,
+           Armada3700Spi)

@@ -6,7 +6,7 @@ fallback (:mod:`platpass.drivers.snps_dw`); so do Rockchip watchdogs (``snps,dw-
 
 from __future__ import annotations
 
-from platpass.drivers.common import PlatformDriver, RegisterWrite
+from platpass.drivers.common import PlatformDriver, RegisterWrite, Trap
 
 #: Rockchip "write-mask" registers: the upper 16 bits select which lower bits a write changes.
 _WRITE_MASK_ALL = 0xFFFF0000
@@ -98,4 +98,27 @@ class RockchipSaradc(PlatformDriver):
     reset_sequence = (RegisterWrite(0, 0x08, 4, 0),)
 
 
-DRIVERS = (RockchipGpioBank, RockchipI2c, RockchipPwm, RockchipSaradc)
+# Evidence: drivers/spi/spi-rockchip.c: CTRLR/SSIENR/SER/BAUDR and TXDR/RXDR FIFO windows; DMA
+# only through dmaengine slave channels (``dmas``) whose requests DMACR enables. Binding
+# Documentation/devicetree/bindings/spi/spi-rockchip.yaml.
+class RockchipSpi(PlatformDriver):
+    """Rockchip SPI controller (a DesignWare SSI derivative)."""
+
+    name = "rockchip-spi"
+    compatibles = ("rockchip,rk3066-spi", "rockchip,rk3188-spi")
+    family = "spi"
+    evidence = (
+        "Linux drivers/spi/spi-rockchip.c: PIO FIFO windows, DMA only as slave requests "
+        "enabled by DMACR; binding Documentation/devicetree/bindings/spi/spi-rockchip.yaml"
+    )
+    # DMACR (0x3c) holds only RDMAE (bit 0) and TDMAE (bit 1).
+    dma_traps = (Trap(0, 0x3C, 4, "DMACR", "RX/TX DMA request enables: read as zero"),)
+    # IMR (0x2c) = 0: interrupts masked; SSIENR (0x08) = 0: controller off; DMACR = 0.
+    reset_sequence = (
+        RegisterWrite(0, 0x2C, 4, 0),
+        RegisterWrite(0, 0x08, 4, 0),
+        RegisterWrite(0, 0x3C, 4, 0),
+    )
+
+
+DRIVERS = (RockchipGpioBank, RockchipI2c, RockchipPwm, RockchipSaradc, RockchipSpi)

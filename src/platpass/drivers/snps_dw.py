@@ -93,4 +93,20 @@ class DwWdt(PlatformDriver):
     )
 
 
-DRIVERS = (DwApbUart, DwApbI2c, DwWdt)
+# Evidence: drivers/gpio/gpio-dwapb.c: port data/direction and INTEN/INTMASK/INTTYPE registers;
+# binding Documentation/devicetree/bindings/gpio/snps,dw-apb-gpio.yaml.
+class DwApbGpio(PlatformDriver):
+    """DesignWare APB GPIO controller (ports are child nodes of this one)."""
+
+    name = "snps-dw-apb-gpio"
+    compatibles = ("snps,dw-apb-gpio",)
+    family = "gpio"
+    evidence = (
+        "Linux drivers/gpio/gpio-dwapb.c: data, direction and interrupt registers only; "
+        "binding Documentation/devicetree/bindings/gpio/snps,dw-apb-gpio.yaml"
+    )
+    # INTEN (0x30) = 0: no port A line raises an interrupt.
+    reset_sequence = (RegisterWrite(0, 0x30, 4, 0),)
+
+
+DRIVERS = (DwApbUart, DwApbI2c, DwWdt, DwApbGpio)

@@ -8,7 +8,6 @@ from platpass.drivers.common import (
     RegisterAccess,
     RegisterWrite,
     Trap,
-    access_mask,
 )
 
 # OMAP UART registers (16550 layout, register shift 2).
@@ -59,7 +58,9 @@ class OmapUart(MaskedRegisterDriver):
         Trap(0, _UART_FCR, 4, "FCR", "DMA_MODE (bit 3) masked on FCR writes; EFR untouched"),
         Trap(0, _UART_SCR, 4, "SCR", "DMAMODECTL/DMAMODE2 masked: no DMA requests"),
     )
-    masked_bits = {"SCR": OMAP_UART_SCR_DMA_BITS}
+    masked_bits = {"FCR": OMAP_UART_FCR_DMA_MODE, "SCR": OMAP_UART_SCR_DMA_BITS}
+    #: Reads at 0x08 are IIR (or EFR): they pass through untouched.
+    unmasked_reads = frozenset({"FCR"})
     # LCR 8N1 (DLAB off, so 0x04 is IER), IER = 0, MCR = 0, then MDR1 = 7 (UART disabled).
     reset_sequence = (
         RegisterWrite(0, _UART_LCR, 4, 0x03),
@@ -68,20 +69,10 @@ class OmapUart(MaskedRegisterDriver):
         RegisterWrite(0, _UART_MDR1, 4, _MDR1_DISABLE),
     )
 
-    def trap_read(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
-                  size: int) -> int:
-        """IIR/EFR at 0x08 read through (reading IIR has no DMA side effect)."""
-        if trap.name == "FCR":
-            return regs.read(region, offset, size)
-        return super().trap_read(regs, trap, region, offset, size)
-
     def trap_write(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
                    size: int, value: int) -> None:
         """FCR writes lose DMA_MODE unless LCR selects EFR at that offset."""
-        if trap.name == "FCR":
-            lcr = regs.read(region, _UART_LCR, 4) & 0xFF
-            if lcr != _LCR_CONF_MODE_B:
-                value &= ~access_mask(trap, offset, size, OMAP_UART_FCR_DMA_MODE)
+        if trap.name == "FCR" and regs.read(region, _UART_LCR, 4) & 0xFF == _LCR_CONF_MODE_B:
             regs.write(region, offset, size, value)
             return
         super().trap_write(regs, trap, region, offset, size, value)

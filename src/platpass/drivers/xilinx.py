@@ -97,4 +97,24 @@ class CadenceSpi(PlatformDriver):
     )
 
 
-DRIVERS = (ZynqmpGpio, CadenceUart, ZynqmpRtc, CadenceI2c, CadenceSpi)
+#: ZMR writes must carry the access key 0xABC in bits 12-23 (cadence_wdt.c).
+_CDNS_WDT_ZMR_KEY = 0x00ABC000
+
+
+# Evidence: drivers/watchdog/cadence_wdt.c: ZMR/CCR/RESTART/SR registers; binding
+# Documentation/devicetree/bindings/watchdog/cdns,wdt-r1p2.yaml.
+class CadenceWdt(PlatformDriver):
+    """Cadence watchdog (ZynqMP FPD/LPD SWDT)."""
+
+    name = "cdns-wdt"
+    compatibles = ("cdns,wdt-r1p2",)
+    family = "watchdog"
+    evidence = (
+        "Linux drivers/watchdog/cadence_wdt.c: zero-mode, counter-control and restart "
+        "registers only; binding Documentation/devicetree/bindings/watchdog/cdns,wdt-r1p2.yaml"
+    )
+    # ZMR (0x0) = key with WDEN clear: stopped, exactly as cdns_wdt_stop writes it.
+    reset_sequence = (RegisterWrite(0, 0x0, 4, _CDNS_WDT_ZMR_KEY),)
+
+
+DRIVERS = (ZynqmpGpio, CadenceUart, ZynqmpRtc, CadenceI2c, CadenceSpi, CadenceWdt)
