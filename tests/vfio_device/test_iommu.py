@@ -7,8 +7,11 @@ import errno
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vfio_testbed import LineBackend, QuietDriver, make_node
 
 from platpass.errors import VfioError
+from platpass.reactor import EpollReactor
+from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.iommu import IOMMU_PAGE_SIZE, DmaMapping, EmulatedIommu
 from platpass.vfio_device.uapi import DmaMapFlags
 
@@ -142,3 +145,29 @@ def test_table_matches_a_page_model(ops: list[tuple[bool, int, int]]) -> None:
             assert err.errno in (errno.EINVAL, errno.EEXIST, errno.ENOSPC, errno.ENOENT)
         covered = {p for m in iommu.mappings for p in range(m.iova // P, m.end // P)}
         assert covered == set(owner)
+
+
+def test_device_dma_calls_use_its_iommu_and_count() -> None:
+    reactor = EpollReactor()
+    node = make_node()
+    denied = VfioDevice(node, QuietDriver(node), LineBackend(), reactor,
+                        EmulatedIommu(deny=True))
+    device = VfioDevice(node, QuietDriver(node), LineBackend(), reactor)
+    try:
+        with pytest.raises(VfioError) as err:
+            denied.dma_map(0, P, RW)
+        assert err.value.errno == errno.ENOTSUP
+        first = device.dma_map(0x40000000, 0x100000, RW)
+        second = device.dma_map(0x40100000, P, DmaMapFlags.READ)
+        assert device.dma_unmap(0x40000000, 0x101000) == [first, second]
+        assert (device.stats.dma_maps, device.stats.dma_unmaps) == (2, 2)
+        device.dma_map(0x0, P, RW)
+        device.close()
+        assert len(device.iommu) == 0  # close forgets every map
+        with pytest.raises(VfioError) as err:
+            device.dma_map(0x0, P, RW)
+        assert err.value.errno == errno.ENODEV
+    finally:
+        denied.close()
+        device.close()
+        reactor.close()
