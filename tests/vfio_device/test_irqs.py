@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -408,3 +409,29 @@ def test_backend_line_count_must_match_firmware(reactor: EpollReactor) -> None:
     with pytest.raises(VfioError) as err:
         VfioDevice(node, QuietDriver(node), LineBackend(irq_count=2), reactor)
     assert err.value.errno == errno.ENODEV
+
+
+def test_resampler_works_with_fds_past_fd_setsize(rig: Rig, eventfd: Callable[[], int]) -> None:
+    """A server holds many fds: the device's own copies can sit past FD_SETSIZE (1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    trigger, resample = eventfd(), eventfd()
+    filler: list[int] = []
+    try:
+        while not filler or filler[-1] < 1100:
+            filler.append(os.dup(trigger))
+        rig.device.set_irqs(0, TRIGGER_FD, 0, 1, fds=[trigger])
+        rig.device.set_irqs(0, UNMASK_FD, 0, 1, fds=[resample])
+        assert rig.device.irqs.lines[0].unmask_fd > 1024  # type: ignore[operator]
+        rig.backend.raise_line(0)
+        assert drain(trigger) == 1
+        rig.backend.lower_line(0)
+        os.eventfd_write(resample, 1)
+        rig.reactor.run_once(0.5)
+        assert not rig.device.irqs.lines[0].masked
+    finally:
+        rig.device.client_gone()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -162,8 +162,9 @@ def _drain(fd: int) -> bool:
     The fd is shared with the client (dup), so its O_NONBLOCK flag is the client's and is
     not touched here; a zero-timeout poll guards the read instead.
     """
-    ready, _, _ = select.select([fd], [], [], 0)
-    if not ready:
+    poller = select.poll()  # not select(): fds past FD_SETSIZE are normal in a server
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(0):
         return False
     os.eventfd_read(fd)
     return True
