@@ -152,7 +152,11 @@ class SimulatedBackend:
         self._masked[index] = False
         self._reported[index] = False
         # An unmask is an event boundary: writes through a mapping are taken over first.
-        self._run_step(lambda: None)
+        # With none pending the model state cannot have changed: only report the line.
+        if self._in_step or self._closed or self._mapped_writes_pending():
+            self._run_step(lambda: None)
+        else:
+            self._deliver()
 
     def close(self) -> None:
         if self._closed:
