@@ -332,3 +332,35 @@ def test_fuzz_server_message_handling(reactor: EpollReactor, quiet_device: VfioD
         server.close()
     # Everything the server received was closed, or dropped when the client went away.
     assert open_fds() <= baseline_fds | {quiet_device.backend.regions[0].map_source.fd}
+
+
+def test_a_client_that_never_reads_stalls_only_itself(
+        reactor: EpollReactor, quiet_device: VfioDevice, make_device: object) -> None:
+    server = VfioUserServer(reactor)
+    hog = Wire(reactor, server, quiet_device)
+    other = Wire(reactor, server, make_device("arm,pl011"))  # type: ignore[operator]
+    try:
+        negotiate(hog)
+        negotiate(other)
+        request = Header(1, Command.DEVICE_GET_REGION_INFO, 48, 0).encode() + \
+            RegionInfoRequest(32, 0).encode()
+        client = hog.endpoint.client
+        assert client is not None
+        for _ in range(100_000):  # flood until the server holds unsent replies
+            try:
+                hog.sock.send(request)
+            except BlockingIOError:
+                for _ in range(5):
+                    reactor.run_once(0)
+                if client._out:
+                    break
+        assert client._out  # its replies wait; its input is no longer read
+        assert not reactor.watching(client.fd)
+        (reply,) = other.command(Command.DEVICE_GET_INFO, DeviceInfo(16).encode(), msg_id=3)
+        assert isinstance(reply, Message) and not reply.header.is_error
+    finally:
+        hog.close()
+        other.close()
+        for _ in range(10):
+            reactor.run_once(0)
+        server.close()

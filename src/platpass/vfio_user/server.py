@@ -345,6 +345,12 @@ class DeviceEndpoint:
 
     def on_acceptable(self) -> None:
         try:
+            self._accept()
+        except Exception:  # one failed accept must not stop the shared loop
+            log.exception("%s: accepting a client failed", self.name)
+
+    def _accept(self) -> None:
+        try:
             conn, _addr = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return
@@ -365,7 +371,11 @@ class DeviceEndpoint:
             self.refused += 1
             conn.close()
             return
-        self.adopt(conn)
+        try:
+            self.adopt(conn)
+        except BaseException:
+            conn.close()
+            raise
         log.info("%s: client pid %d uid %d connected", self.name, pid, uid)
 
     def adopt(self, conn: socket.socket) -> ClientConnection:
