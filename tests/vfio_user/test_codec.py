@@ -347,3 +347,12 @@ def test_deeply_nested_version_json_is_einval() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         Version.decode(payload)
     assert info.value.errno == errno.EINVAL
+
+
+def test_discard_closes_fds_not_yet_handed_out() -> None:
+    conn = Connection()
+    fds = _pipe_fds(1)
+    conn.receive_data(_wire(1, Command.DEVICE_SET_IRQS, bytes(20))[:30], fds)
+    assert conn.next_event() is NEED_DATA
+    conn.discard()
+    assert not _is_open(fds[0]) and conn.state is State.CLOSED

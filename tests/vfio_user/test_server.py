@@ -245,6 +245,10 @@ def test_listening_socket_mode_peercred_and_second_client(
     second.close()
     server.close()
     assert not path.exists()
+    owned = VfioUserServer(reactor)
+    owned.serve("dev", quiet_device, path, SocketOptions(owner=65534, group=65534))
+    assert (os.stat(path).st_uid, os.stat(path).st_gid) == (65534, 65534)
+    owned.close()
     strict = VfioUserServer(reactor)
     strict.serve("dev", quiet_device, path,
                  SocketOptions(mode=0o660, allow_uids=frozenset({os.getuid() + 4242})))
@@ -280,7 +284,9 @@ VALID = [
 @st.composite
 def hostile_message(draw: st.DrawFn) -> tuple[bytes, int]:
     """A message: valid, mutated, or random; and how many fds to attach."""
-    kind = draw(st.sampled_from(["valid", "mutated", "random"]))
+    kind = draw(st.sampled_from(["valid", "mutated", "random", "garbage"]))
+    if kind == "garbage":  # not even a header: the stream may end up unusable
+        return draw(st.binary(min_size=1, max_size=40)), draw(st.integers(0, 2))
     if kind == "random":
         command = draw(st.integers(0, 20))
         payload = draw(st.binary(max_size=64))

@@ -317,6 +317,7 @@ class ClientConnection:
         self.closed = True
         self.server.forget_client(self)
         self._out.clear()
+        self.framer.discard()  # fds of a half-received message are closed, not leaked
         with contextlib.suppress(OSError):
             self.sock.close()
         try:

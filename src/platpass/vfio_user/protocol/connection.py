@@ -236,6 +236,19 @@ class Connection:
                 break
         return owned, truncated
 
+    def discard(self) -> None:
+        """Drop everything buffered and close every fd not yet handed out (the transport
+        is going away); the connection is CLOSED afterwards."""
+        self.state = State.CLOSED
+        self._buffer.clear()
+        for batch in self._batches:
+            self._close_fds(batch.fds)
+        self._batches.clear()
+        for event in self._events:
+            if not isinstance(event, ConnectionClosed):
+                self._close_fds(event.fds)
+        self._events.clear()
+
     def _fail(self, error: RemoteProtocolError) -> Event | _NeedData:
         self.state = State.ERROR
         self.error = error
