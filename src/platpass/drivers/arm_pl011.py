@@ -62,9 +62,11 @@ class ArmPl011(PlatformDriver):
         """Quiesce: interrupts masked and cleared, UART disabled, FIFOs emptied, DMA
         requests off, every register at its reset value (no state for the next guest).
 
-        Clearing ``UARTLCR_H.FEN`` empties both FIFOs (what Linux's pl011_shutdown relies
-        on, and what the model does); RX is also drained by reading ``UARTDR`` until
-        ``UARTFR.RXFE``, bounded for a device that never reports empty.
+        RX - the part a next guest could read - is drained by reading ``UARTDR`` until
+        ``UARTFR.RXFE`` (bounded, for a device that never reports empty). TX has no flush
+        register: clearing ``UARTLCR_H.FEN`` (as Linux's pl011_shutdown does) empties it in
+        the simulated model and in QEMU's; on silicon where it does not, bytes still queued
+        go out on the wire when the UART is next enabled - never to a guest.
         """
         regs.write(0, Reg.IMSC, 4, 0)
         regs.write(0, Reg.CR, 4, 0)
