@@ -102,6 +102,24 @@ def test_qemu_merge_replaces_pl031(qemu_virt_dtb: Path, pl031, drivers) -> None:
     assert record.devices[0].regions[0].guest_address == 0x9010000
 
 
+def test_qemu_node_takes_a_removed_nodes_place(qemu_virt_dtb: Path, drivers) -> None:
+    """QEMU's own PL031 as the host node, put back where it was: ours replaces QEMU's."""
+    from platpass.firmware.devicetree import load_dtb
+
+    base_blob = qemu_virt_dtb.read_bytes()
+    host = load_dtb(qemu_virt_dtb).node("/pl031@9010000")
+    base = qemu.inspect_base(base_blob, remove=["/pl031@9010000"])
+    devices, _ = guest_devices([(host, drivers["pl031"])], interrupt_parent=base.gic_phandle,
+                               reserved=base.reserved(),
+                               window=AddressRange(0x9010000, 0x1000), pool=SpiPool(2, 1))
+    merged = libfdt.FdtRo(qemu.build(base_blob, devices, remove=["/pl031@9010000"]).blob)
+    assert prop_cells(merged, "/pl031@9010000", "reg") == (0, 0x9010000, 0, 0x1000)
+    clock = merged.node_offset_by_phandle(prop_cells(merged, "/pl031@9010000", "clocks")[0])
+    assert merged.get_name(clock) == "clock-pl031-9010000-apb-pclk"
+    with pytest.raises(GuestError, match="already has a node /pl031@9010000"):
+        qemu.build(base_blob, devices)
+
+
 def test_qemu_allocator_avoids_the_boards_devices(qemu_virt_dtb: Path, pl031,
                                                   drivers) -> None:
     base = qemu.inspect_base(qemu_virt_dtb.read_bytes())

@@ -243,9 +243,13 @@ class GuestPlacement:
 
 
 def default_label(node: DeviceNode) -> str:
-    """The guest label of a host node: its name and unit address, e.g. ``serial_ff1a0000``."""
+    """The guest label of a host node: its name and CPU address, e.g. ``serial_ff1a0000``
+    (the CPU address, not the bus-local unit address, so nodes on two buses never clash)."""
     from platpass.guest.dts import label_for
 
+    base = node.name.split("@", 1)[0]
+    if node.regions:
+        return label_for(f"{base}_{node.regions[0].address:x}")
     return label_for(node.name.replace("@", "_"))
 
 
@@ -295,8 +299,13 @@ class Allocator:
             return existing
         regions = self._place_regions(node)
         interrupts = self._place_interrupts(node, identity, trigger_hints or {})
-        placement = DevicePlacement(node.path, label or default_label(node), regions,
-                                    interrupts)
+        label = label or default_label(node)
+        taken = {d.label for d in self.record.devices}
+        unique, n = label, 1
+        while unique in taken:
+            n += 1
+            unique = f"{label}_{n}"
+        placement = DevicePlacement(node.path, unique, regions, interrupts)
         self.record = self.record.with_device(placement)
         self._take_device(placement)
         return placement

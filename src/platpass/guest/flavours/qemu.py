@@ -41,6 +41,8 @@ class BaseTree:
     #: Unit addresses of root-level nodes that stay in the tree (a new node must not reuse
     #: one, whatever its status: dtc's unique_unit_address check).
     unit_addresses: frozenset[int]
+    #: Names of the root-level nodes that stay in the tree.
+    root_names: frozenset[str] = frozenset()
 
     def reserved(self, page_size: int = 0x1000) -> tuple[AddressRange, ...]:
         """Ranges the allocator must avoid: occupied MMIO and pages of used unit addresses."""
@@ -91,10 +93,13 @@ def inspect_base(blob: bytes, disable: Sequence[str] = (),
     occupied: list[AddressRange] = []
     spis: set[int] = set()
     units: set[int] = set()
+    names: set[str] = set()
     skip = disabled_offsets | removed_offsets
     offset = fdt.first_subnode(root, quiet=(libfdt.NOTFOUND,))
     while offset >= 0:
         name = fdt.get_name(offset)
+        if offset not in removed_offsets:
+            names.add(name)
         if "@" in name and offset not in removed_offsets:
             with contextlib.suppress(ValueError):
                 units.add(int(name.split("@", 1)[1].split(",")[0], 16))
@@ -115,7 +120,8 @@ def inspect_base(blob: bytes, disable: Sequence[str] = (),
                 cells = cells_of(bytes(irqs))
                 spis.update(cells[i + 1] for i in range(0, len(cells) - 2, 3) if cells[i] == 0)
         offset = fdt.next_subnode(offset, quiet=(libfdt.NOTFOUND,))
-    return BaseTree(gic, 2, 2, tuple(occupied), frozenset(spis), frozenset(units))
+    return BaseTree(gic, 2, 2, tuple(occupied), frozenset(spis), frozenset(units),
+                    frozenset(names))
 
 
 def render_merged(base_source: str, devices: Sequence[GuestDevice],
@@ -126,14 +132,17 @@ def render_merged(base_source: str, devices: Sequence[GuestDevice],
     for device in devices:
         nodes.append(device.node)
         nodes.extend(clock.node() for clock in device.clocks)
-    parts = [base_source.rstrip(), "", "/* added by platpass guest-dt --flavour qemu */",
-             "/ {", render_nodes(nodes, indent=1), "};"]
-    for path in disable:
-        parts += ["", f"/* disabled for platpass: {comment_safe(path)} */",
-                  f"&{{{path}}} {{", '\tstatus = "disabled";', "};"]
+    # Removals first: a guest node may take a removed node's name (same device type at the
+    # same address), and dtc merges same-named nodes, so deleting afterwards would delete ours.
+    parts = [base_source.rstrip()]
     for path in remove:
         parts += ["", f"/* removed for platpass: {comment_safe(path)} */",
                   f"/delete-node/ &{{{path}}};"]
+    parts += ["", "/* added by platpass guest-dt --flavour qemu */",
+              "/ {", render_nodes(nodes, indent=1), "};"]
+    for path in disable:
+        parts += ["", f"/* disabled for platpass: {comment_safe(path)} */",
+                  f"&{{{path}}} {{", '\tstatus = "disabled";', "};"]
     return "\n".join(parts) + "\n"
 
 
@@ -144,7 +153,13 @@ def build(base_blob: bytes, devices: Sequence[GuestDevice],
     for path in (*disable, *remove):
         if not path.startswith("/") or any(c in path for c in "{}\n\""):
             raise GuestError(f"--disable {path!r} is not a node path")
-    inspect_base(base_blob, disable, remove)
+    base = inspect_base(base_blob, disable, remove)
+    for device in devices:
+        for name in (device.node.name, *(clock.name for clock in device.clocks)):
+            if name in base.root_names:
+                raise GuestError(f"the base DTB already has a node /{name}; dtc would merge "
+                                 f"{device.host.path}'s guest node into it (--remove it, or "
+                                 "place the device elsewhere)")
     base_source = decompile_dtb(base_blob)
     source = render_merged(base_source, devices, disable, remove)
     blob = compile_dts(source, tolerated=baseline_warnings(base_source))
