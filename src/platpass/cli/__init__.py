@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "scan",
     "serve",
     "guest_dt",
+    "assign",
     "demo",
 )
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from platpass.errors import HostError
+from platpass.firmware.model import DeviceNode
 from platpass.host.backend import BackendRegion, IrqListener, MapSource
 from platpass.reactor import Reactor
 
@@ -243,3 +244,14 @@ class UioBackend:
             self._enabled = True
         if self._listener is not None:
             self._listener.irq_fired(0)
+
+
+def open_backend(node: DeviceNode, reactor: Reactor) -> UioBackend:
+    """Open the UIO instance of the device the kernel created for ``node`` (already bound
+    to uio_pdrv_genirq, e.g. by ``platpass assign``). ``reactor`` is accepted for the
+    opener signature; interrupts start flowing at :meth:`UioBackend.attach`."""
+    from platpass.host.sysfs import device_for_node
+
+    device = device_for_node(node.path)
+    levels = [irq.trigger.is_level for irq in node.interrupts] or [True]
+    return UioBackend.for_device(device.path, level_triggered=levels)

@@ -1,0 +1,290 @@
+"""``platpass assign`` / ``platpass release``: hand a real device to a vfio-user server.
+
+    platpass assign /pl061@9030000 --backend uio --socket /run/pl061.sock
+    platpass release /pl061@9030000
+
+``assign`` judges the device on the live device tree (refused verdicts are refused with
+their evidence unless ``--force-unsafe``), records its current driver in
+``/run/platpass/assignments.json``, binds it to ``uio_pdrv_genirq`` (``--backend uio``) or
+``vfio-platform``/``vfio-amba`` (``--backend vfio``), and serves it over vfio-user until
+SIGTERM/SIGINT; then it resets the device through its platpass driver and puts it back on
+its original driver. Without ``--foreground`` it returns once the socket listens, leaving
+the server in the background. Any failing step rolls back what was done.
+
+``release`` stops the server and waits for its cleanup; if the server died without cleaning
+up (``kill -9``), ``release`` resets and restores the device itself. Both commands first
+restore any device whose server is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from platpass.errors import HostError, PlatpassError
+from platpass.host import binding
+from platpass.host.binding import Assignment, StateFile
+from platpass.host.sysfs import SysfsDevice, device_for_node
+
+log = logging.getLogger(__name__)
+
+
+def _assess(node_path: str, dtb: str | None) -> Any:
+    """The assessment of ``node_path`` on the live tree (or ``dtb``)."""
+    from platpass.drivers.registry import default_registry
+    from platpass.firmware import devicetree
+    from platpass.firmware.verdict import assess_tree
+
+    tree = devicetree.load_dtb(dtb) if dtb else devicetree.load_live()
+    for assessment in assess_tree(tree, default_registry()):
+        if assessment.node.path == node_path:
+            return assessment
+    raise HostError(f"{node_path}: not a device node of the device tree")
+
+
+def _reasons(assessment: Any) -> str:
+    parts = []
+    for evidence in assessment.evidence:
+        text = f"{evidence.rule}"
+        if evidence.property:
+            text += f" ({evidence.property}"
+            text += f" = {evidence.value})" if evidence.value not in (None, "") else ")"
+        parts.append(text)
+    return "; ".join(parts) or "no evidence recorded"
+
+
+def _reset_entry(entry: Assignment) -> None:
+    """Reset a device a dead server left behind, through its platpass driver (best effort:
+    the device must still be bound to the host driver of ``entry``)."""
+    from platpass.drivers.registry import default_registry
+    from platpass.firmware import devicetree
+
+    device = SysfsDevice(entry.bus, entry.device)
+    if device.driver != entry.host_driver:
+        return
+    node = devicetree.load_live().node(entry.node)
+    driver_cls = default_registry().match(node.compatible)
+    if driver_cls is None:
+        return
+    backend = _open_backend(entry.backend, node, device)
+    try:
+        driver_cls(node).reset(backend)
+    finally:
+        backend.close()
+
+
+def _open_backend(name: str, node: Any, device: SysfsDevice) -> Any:
+    if name == "uio":
+        from platpass.host.uio import UioBackend
+
+        levels = [irq.trigger.is_level for irq in node.interrupts] or [True]
+        return UioBackend.for_device(device.path, level_triggered=levels)
+    from platpass.host.vfio_kernel.backend import VfioKernelBackend
+
+    return VfioKernelBackend(device.name, bus=device.bus)
+
+
+def _report_recovered(state: StateFile) -> None:
+    for entry, problems in binding.recover_stale(state, reset=_reset_entry):
+        if problems:
+            print(f"platpass: could not restore {entry.device} (server pid {entry.pid} is "
+                  f"gone): {'; '.join(problems)}", file=sys.stderr)
+        else:
+            print(f"platpass: restored {entry.device} to "
+                  f"{entry.original_driver or 'no driver'} (its server, pid {entry.pid}, "
+                  "was gone)", file=sys.stderr)
+
+
+def assign(args: argparse.Namespace) -> int:
+    """Bind, serve, and on exit reset + restore; see the module docstring."""
+    state = StateFile(Path(args.state_dir))
+    _report_recovered(state)
+    device = device_for_node(args.node)
+    node_path = device.of_node
+    if node_path is None:
+        raise HostError(f"{device.name} has no device-tree node")
+    assessment = _assess(node_path, args.dtb)
+    warnings: list[str] = []
+    if not assessment.verdict.assignable:
+        reasons = f"{assessment.verdict.name}: {_reasons(assessment)}"
+        if not args.force_unsafe:
+            print(f"platpass assign: refused {node_path}: {reasons}", file=sys.stderr)
+            return 1
+        warning = (f"FORCED assignment of {node_path} despite {reasons}; the device may "
+                   "reach memory the guest does not own")
+        print("platpass assign: WARNING: " + warning, file=sys.stderr)
+        warnings.append(warning)
+    driver_cls = assessment.driver
+    if driver_cls is None:
+        from platpass.drivers.common import PlatformDriver
+
+        driver_cls = PlatformDriver
+    host_driver = binding.host_driver_for(args.backend, device.bus)
+    with state.locked() as entries:
+        if device.name in entries:
+            entry = entries[device.name]
+            raise HostError(f"{device.name} is already assigned (server pid {entry.pid}, "
+                            f"socket {entry.socket}); release it first")
+        original, override = binding.bind_device(device, host_driver)
+        entries[device.name] = Assignment(
+            node=node_path, bus=device.bus, device=device.name, original_driver=original,
+            original_override=override, host_driver=host_driver, backend=args.backend,
+            socket=str(Path(args.socket).absolute()), pid=os.getpid(),
+            pid_start=binding.process_start_time(os.getpid()),
+            verdict=assessment.verdict.name, force_unsafe=bool(args.force_unsafe),
+            warnings=tuple(warnings), since=time.time())
+    print(f"bound {device.name} ({node_path}) to {host_driver}; was on "
+          f"{original or 'no driver'}", flush=True)
+    try:
+        return _serve(args, state, device, assessment.node, driver_cls)
+    except BaseException:
+        _restore(state, device.name)
+        raise
+
+
+def _restore(state: StateFile, name: str) -> list[str]:
+    """Put the device back and forget its entry (kept when restoring failed)."""
+    with state.locked() as entries:
+        entry = entries.get(name)
+        if entry is None:
+            return []
+        problems = binding.restore_device(SysfsDevice(entry.bus, entry.device),
+                                          entry.original_driver, entry.original_override)
+        if not problems:
+            del entries[name]
+        return problems
+
+
+def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node: Any,
+           driver_cls: Any) -> int:
+    from platpass.reactor import EpollReactor
+    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_device.iommu import EmulatedIommu
+    from platpass.vfio_user.server import SocketOptions, VfioUserServer
+
+    reactor = EpollReactor()
+    server = VfioUserServer(reactor)
+    backend = _open_backend(args.backend, node, device)
+    vdev = None
+    wake_r, wake_w = socket.socketpair()
+    try:
+        vdev = VfioDevice(node, driver_cls(node), backend, reactor, EmulatedIommu())
+        server.serve(node.path, vdev, Path(args.socket), SocketOptions(mode=0o600))
+        if not args.foreground:
+            _daemonize(state, device.name)
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+
+        def on_signal() -> None:
+            with contextlib.suppress(BlockingIOError):
+                wake_r.recv(64)
+            reactor.stop()
+
+        reactor.add_reader(wake_r.fileno(), on_signal)
+        print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
+              f"{os.getpid()})", flush=True)
+        reactor.run_forever()
+    finally:
+        signal.set_wakeup_fd(-1)
+        server.close()
+        if vdev is not None:
+            try:
+                vdev.close()  # driver reset, then the backend lets go of the device
+            except PlatpassError as err:
+                log.warning("closing %s: %s", node.path, err)
+        else:
+            backend.close()
+        wake_r.close()
+        wake_w.close()
+        reactor.close()
+        problems = _restore(state, device.name)
+        for problem in problems:
+            print(f"platpass assign: restoring {device.name}: {problem}", file=sys.stderr)
+    return 0
+
+
+def _daemonize(state: StateFile, name: str) -> None:
+    """Fork; the parent records the child as the server and exits 0 without cleanup."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        with state.locked() as entries:
+            if name in entries:
+                entries[name] = binding.with_pid(entries[name], pid)
+        print(f"server pid {pid}", flush=True)
+        os._exit(0)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def release(args: argparse.Namespace) -> int:
+    """Stop the device's server; restore the device if the server could not."""
+    state = StateFile(Path(args.state_dir))
+    device = device_for_node(args.node)
+    entry = state.read().get(device.name)
+    if entry is not None and binding.server_alive(entry):
+        clean = binding.stop_server(entry, timeout=args.timeout)
+        if not clean:
+            print(f"platpass release: server pid {entry.pid} ignored SIGTERM; killed",
+                  file=sys.stderr)
+    _report_recovered(state)  # a server that died uncleanly leaves its entry behind
+    left = state.read().get(device.name)
+    if left is not None:
+        print(f"platpass release: {device.name} could not be restored; still recorded in "
+              f"{state.path}", file=sys.stderr)
+        return 1
+    if entry is None:
+        print(f"platpass release: {device.name} was not assigned (driver: "
+              f"{device.driver or 'none'})", file=sys.stderr)
+        return 1
+    print(f"released {device.name}: on {device.driver or 'no driver'}", flush=True)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``assign`` and ``release`` to the command line."""
+    parser = subparsers.add_parser(
+        "assign", help="bind a real device to UIO/VFIO and serve it over vfio-user",
+        description="Check the device's verdict on the live device tree, move it to "
+                    "uio_pdrv_genirq or vfio-platform/vfio-amba, serve it over vfio-user "
+                    "until SIGTERM, then reset it and restore its original driver.")
+    parser.add_argument("node", metavar="NODE",
+                        help="device-tree path (/pl061@9030000) or device name")
+    parser.add_argument("--backend", choices=("uio", "vfio"), default="uio",
+                        help="uio (no IOMMU needed, no taint; default) or kernel vfio")
+    parser.add_argument("--socket", required=True, metavar="PATH",
+                        help="vfio-user socket to listen on")
+    parser.add_argument("--force-unsafe", action="store_true",
+                        help="assign even a refused device (loud warning, recorded)")
+    parser.add_argument("--foreground", action="store_true",
+                        help="serve in this process instead of the background")
+    parser.add_argument("--dtb", metavar="FILE",
+                        help="judge on this DTB instead of /sys/firmware/fdt")
+    parser.add_argument("--state-dir", default=str(binding.DEFAULT_STATE_DIR),
+                        help=argparse.SUPPRESS)
+    parser.set_defaults(func=assign)
+    parser = subparsers.add_parser(
+        "release", help="stop serving an assigned device and restore its driver",
+        description="Stop the device's server (SIGTERM), then make sure the device is "
+                    "back on its original driver, restoring it here if the server died.")
+    parser.add_argument("node", metavar="NODE", help="device-tree path or device name")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the server before SIGKILL")
+    parser.add_argument("--state-dir", default=str(binding.DEFAULT_STATE_DIR),
+                        help=argparse.SUPPRESS)
+    parser.set_defaults(func=release)

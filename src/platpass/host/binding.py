@@ -1,0 +1,253 @@
+"""Moving a device between host drivers without ever losing track of where it came from.
+
+``bind_device`` records the device's driver and ``driver_override`` before touching
+anything and puts both back if any step fails, so a failed bind leaves the device where it
+was. Every assignment is written to a small state file under ``/run/platpass`` (atomic
+replace, under an ``flock``) with the serving process's pid and start time: when that
+process dies without cleaning up (``kill -9``, a crash), the next ``assign`` or ``release``
+sees the dead pid and restores the device (:func:`recover_stale`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from platpass.errors import BindError, HostError
+from platpass.host.sysfs import SysfsDevice
+
+DEFAULT_STATE_DIR = Path("/run/platpass")
+STATE_NAME = "assignments.json"
+
+#: (backend, bus) -> the host driver that hands the device to userspace.
+HOST_DRIVERS: dict[tuple[str, str], str] = {
+    ("uio", "platform"): "uio_pdrv_genirq",
+    ("vfio", "platform"): "vfio-platform",
+    ("vfio", "amba"): "vfio-amba",
+}
+#: host driver -> the module that provides it (tried with modprobe when not registered).
+DRIVER_MODULES = {"uio_pdrv_genirq": "uio_pdrv_genirq", "vfio-platform": "vfio-platform",
+                  "vfio-amba": "vfio-amba"}
+
+
+def host_driver_for(backend: str, bus: str) -> str:
+    """The host driver for ``backend`` on ``bus``; HostError when there is none."""
+    try:
+        return HOST_DRIVERS[(backend, bus)]
+    except KeyError:
+        raise HostError(f"backend {backend!r} cannot take a device on the {bus} bus "
+                        f"(UIO's uio_pdrv_genirq is a platform driver; use --backend vfio "
+                        f"for AMBA devices)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One device handed to a platpass server, with everything needed to undo it."""
+
+    node: str
+    bus: str
+    device: str
+    original_driver: str | None
+    original_override: str | None
+    host_driver: str
+    backend: str
+    socket: str | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    verdict: str = ""
+    force_unsafe: bool = False
+    warnings: tuple[str, ...] = field(default=())
+    since: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> Assignment:
+        data = dict(data)
+        data["warnings"] = tuple(data.get("warnings", ()))
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat),
+    or None when it is gone or a zombie; pid plus start time names a process despite pid
+    reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def server_alive(entry: Assignment) -> bool:
+    """True while the process recorded for ``entry`` still runs."""
+    if entry.pid is None:
+        return False
+    start = process_start_time(entry.pid)
+    return start is not None and (entry.pid_start is None or start == entry.pid_start)
+
+
+class StateFile:
+    """``/run/platpass/assignments.json``: device name -> :class:`Assignment`."""
+
+    def __init__(self, directory: Path = DEFAULT_STATE_DIR) -> None:
+        self.directory = directory
+        self.path = directory / STATE_NAME
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Assignment]]:
+        """Hold the lock, yield the entries; whatever the block leaves in the dict is
+        written back atomically when it exits normally."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            entries = self.read()
+            yield entries
+            self._write(entries)
+        finally:
+            os.close(fd)
+
+    def read(self) -> dict[str, Assignment]:
+        """The entries (empty when there is no file). A corrupt file is an error, not an
+        empty state: it may be the only record of where a device came from."""
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+            return {name: Assignment.from_json(e) for name, e in data["devices"].items()}
+        except (ValueError, KeyError, TypeError) as err:
+            raise HostError(f"{self.path} is corrupt ({err}); fix or remove it by hand "
+                            "after checking the devices it lists") from err
+
+    def _write(self, entries: dict[str, Assignment]) -> None:
+        tmp = self.path.with_name(f".{STATE_NAME}.{os.getpid()}")
+        data = {"devices": {name: asdict(e) for name, e in sorted(entries.items())}}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(data, indent=1).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+
+def _ensure_driver(device: SysfsDevice, driver: str) -> None:
+    """Load the driver's module if the bus does not know the driver yet (best effort)."""
+    if device.driver_dir(driver).is_dir():
+        return
+    module = DRIVER_MODULES.get(driver)
+    modprobe = shutil.which("modprobe")
+    if module and modprobe:
+        subprocess.run([modprobe, module], check=False, capture_output=True, timeout=30)
+
+
+def bind_device(device: SysfsDevice, driver: str) -> tuple[str | None, str | None]:
+    """Move ``device`` to ``driver``; returns (original driver, original override).
+
+    Raises BindError, after putting the device back on its original driver, when any step
+    fails (driver missing, probe refused).
+    """
+    original, override = device.driver, device.driver_override
+    if original == driver:
+        return original, override
+    try:
+        _ensure_driver(device, driver)
+        device.set_driver_override(driver)
+        device.unbind()
+        device.bind(driver)
+        if device.driver != driver:
+            raise HostError(f"{device.name} is on {device.driver!r} after binding")
+    except HostError as err:
+        problems = restore_device(device, original, override)
+        where = original or "no driver"
+        extra = f"; restoring also failed: {'; '.join(problems)}" if problems else ""
+        raise BindError(f"binding {device.name} to {driver} failed: {err}; left on "
+                        f"{where}{extra}") from err
+    return original, override
+
+
+def restore_device(device: SysfsDevice, driver: str | None,
+                   override: str | None) -> list[str]:
+    """Put ``device`` back on ``driver`` (None: unbound) with ``override``; returns the
+    problems met (empty on success) instead of raising, so cleanup paths finish."""
+    problems = []
+    try:
+        if device.driver != driver:
+            device.unbind()
+        device.set_driver_override(override)
+        if driver is not None and device.driver != driver:
+            device.bind(driver)
+    except HostError as err:
+        problems.append(str(err))
+    if device.driver != driver:
+        problems.append(f"{device.name} is on {device.driver!r}, wanted {driver!r}")
+    return problems
+
+
+def recover_stale(state: StateFile, sysfs: Path = Path("/sys"),
+                  reset: object = None) -> list[tuple[Assignment, list[str]]]:
+    """Restore every device whose server died without cleaning up; returns what was
+    recovered with the problems met. ``reset(entry)``, if given, runs first (best effort:
+    the device driver's reset sequence)."""
+    recovered = []
+    with state.locked() as entries:
+        for name, entry in list(entries.items()):
+            if server_alive(entry):
+                continue
+            if callable(reset):
+                with contextlib.suppress(Exception):
+                    reset(entry)
+            device = SysfsDevice(entry.bus, entry.device, sysfs)
+            problems = restore_device(device, entry.original_driver, entry.original_override)
+            recovered.append((entry, problems))
+            if not problems:
+                del entries[name]
+    return recovered
+
+
+def stop_server(entry: Assignment, timeout: float = 10.0) -> bool:
+    """SIGTERM the entry's server and wait for it to exit, SIGKILL it after ``timeout``.
+
+    True if it exited on SIGTERM. Raises HostError if it outlives SIGKILL by ``timeout``:
+    a process stuck in the kernel, typically unbinding vfio-platform while a client still
+    holds a dup of the device fd (the kernel waits for every fd to close).
+    """
+    if not server_alive(entry) or entry.pid is None:
+        return True
+    os.kill(entry.pid, 15)
+    if _wait_gone(entry, timeout):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(entry.pid, 9)
+    if not _wait_gone(entry, timeout):
+        raise HostError(f"server pid {entry.pid} of {entry.device} does not exit even after "
+                        "SIGKILL: stuck in the kernel (a VFIO client still holding the "
+                        "device fd blocks the unbind until it closes it)")
+    return False
+
+
+def _wait_gone(entry: Assignment, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while server_alive(entry):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def with_pid(entry: Assignment, pid: int) -> Assignment:
+    """``entry`` recorded as served by process ``pid``."""
+    return replace(entry, pid=pid, pid_start=process_start_time(pid))
