@@ -50,7 +50,7 @@ class Bcm2835I2c(PlatformDriver):
 # Evidence: drivers/pwm/pwm-bcm2835.c programs only CTL and the per-channel RNG/DAT registers;
 # the BCM2835 ARM Peripherals manual (PWM chapter) adds STA, the FIFO and DMAC, whose ENAB bit
 # (31) raises DREQs to the host's DMA engine. Binding
-# Documentation/devicetree/bindings/pwm/brcm,bcm2835-pwm.yaml.
+# Documentation/devicetree/bindings/pwm/pwm-bcm2835.yaml.
 class Bcm2835Pwm(PlatformDriver):
     """BCM2835 two-channel PWM."""
 
@@ -60,7 +60,7 @@ class Bcm2835Pwm(PlatformDriver):
     evidence = (
         "Linux drivers/pwm/pwm-bcm2835.c: control and range/data registers; DMA only as "
         "DREQ requests gated by DMAC.ENAB (BCM2835 ARM Peripherals, PWM); binding "
-        "Documentation/devicetree/bindings/pwm/brcm,bcm2835-pwm.yaml"
+        "Documentation/devicetree/bindings/pwm/pwm-bcm2835.yaml"
     )
     dma_traps = (Trap(0, 0x08, 4, "DMAC", "DREQ enable and thresholds: read as zero"),)
     # CTL (0x00) = 0: both channels off; DMAC (0x08) = 0: no DREQs.

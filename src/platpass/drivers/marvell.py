@@ -59,7 +59,7 @@ class Mv64xxxI2c(PlatformDriver):
 
 
 # Evidence: drivers/i2c/busses/i2c-pxa.c (REGS_A3700: IBMR 0x00, IDBR 0x04, ICR 0x08, ISR 0x0c);
-# binding Documentation/devicetree/bindings/i2c/marvell,armada-3700-i2c.yaml.
+# binding Documentation/devicetree/bindings/i2c/i2c-pxa.yaml.
 class Armada3700I2c(PlatformDriver):
     """Armada 3700 I2C (a PXA-family controller)."""
 
@@ -69,7 +69,7 @@ class Armada3700I2c(PlatformDriver):
     evidence = (
         "Linux drivers/i2c/busses/i2c-pxa.c (Armada 3700 register set): byte registers, "
         "CPU driven, no DMA; binding "
-        "Documentation/devicetree/bindings/i2c/marvell,armada-3700-i2c.yaml"
+        "Documentation/devicetree/bindings/i2c/i2c-pxa.yaml"
     )
     # ICR (0x08) = 0: unit disabled, every interrupt enable off.
     reset_sequence = (RegisterWrite(0, 0x08, 4, 0),)
