@@ -83,6 +83,10 @@ def test_version_json_is_nul_terminated_and_parsed() -> None:
     assert Version.decode(payload).capabilities == {"max_msg_fds": 4}
 
 
+def test_version_with_an_empty_json_string_has_no_capabilities() -> None:
+    assert Version.decode(b"\0\0\1\0\0") == Version(0, 1, {})
+
+
 def test_region_info_layout_matches_vfio() -> None:
     info = RegionInfo(80, 0xF, 1, 32, 0x2000, 0x10000, (SparseMmapArea(0x1000, 0x1000),))
     raw = info.encode()

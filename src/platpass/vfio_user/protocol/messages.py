@@ -117,6 +117,8 @@ class Version:
         text = data[:-1]
         if b"\0" in text:
             raise _reject("VERSION data has an embedded NUL")
+        if not text.strip():
+            return cls(major, minor, {}, has_json=True)  # an empty string: no capabilities
         try:
             document = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as err:
