@@ -100,3 +100,30 @@ def test_bad_clock_rate_arguments(tmp_path: Path, capsys, bad) -> None:
     assert main(["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "crosvm",
                  *bad, "-o", str(tmp_path / "o")]) == 1
     assert "--clock-rate" in capsys.readouterr().err
+
+
+def test_live_clock_rates_from_debugfs_layout(tmp_path: Path) -> None:
+    from platpass.cli.guest_dt import live_clock_rates, provider_names
+    from platpass.firmware.devicetree import load_dtb
+
+    tree = load_dtb(RK3568)
+    node = tree.node("/serial@fdd50000")
+    names = provider_names(tree, [node])
+    assert set(names) == {c.provider for c in node.clocks}
+    # a debugfs-like tree holding only some of the candidate clocks, one unreadable
+    first = next(iter(names.values()))[0]
+    (tmp_path / first).mkdir()
+    (tmp_path / first / "clk_rate").write_text("24000000\n")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "clk_rate").write_text("fast\n")
+    rates = live_clock_rates(names | {"/x": ("junk", "../etc")}, root=tmp_path)
+    assert rates == {first: 24_000_000}
+
+
+def test_simulated_board(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sim.dts"
+    assert main(["guest-dt", "/soc@9000000/rtc@20000", "--sim", "--flavour", "crosvm",
+                 "--format", "dts", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "rtc_9020000: rtc@c000000 {" in text
+    assert "interrupts = <0x0 0x70 0x4>;" in text

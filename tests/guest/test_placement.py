@@ -146,3 +146,12 @@ def test_allocations_are_disjoint_aligned_and_in_window(devices: list) -> None:
             span = AddressRange(base, size)
             assert not any(span.overlaps(other) for other in pages)
         pages.extend(AddressRange(b, s) for b, s in mine)
+
+
+def test_labels_are_unique_across_buses() -> None:
+    alloc = Allocator(new_record())
+    a = alloc.place(device("/bus@1/serial@100", [(0x1000_0100, 0x100)]))
+    b = alloc.place(device("/bus@2/serial@100", [(0x2000_0100, 0x100)]))
+    c = alloc.place(device("/bus@3/serial@100", [(0x1000_0100, 0x100)]))
+    assert (a.label, b.label) == ("serial_10000100", "serial_20000100")
+    assert c.label == "serial_10000100_2"

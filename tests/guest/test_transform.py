@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import libfdt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from platpass.drivers.common import PlatformDriver
 from platpass.errors import GuestError
-from platpass.firmware.model import Clock, DeviceNode
+from platpass.firmware.model import Clock, DeviceNode, MmioRange
 from platpass.guest.dtc import compile_dts
 from platpass.guest.dts import Raw, Ref, Strings, cells_of, header, render_nodes
 from platpass.guest.placement import AddressRange, Allocator, new_record
 from platpass.guest.transform import ClockRates, build_guest_device
+
+
+class Pl031Stand(PlatformDriver):
+    name = "test-pl031-h"
+    compatibles = ("arm,pl031",)
+    family = "rtc"
+    evidence = "test declaration"
 
 
 def compile_alone(devices) -> libfdt.FdtRo:
@@ -137,3 +147,19 @@ def test_odd_host_values_render_exactly(pl031: DeviceNode, drivers) -> None:
     for name, value in odd.items():
         if name != "compatible":
             assert bytes(fdt.getprop(offset, name)) == value, name
+
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from(["vendor,a", "vendor,b-c", "acme,x", "acme,y-z"]),
+                       st.binary(max_size=24), max_size=4))
+def test_any_host_value_compiles_back_to_the_same_bytes(values: dict[str, bytes]) -> None:
+    """Whatever bytes a host property holds, the DTS we write compiles to exactly them."""
+    props = {"compatible": b"arm,pl031\0", **values}
+    node = DeviceNode(path="/rtc@1000", compatible=("arm,pl031",), status="okay",
+                      is_mmio=True, regions=(MmioRange(0x1000, 0x1000),), properties=props)
+    dev = build_guest_device(node, Pl031Stand(node), Allocator(new_record()).place(node))
+    fdt = compile_alone([dev])
+    offset = fdt.path_offset("/" + dev.node.name)
+    for name, value in values.items():
+        assert bytes(fdt.getprop(offset, name)) == value, name
