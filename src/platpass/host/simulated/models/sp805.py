@@ -12,7 +12,8 @@ to every other register, any other value disables them; it reads 1 while locked.
 
 No polling: ``WdogValue`` is computed from the model clock when read, and the one timer is
 set for the moment the counter reaches zero. Because the value moves at ``WDOGCLK``, the
-memfd mirror cannot follow it, so ``WdogValue`` is a side-effect register (always trapped).
+memfd mirror cannot follow it: ``WdogValue`` is a side-effect register (always trapped) and
+reads as zero in the memfd.
 The integration-test registers (``WdogITCR``/``WdogITOP``) drive the outputs directly when
 test mode is on, as on silicon.
 """
@@ -156,7 +157,6 @@ class Sp805(DeviceModel):
     def _build_tables(self) -> None:
         self.peekers = {
             Reg.LOAD: lambda: self.load,
-            Reg.VALUE: lambda: self.value,
             Reg.CONTROL: lambda: self.control,
             Reg.RIS: lambda: self.ris,
             Reg.MIS: lambda: int(bool(self.ris and self.control & _INTEN)),
@@ -176,6 +176,14 @@ class Sp805(DeviceModel):
             for offset, write in self._unlocked_writers.items()
         }
         self.writers[Reg.LOCK] = self._write_lock
+        # WdogValue moves at WDOGCLK between steps, so the mirror cannot follow it: it is
+        # read through the model only (a side-effect range) and reads as 0 in the memfd.
+        self.readers = {Reg.VALUE: lambda mask: self.value}
+
+    def peek_reg(self, offset: int) -> int:
+        if offset == Reg.VALUE:
+            return self.value
+        return super().peek_reg(offset)
 
     def after_write(self) -> None:
         self._update_outputs()
