@@ -141,13 +141,14 @@ def _render_cell(cell: Cell) -> str:
 
 def _quote(text: str) -> str:
     out = []
-    for ch in text:
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
         if ch in '"\\':
             out.append("\\" + ch)
-        elif " " <= ch <= "~":
+        elif 0x20 <= byte <= 0x7E:
             out.append(ch)
         else:
-            out.append(f"\\x{ord(ch):02x}")
+            out.append(f"\\x{byte:02x}")
     return '"' + "".join(out) + '"'
 
 

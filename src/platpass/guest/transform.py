@@ -319,7 +319,7 @@ def build_guest_device(
     extra_drops = tuple(driver.guest_drop_properties)
 
     compatible = node.properties.get("compatible")
-    props["compatible"] = Strings(node.compatible) if node.compatible else Raw(compatible or b"")
+    props["compatible"] = Raw(compatible) if compatible else Strings(node.compatible)
     reg: list[int] = []
     for region in placement.regions:
         reg.extend(u64_cells(region.guest_address, address_cells))
