@@ -1,0 +1,99 @@
+"""Scenario ``amba`` (QEMU's own DTB): devices that start on real kernel drivers.
+
+The PL031 is an AMBA device bound to ``rtc-pl031`` at boot. ``assign --backend vfio`` moves
+it to ``vfio-amba``; ``release`` must put it back on ``rtc-pl031``, also after the server
+was killed with SIGKILL. ``--backend uio`` is refused for an AMBA device (uio_pdrv_genirq
+is a platform driver) without touching it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from kcheck import check, run_steps
+
+from platpass.host.sysfs import SysfsDevice
+
+RTC = SysfsDevice("amba", "9010000.pl031")
+STATE = "/run/platpass/assignments.json"
+
+
+def platpass(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["python3", "-m", "platpass", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def state() -> dict:
+    try:
+        with open(STATE) as f:
+            return json.load(f)["devices"]
+    except FileNotFoundError:
+        return {}
+
+
+def modules() -> None:
+    for path, *params in (("/lib/modules/debian/vfio_virqfd.ko",),
+                          ("/lib/modules/platpass/vfio.ko", "enable_unsafe_noiommu_mode=1"),
+                          ("/lib/modules/platpass/vfio-platform-base.ko",),
+                          ("/lib/modules/platpass/vfio-amba.ko",),
+                          ("/lib/modules/debian/uio.ko",),
+                          ("/lib/modules/platpass/uio_pdrv_genirq.ko",)):
+        subprocess.run(["insmod", path, *params], check=True)
+    check("amba.rtc_on_kernel_driver", RTC.driver == "rtc-pl031", driver=RTC.driver)
+
+
+def uio_refused() -> None:
+    out = platpass("assign", "/pl031@9010000", "--backend", "uio", "--socket", "/run/u.sock")
+    check("amba.uio_refused_untouched", out.returncode == 1 and "AMBA" in out.stderr
+          and RTC.driver == "rtc-pl031" and RTC.driver_override is None and not state(),
+          rc=out.returncode, stderr=out.stderr, driver=RTC.driver)
+
+
+def assign_release() -> None:
+    from platpass.vfio_user.client import VfioUserClient
+
+    out = platpass("assign", "/pl031@9010000", "--backend", "vfio", "--socket", "/run/r.sock")
+    entry = state().get("9010000.pl031", {})
+    check("amba.assigned_to_vfio_amba", out.returncode == 0 and RTC.driver == "vfio-amba"
+          and entry.get("original_driver") == "rtc-pl031",
+          rc=out.returncode, stderr=out.stderr, driver=RTC.driver, entry=entry)
+    client = VfioUserClient.connect("/run/r.sock")
+    region = client.region_info(0)
+    mapped = client.map_region(0)
+    t0 = mapped.read32(0) if mapped.areas else None
+    time.sleep(1.2)
+    t1 = client.read(0, 0, 4)
+    check("amba.client_counter_mapped_then_trapped",
+          t0 is not None and 1 <= t1 - t0 <= 3 and int(client.device_info().flags) & 8 != 0,
+          t0=t0, t1=t1, flags=int(client.device_info().flags))
+    mapped.close()
+    if region.fd is not None:
+        os.close(region.fd)
+    client.close()
+    out = platpass("release", "/pl031@9010000")
+    check("amba.release_restores_rtc_pl031", out.returncode == 0 and RTC.driver == "rtc-pl031"
+          and RTC.driver_override is None and not state(),
+          rc=out.returncode, stdout=out.stdout, stderr=out.stderr, driver=RTC.driver)
+
+
+def kill9() -> None:
+    out = platpass("assign", "/pl031@9010000", "--backend", "vfio", "--socket", "/run/k.sock")
+    pid = state().get("9010000.pl031", {}).get("pid")
+    if out.returncode != 0 or not pid:
+        check("amba.kill9_release_restores", False, rc=out.returncode, stderr=out.stderr)
+        return
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    held = RTC.driver
+    out = platpass("release", "/pl031@9010000")
+    check("amba.kill9_release_restores", held == "vfio-amba" and out.returncode == 0
+          and RTC.driver == "rtc-pl031" and not state(),
+          held=held, rc=out.returncode, stdout=out.stdout, stderr=out.stderr,
+          driver=RTC.driver)
+
+
+run_steps([modules, uio_refused, assign_release, kill9])
