@@ -68,6 +68,38 @@ def _harness():
     return kernel_harness
 
 
+def _boot_and_check(kh, image, dtb: Path) -> None:
+    """Boot the kernel with ``dtb``; every guest check must report ok."""
+    work = Path(tempfile.mkdtemp(prefix="platpass-guest-boot-"))
+    try:
+        initrd = work / "initrd.gz"
+        initrd.write_bytes(image.base_initramfs.read_bytes() + kh.overlay_cpio(
+            {"tests/guest_rtc.py": GUEST_SCRIPT.encode()}))
+        cmd = ["qemu-system-aarch64", *kh.QEMU_MACHINE, "-kernel", str(image.kernel),
+               "-initrd", str(initrd), "-dtb", str(dtb), "-serial", "stdio",
+               "-monitor", "none", "-no-reboot", "-append",
+               "console=ttyAMA0 rdinit=/init quiet panic=-1 platpass.scenario=guest_rtc"]
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=180)
+            console = done.stdout.decode(errors="replace")
+        except subprocess.TimeoutExpired as err:
+            console = (err.stdout or b"").decode(errors="replace")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    checks = {}
+    for match in re.finditer(r"@@CHECK (\{.*\})", console):
+        record = json.loads(match.group(1))
+        checks[record["name"]] = record
+    tail = "\n".join(console.splitlines()[-40:])
+    for name in ("guest.amba_device_bound", "guest.rtc0", "guest.rtc0_ticks", "guest.dmesg",
+                 "guest.generated_clock"):
+        assert name in checks, f"{name} not reported; console tail:\n{tail}"
+        assert checks[name]["ok"], json.dumps(checks[name], indent=1)
+    assert any("rtc-pl031 9010000.pl031: registered as rtc0" in line
+               for line in checks["guest.dmesg"]["detail"]["lines"])
+
+
 @pytest.mark.kernel
 def test_linux_rtc_pl031_binds_to_generated_node(tmp_path: Path, capsys) -> None:
     kh = _harness()
@@ -83,32 +115,28 @@ def test_linux_rtc_pl031_binds_to_generated_node(tmp_path: Path, capsys) -> None
     placed = json.loads(record.read_text())["devices"][0]
     assert placed["regions"][0]["guest_address"] == 0x9010000
     assert placed["interrupts"][0]["guest_spi"] == 2
+    _boot_and_check(kh, image, merged)
 
-    work = Path(tempfile.mkdtemp(prefix="platpass-guest-boot-"))
-    try:
-        initrd = work / "initrd.gz"
-        initrd.write_bytes(image.base_initramfs.read_bytes() + kh.overlay_cpio(
-            {"tests/guest_rtc.py": GUEST_SCRIPT.encode()}))
-        cmd = ["qemu-system-aarch64", *kh.QEMU_MACHINE, "-kernel", str(image.kernel),
-               "-initrd", str(initrd), "-dtb", str(merged), "-serial", "stdio",
-               "-monitor", "none", "-no-reboot", "-append",
-               "console=ttyAMA0 rdinit=/init quiet panic=-1 platpass.scenario=guest_rtc"]
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=180)
-            console = done.stdout.decode(errors="replace")
-        except subprocess.TimeoutExpired as err:
-            console = (err.stdout or b"").decode(errors="replace")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    checks = {}
-    for match in re.finditer(r"@@CHECK (\{.*\})", console):
-        record_ = json.loads(match.group(1))
-        checks[record_["name"]] = record_
-    tail = "\n".join(console.splitlines()[-40:])
-    for name in ("guest.amba_device_bound", "guest.rtc0", "guest.rtc0_ticks", "guest.dmesg",
-                 "guest.generated_clock"):
-        assert name in checks, f"{name} not reported; console tail:\n{tail}"
-        assert checks[name]["ok"], json.dumps(checks[name], indent=1)
-    assert any("rtc-pl031 9010000.pl031: registered as rtc0" in line
-               for line in checks["guest.dmesg"]["detail"]["lines"])
+
+@pytest.mark.kernel
+def test_linux_rtc_pl031_binds_through_the_crosvm_overlay(tmp_path: Path, capsys) -> None:
+    """The crosvm overlay, applied by fdtoverlay to QEMU's DTB with QEMU's own PL031 node
+    deleted first (fdtput -r): the node inherits the root's interrupt parent and its clock
+    comes through __local_fixups__, as it would in crosvm."""
+    kh = _harness()
+    for tool in ("fdtoverlay", "fdtput"):
+        assert shutil.which(tool), f"{tool} missing (device-tree-compiler)"
+    image = kh.prepare_image(tmp_path / "prepare.log")
+    virt = str(image.dtb("amba"))
+    overlay = tmp_path / "rtc.dtbo"
+    assert main(["guest-dt", "/pl031@9010000", "--dtb", virt, "--flavour", "crosvm",
+                 "--mmio-window", "0x9010000:0x1000", "--spi-pool", "2:1",
+                 "-o", str(overlay)]) == 0
+    assert "dt-symbol=pl031_9010000" in capsys.readouterr().out
+    base = tmp_path / "base.dtb"
+    shutil.copy(virt, base)
+    subprocess.run(["fdtput", "-r", str(base), "/pl031@9010000"], check=True, timeout=30)
+    merged = tmp_path / "guest.dtb"
+    subprocess.run(["fdtoverlay", "-i", str(base), "-o", str(merged), str(overlay)],
+                   check=True, capture_output=True, timeout=30)
+    _boot_and_check(kh, image, merged)
