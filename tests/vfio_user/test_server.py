@@ -370,3 +370,25 @@ def test_a_client_that_never_reads_stalls_only_itself(
         for _ in range(10):
             reactor.run_once(0)
         server.close()
+
+
+def test_a_peer_that_never_negotiates_is_disconnected(
+        reactor: EpollReactor, quiet_device: VfioDevice) -> None:
+    server = VfioUserServer(reactor, negotiation_timeout=0.05)
+    link = Wire(reactor, server, quiet_device)
+    try:
+        reactor.run_until(lambda: link.endpoint.client is None, 2.0)
+        assert link.endpoint.client is None
+        assert link.pump() == [ConnectionClosed(partial=False)]
+        # A client that negotiates in time keeps its connection.
+        ours, theirs = socket.socketpair()
+        link.endpoint.adopt(theirs)
+        link.sock, link.framer = ours, Connection()
+        ours.setblocking(False)
+        negotiate(link)
+        reactor.run_until(lambda: False, 0.15)
+        assert link.endpoint.client is not None
+    finally:
+        link.close()
+        link.pump()
+        server.close()

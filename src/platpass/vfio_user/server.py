@@ -17,6 +17,8 @@ Transport decisions (the specification leaves them to the server):
   not read (so a client that never reads cannot make the server buffer without bound). A
   slow or hostile client therefore only stalls itself; other devices keep being served by
   the same loop.
+* **A client must negotiate** (VERSION) within ``negotiation_timeout`` (10 s) of connecting,
+  or it is disconnected: a silent peer cannot keep the device from its real client.
 * **Disconnect** (EOF, reset, or an unresynchronisable stream): the connection is closed
   and ``device.client_gone()`` closes the client's IRQ fds and forgets its DMA maps; the
   device's register state is kept for the next client (spec, "Client Disconnection").
@@ -148,6 +150,9 @@ class ClientConnection:
         self._fast_ok = False  # set once VERSION has been negotiated
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self.closed = False
+        # A peer that never negotiates must not hold the device (one client at a time).
+        self._version_timer = server.reactor.call_later(server.negotiation_timeout,
+                                                        self._negotiation_expired)
         # Fast-path facts about the device (fixed for its life).
         device = endpoint.device
         self._read = device.read
@@ -194,7 +199,9 @@ class ClientConnection:
                     os.close(fd)
             raise
         self._drain_events()
-        self._fast_ok = self.session.negotiated
+        if self.session.negotiated and not self._fast_ok:
+            self._fast_ok = True
+            self._version_timer.cancel()
 
     def _fast_path(self, nbytes: int) -> bool:
         """Answer a lone REGION_READ/WRITE of one naturally aligned access directly.
@@ -311,10 +318,17 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ teardown
 
+    def _negotiation_expired(self) -> None:
+        if not self.closed and not self.session.negotiated:
+            log.warning("client of %s sent no VERSION within %.0f s; closing",
+                        self.endpoint.name, self.server.negotiation_timeout)
+            self.close()
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._version_timer.cancel()
         self.server.forget_client(self)
         self._out.clear()
         self.framer.discard()  # fds of a half-received message are closed, not leaked
@@ -402,9 +416,12 @@ class DeviceEndpoint:
 class VfioUserServer:
     """Serves any number of devices from one reactor."""
 
-    def __init__(self, reactor: EpollReactor, limits: Limits | None = None) -> None:
+    def __init__(self, reactor: EpollReactor, limits: Limits | None = None, *,
+                 negotiation_timeout: float = 10.0) -> None:
         self.reactor = reactor
         self.limits = limits or Limits()
+        #: Seconds a new client has to complete VERSION before it is disconnected.
+        self.negotiation_timeout = negotiation_timeout
         self.endpoints: list[DeviceEndpoint] = []
         self._clients: dict[int, ClientConnection] = {}
         # Write-readiness is watched on a private epoll whose fd the reactor reads: the
