@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from platpass.drivers.allwinner import Sun6iRtc
 from platpass.drivers.common import Trap, access_mask
-from platpass.drivers.fsl_layerscape import Ls1028aLpuart
+from platpass.drivers.fsl_layerscape import LayerscapeDspi, Ls1021aLpuart, Ls1028aLpuart
 from platpass.drivers.imx import IMX_UCR1_DMA_BITS, ImxUart, VybridI2c
 from platpass.drivers.nvidia import TegraGpio, TegraUart
 from platpass.drivers.qcom import QupI2c
@@ -36,10 +36,12 @@ class Registers:
         self.mem[region][offset:offset + size] = value.to_bytes(size, "little")
 
 
-def _node(compatible: str, *, dmas: bool) -> DeviceNode:
+def _node(compatible: str, *, dmas: bool, big_endian: bool = False) -> DeviceNode:
     props = {"compatible": compatible.encode() + b"\0"}
     if dmas:
         props["dmas"] = b"\0\0\0\x01\0\0\0\x16"
+    if big_endian:
+        props["big-endian"] = b""
     return DeviceNode(path="/soc/test@0", compatible=(compatible,), status="okay",
                       is_mmio=True, properties=props)
 
@@ -104,6 +106,30 @@ def test_masked_reset_clears_dma_bits_the_sequence_does_not_touch() -> None:
     driver.reset(regs)
     assert regs.read(0, 0x00, 4) == 0x0F000004  # divisor kept, DMA enables gone
     assert regs.read(0, 0x08, 4) == 0
+
+
+def test_big_endian_dspi_masks_the_bits_where_the_bytes_really_are() -> None:
+    """RSER of a ``big-endian`` DSPI: bit 24 (TFFF_DIRS) lives in the byte at 0x30."""
+    driver = LayerscapeDspi(_node("fsl,ls1021a-v1.0-dspi", dmas=True, big_endian=True))
+    regs = Registers(0x10000)
+    rser = _trap(driver, "RSER")
+    guest_bytes = (0x0303_0000).to_bytes(4, "big")  # TFFF_RE|TFFF_DIRS|RFDF_RE|RFDF_DIRS
+    driver.trap_write(regs, rser, 0, 0x30, 4, int.from_bytes(guest_bytes, "little"))
+    assert bytes(regs.mem[0][0x30:0x34]) == (0x0202_0000).to_bytes(4, "big")
+    driver.reset(regs)
+    assert bytes(regs.mem[0][0x00:0x04]) == (0x0000_4001).to_bytes(4, "big")  # MDIS | HALT
+    assert bytes(regs.mem[0][0x30:0x34]) == bytes(4)
+
+
+def test_little_endian_dspi_and_big_endian_lpuart() -> None:
+    little = LayerscapeDspi(_node("fsl,ls1028a-dspi", dmas=True))
+    assert little.masks()["RSER"] == (1 << 24) | (1 << 16)
+    lpuart = Ls1021aLpuart(_node("fsl,ls1021a-lpuart", dmas=True))  # big-endian by design
+    regs = Registers(0x1000)
+    baud = _trap(lpuart, "UARTBAUD")
+    value = (0x0F00_0004 | (1 << 23) | (1 << 21)).to_bytes(4, "big")
+    lpuart.trap_write(regs, baud, 0, 0x00, 4, int.from_bytes(value, "little"))
+    assert bytes(regs.mem[0][0:4]) == (0x0F00_0004).to_bytes(4, "big")
 
 
 def test_vybrid_i2c_byte_register_mask() -> None:

@@ -162,7 +162,7 @@ class MaskedRegisterDriver(PlatformDriver):
     def trap_read(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
                   size: int) -> int:
         """Masked registers read through with their masked bits as zero."""
-        bits = self.masked_bits.get(trap.name)
+        bits = self.masks().get(trap.name)
         if bits is not None and trap.name in self.unmasked_reads:
             return regs.read(region, offset, size)
         if bits is not None:
@@ -174,7 +174,7 @@ class MaskedRegisterDriver(PlatformDriver):
     def trap_write(self, regs: RegisterAccess, trap: Trap, region: int, offset: int,
                    size: int, value: int) -> None:
         """Masked registers take the write without their masked bits."""
-        bits = self.masked_bits.get(trap.name)
+        bits = self.masks().get(trap.name)
         if bits is not None:
             regs.write(region, offset, size, value & ~access_mask(trap, offset, size, bits))
             return
@@ -187,8 +187,17 @@ class MaskedRegisterDriver(PlatformDriver):
         quiescent value must come from :attr:`reset_sequence`.
         """
         super().reset(regs)
+        self.clear_masked_bits(regs)
+
+    def masks(self) -> Mapping[str, int]:
+        """The masks in force for this node; default :attr:`masked_bits` as declared."""
+        return self.masked_bits
+
+    def clear_masked_bits(self, regs: RegisterAccess) -> None:
+        """Clear every masked bit still set in a readable masked register."""
+        masks = self.masks()
         for trap in self.traps + self.dma_traps:
-            bits = self.masked_bits.get(trap.name)
+            bits = masks.get(trap.name)
             if not bits or trap.name in self.unmasked_reads:
                 continue
             current = regs.read(trap.region, trap.offset, trap.size)
