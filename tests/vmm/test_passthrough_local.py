@@ -11,6 +11,7 @@ import pytest
 
 from platpass.drivers.common import PlatformDriver
 from platpass.drivers.registry import default_registry
+from platpass.errors import VmmError
 from platpass.firmware.devicetree import load_dts
 from platpass.firmware.model import DeviceNode, MmioRange
 from platpass.host.simulated.board import board_dts_path, open_sim_backend
@@ -174,6 +175,68 @@ def test_guest_eoi_unmasks_the_device_through_the_resample_fd(vm: Vm, wire) -> N
     assert uart.thread.call(lambda: uart.backend.line(0))  # still asserted at the device
     # KVM signalled the resample fd; the device unmasked and, the line being still
     # asserted, fired again: nothing in userspace on the VMM side took part
-    assert uart.thread.run_until(lambda: uart.device.stats.irqs[0].unmasks >= 1, 2.0)
-    stats = uart.thread.call(lambda: uart.device.stats.irqs[0])
-    assert stats.delivered >= 2
+    assert uart.thread.run_until(lambda: uart.device.stats.irqs[0].unmasks >= 1
+                                 and uart.device.stats.irqs[0].delivered >= 2, 2.0)
+
+
+class _Nothing:
+    def mmio_read(self, address: int, size: int) -> int:
+        return 0
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        pass
+
+
+def test_attach_at_a_bad_address_is_refused_and_leaves_nothing(vm: Vm) -> None:
+    thread = ReactorThread()
+    node = _node("arm,pl031")
+    try:
+        backend = thread.call(lambda: open_sim_backend(node, thread.reactor))
+        device = thread.call(lambda: VfioDevice(node, _driver(node), backend, thread.reactor))
+        thread.call(device.open)
+        channel = ThreadedDevice(device, thread)
+        for base, why in ((RTC + 0x10, "not page-aligned"), (0x1000, "overlaps ram")):
+            pt = PassthroughDevice(vm, channel, "rtc", [base], [22])
+            with pytest.raises(VmmError, match=why):
+                pt.attach()
+            assert [s.label for s in vm.slots] == ["ram"]
+            assert pt.irqs == []
+        # the size-0x2000 variant maps a slot first; the failure comes after it
+        big = dataclasses.replace(node, regions=(MmioRange(node.regions[0].address, 0x2000),))
+        backend2 = thread.call(lambda: open_sim_backend(big, thread.reactor))
+        device2 = thread.call(lambda: VfioDevice(big, _driver(big), backend2, thread.reactor))
+        pt = PassthroughDevice(vm, ThreadedDevice(device2, thread), "rtc2", [RTC], [])
+        with pytest.raises(VmmError, match="1 interrupts but only 0 guest lines"):
+            pt.attach()
+        # something else already claims the trapped page: the mapped page's slot is made
+        # first, then the trapped page clashes, and the slot is undone
+        vm.add_mmio(RTC, 0x1000, _Nothing(), "other")
+        pt = PassthroughDevice(vm, ThreadedDevice(device2, thread), "rtc2", [RTC], [22])
+        with pytest.raises(VmmError, match=r"rtc2\.r0 .* overlaps other"):
+            pt.attach()
+        assert pt.stats.mapped_bytes == 0x1000
+        assert [s.label for s in vm.slots] == ["ram"]
+        assert pt.irqs == []
+        thread.call(device.close)
+        thread.call(device2.close)
+    finally:
+        thread.stop()
+
+
+def test_a_region_that_overlaps_a_trapped_range_is_refused(vm: Vm, wire) -> None:
+    wire("arm,pl031", RTC, 17)
+    node = _node("arm,pl011")
+    thread = ReactorThread()
+    try:
+        backend = thread.call(lambda: open_sim_backend(node, thread.reactor))
+        device = thread.call(lambda: VfioDevice(node, _driver(node), backend, thread.reactor))
+        pt = PassthroughDevice(vm, ThreadedDevice(device, thread), "uart", [RTC], [23])
+        with pytest.raises(VmmError, match="overlaps"):
+            pt.attach()
+        # the RTC still works: its guest range is intact
+        ports = load_program(vm, "mmio_read", BootInfo(read_address=RTC, count=2))
+        vm.vcpus[0].run(timeout=5)
+        assert ports.result == 0 and ports.reports[0] > 0
+        thread.call(device.close)
+    finally:
+        thread.stop()

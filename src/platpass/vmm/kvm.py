@@ -31,10 +31,11 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Protocol
 
 from platpass.errors import VmmError
-from platpass.vmm import arch_x86 as arch
+from platpass.vmm import arch_x86
 from platpass.vmm.kvm_uapi import (
     IRQFD,
     KVM_API_VERSION,
@@ -49,6 +50,24 @@ from platpass.vmm.kvm_uapi import (
     MemFlags,
     RunOffset,
 )
+
+#: Host machine name -> the module holding that architecture's part of the client. Only
+#: x86-64 exists; an ``arch_arm64`` providing the same hooks would be added here.
+ARCH_MODULES: dict[str, ModuleType] = {"x86_64": arch_x86, "AMD64": arch_x86}
+
+
+def host_arch(machine: str | None = None) -> ModuleType:
+    """The arch module for this host (``machine`` overrides ``platform.machine()``).
+
+    Raises VmmError naming the host when there is none.
+    """
+    name = machine or platform.machine()
+    module = ARCH_MODULES.get(name)
+    if module is None:
+        raise VmmError(f"the KVM client has no support for {name} hosts yet "
+                       f"(supported: {', '.join(sorted(ARCH_MODULES))})")
+    return module
+
 
 KVM_DEVICE = "/dev/kvm"
 PAGE_SIZE = mmap.PAGESIZE
@@ -78,8 +97,9 @@ def _ioctl_name(request: int) -> str:
 
 def kvm_unavailable_reason(path: str = KVM_DEVICE) -> str | None:
     """None when ``path`` can run VMs here; otherwise why not (for skips and the demo)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return f"the KVM client's guest programs are x86; this host is {platform.machine()}"
+    if platform.machine() not in ARCH_MODULES:
+        return (f"the KVM client supports {', '.join(sorted(ARCH_MODULES))} hosts; this "
+                f"host is {platform.machine()}")
     if not os.path.exists(path):
         return f"{path} does not exist (no KVM on this host, or not passed into the container)"
     try:
@@ -149,13 +169,19 @@ class _RangeMap:
         self._starts: list[int] = []
         self._ranges: list[_Range] = []
 
+    def overlapping(self, start: int, size: int) -> _Range | None:
+        for r in self._ranges:
+            if start < r.start + r.size and r.start < start + size:
+                return r
+        return None
+
     def add(self, start: int, size: int, handler: object, label: str) -> None:
         if size <= 0:
             raise VmmError(f"{label}: empty range at {start:#x}")
-        for r in self._ranges:
-            if start < r.start + r.size and r.start < start + size:
-                raise VmmError(f"{label} [{start:#x}+{size:#x}) overlaps {r.label} "
-                               f"[{r.start:#x}+{r.size:#x})")
+        r = self.overlapping(start, size)
+        if r is not None:
+            raise VmmError(f"{label} [{start:#x}+{size:#x}) overlaps {r.label} "
+                           f"[{r.start:#x}+{r.size:#x})")
         i = bisect_right(self._starts, start)
         self._starts.insert(i, start)
         self._ranges.insert(i, _Range(start, size, handler, label))
@@ -232,9 +258,9 @@ class Vm:
     """
 
     def __init__(self, ram_size: int = 2 << 20, *, kvm_path: str = KVM_DEVICE) -> None:
+        self.arch = host_arch()
         self.kvm = Kvm(kvm_path)
         self.fd = -1
-        self.arch = arch
         self.exits = ExitCounters()
         self.slots: list[MemorySlot] = []
         self.vcpus: list[Vcpu] = []
@@ -248,7 +274,7 @@ class Vm:
                 if not self.kvm.check_extension(cap):
                     raise VmmError(f"KVM lacks KVM_CAP_{cap.name}")
             self.fd = kvm_ioctl(self.kvm.fd, Ioctl.CREATE_VM, 0)
-            arch.prepare_vm(self)
+            self.arch.prepare_vm(self)
             self.ram = self.add_ram(0, ram_size)
         except BaseException:
             self.close()
@@ -279,10 +305,11 @@ class Vm:
         size = len(backing)
         if guest_address % PAGE_SIZE or size % PAGE_SIZE or size == 0:
             raise VmmError(f"{label}: slot [{guest_address:#x}+{size:#x}) is not whole pages")
-        for s in self.slots:
-            if guest_address < s.guest_address + s.size and s.guest_address < guest_address + size:
-                raise VmmError(f"{label}: slot [{guest_address:#x}+{size:#x}) overlaps "
-                               f"{s.label} at {s.guest_address:#x}")
+        self._check_free(guest_address, size, label)
+        clash = self._mmio.overlapping(guest_address, size)
+        if clash is not None:
+            raise VmmError(f"{label}: slot [{guest_address:#x}+{size:#x}) overlaps "
+                           f"{clash.label} at {clash.start:#x}")
         used = {s.slot for s in self.slots}
         number = next(i for i in range(len(used) + 1) if i not in used)
         flags = MemFlags.READONLY if readonly else MemFlags(0)
@@ -315,8 +342,19 @@ class Vm:
     # -- exits ------------------------------------------------------------------------------
 
     def add_mmio(self, address: int, size: int, handler: MmioHandler, label: str) -> None:
-        """Send guest accesses to ``[address, address+size)`` (not slot-backed) to ``handler``."""
+        """Send guest accesses to ``[address, address+size)`` to ``handler``.
+
+        VmmError when the range overlaps a memory slot (the guest would never exit there)
+        or another MMIO range.
+        """
+        self._check_free(address, size, label)
         self._mmio.add(address, size, handler, label)
+
+    def _check_free(self, address: int, size: int, label: str) -> None:
+        for s in self.slots:
+            if address < s.guest_address + s.size and s.guest_address < address + size:
+                raise VmmError(f"{label}: [{address:#x}+{size:#x}) overlaps {s.label} "
+                               f"at {s.guest_address:#x}")
 
     def remove_mmio(self, address: int) -> None:
         """Forget the MMIO range starting at ``address`` (ValueError when there is none)."""
@@ -330,7 +368,7 @@ class Vm:
 
     def allocate_gsi(self) -> int:
         """The guest interrupt line for the next device interrupt (arch numbering)."""
-        gsi = arch.gsi_for_line(self._lines)
+        gsi: int = self.arch.gsi_for_line(self._lines)
         self._lines += 1
         return gsi
 
@@ -436,10 +474,11 @@ class Vcpu:
 
     def boot(self, entry: int, stack_top: int, boot_info: int = 0) -> None:
         """Start the vCPU at ``entry`` (architecture's boot mode; see the arch module)."""
-        arch.boot_vcpu(self, entry, stack_top, boot_info)
+        self.vm.arch.boot_vcpu(self, entry, stack_top, boot_info)
 
     def registers(self) -> dict[str, int]:
-        return arch.read_registers(self)
+        regs: dict[str, int] = self.vm.arch.read_registers(self)
+        return regs
 
     def kick(self) -> None:
         """Make the current or next ``KVM_RUN`` return at once (thread-safe)."""
@@ -546,7 +585,7 @@ class Vcpu:
 
     def tsc_khz(self) -> int:
         """The guest TSC frequency in kHz (to turn guest ``rdtsc`` deltas into time)."""
-        return kvm_ioctl(self.fd, arch.GET_TSC_KHZ, 0, what="KVM_GET_TSC_KHZ")
+        return kvm_ioctl(self.fd, self.vm.arch.GET_TSC_KHZ, 0, what="KVM_GET_TSC_KHZ")
 
     def close(self) -> None:
         if self.fd >= 0:
