@@ -251,6 +251,9 @@ def test_mappable_page_is_mmapped_from_the_region_fd(tmp_path: Path) -> None:
         with VfioUserClient.connect(path) as again:
             mapped = again.map_region(0)
             assert mapped.read32(0x1004) == 0xCAFEF00D  # same memory, state kept
+            assert mapped.read(0x1006, 2) == 0xCAFE
+            mapped.write(0x1008, 8, 0x0123456789ABCDEF)
+            assert (mapped.read32(0x1008), mapped.read32(0x100C)) == (0x89ABCDEF, 0x01234567)
             mapped.close()
     finally:
         assert server.stop() == 0

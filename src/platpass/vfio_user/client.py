@@ -100,6 +100,18 @@ class MappedRegion:
         raise VfioError(errno.EINVAL, f"[{offset:#x}, +{size}) of region {self.index} "
                         "is not mapped (trapped: use the client's read/write)")
 
+    def read(self, offset: int, size: int) -> int:
+        """Read 1, 2, 4 or 8 bytes (little-endian) at ``offset`` of the region."""
+        area = self.area_for(offset, size)
+        at = offset - area.offset
+        return int.from_bytes(area.map[at:at + size], "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """Write 1, 2, 4 or 8 bytes (little-endian) at ``offset`` of the region."""
+        area = self.area_for(offset, size)
+        at = offset - area.offset
+        area.map[at:at + size] = value.to_bytes(size, "little")
+
     def read32(self, offset: int) -> int:
         area = self.area_for(offset, 4)
         return area.u32[(offset - area.offset) >> 2]
