@@ -127,3 +127,17 @@ def test_simulated_board(tmp_path: Path, capsys) -> None:
     text = out.read_text()
     assert "rtc_9020000: rtc@c000000 {" in text
     assert "interrupts = <0x0 0x70 0x4>;" in text
+
+
+def test_page_size_must_match_the_record(tmp_path: Path, capsys) -> None:
+    rec = tmp_path / "g.json"
+    base = ["guest-dt", "/i2c@7ffa0000", "--dtb", JUNO, "--flavour", "crosvm",
+            "--placement", str(rec), "-o", str(tmp_path / "o")]
+    assert main([*base, "--page-size", "0x10000"]) == 0
+    assert GuestPlacement.from_json(rec.read_text()).page_size == 0x10000
+    before = rec.read_text()
+    assert main([*base, "--page-size", "0x1000"]) == 1
+    assert "made for 0x10000-byte pages" in capsys.readouterr().err
+    assert rec.read_text() == before
+    with pytest.raises(SystemExit):
+        main([*base, "--page-size", "12345"])

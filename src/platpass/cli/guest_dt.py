@@ -68,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="BASE:SIZE", help="guest range no device may use (repeatable)")
     p.add_argument("--spi-pool", type=_pool, metavar="START:COUNT",
                    help="guest SPIs to hand out (default 112:64; xen keeps host SPIs)")
-    p.add_argument("--page-size", type=lambda s: int(s, 0), default=DEFAULT_PAGE_SIZE,
-                   help="host page size (default 0x1000)")
+    p.add_argument("--page-size", type=_page_size, default=None,
+                   help="host page size (default 0x1000, or the placement record's)")
     p.add_argument("--clock-rate", action="append", default=[], metavar="NAME=HZ",
                    help="rate of a clock with no known rate: NAME is its clock-names entry, "
                         "its provider path, PROVIDER:INDEX, or * (repeatable)")
@@ -91,6 +91,16 @@ def _pool(text: str) -> SpiPool:
         return SpiPool.parse(text)
     except GuestError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _page_size(text: str) -> int:
+    try:
+        size = int(text, 0)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
+    if size < 0x1000 or size & (size - 1):
+        raise argparse.ArgumentTypeError(f"page size {text} is not a power of two >= 4096")
+    return size
 
 
 def parse_clock_rates(items: list[str]) -> dict[str, int]:
@@ -222,12 +232,16 @@ def run(args: argparse.Namespace) -> int:
             record = GuestPlacement.from_json(record_path.read_bytes())
         except OSError as err:
             raise GuestError(f"{record_path}: {err.strerror or err}") from err
+        if args.page_size is not None and args.page_size != record.page_size:
+            raise GuestError(f"{record_path} was made for {record.page_size:#x}-byte pages, "
+                             f"not --page-size {args.page_size:#x}")
         if args.mmio_window:
             record = replace(record, window=args.mmio_window)
         if args.spi_pool:
             record = replace(record, spi_pool=args.spi_pool)
     else:
-        record = new_record(page_size=args.page_size, window=args.mmio_window,
+        record = new_record(page_size=args.page_size or DEFAULT_PAGE_SIZE,
+                            window=args.mmio_window,
                             spi_pool=args.spi_pool)
 
     nodes = [node for node, _ in devices]
