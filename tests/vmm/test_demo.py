@@ -19,6 +19,7 @@ def test_demo_boots_a_guest_that_drives_the_devices(capsys: pytest.CaptureFixtur
     assert "REFUSED_BUS_MASTER" in out and "ethernet@200000" in out
     assert f"{MESSAGE.rstrip()!r} (matches what the guest sent)" in out
     assert "taken 1x by the guest ISR" in out
+    assert "through the KVM resample fd" in out
     assert "KVM exits:" in out
     assert (tmp_path / "guest-overlay.dtbo").read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
     assert '"platpass_guest_placement": 1' in (tmp_path / "placement.json").read_text()
@@ -31,3 +32,8 @@ def test_demo_without_kvm_runs_the_driver_sequence_over_the_client(
     assert "client library" in out
     assert f"{MESSAGE.rstrip()!r} (matches what the guest sent)" in out
     assert "taken 1x by the client" in out
+
+
+def test_missing_kvm_device_is_explained() -> None:
+    reason = kvm_unavailable_reason("/nonexistent/kvm")
+    assert reason is not None and "/nonexistent/kvm does not exist" in reason

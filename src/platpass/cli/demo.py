@@ -253,9 +253,11 @@ def _summary(results: dict[str, Any], kvm: bool, elapsed: float) -> None:
     _say(f"    UART output received by the simulated PL011: {text.rstrip()!r} "
          f"({'matches' if ok_text else 'DIFFERS from'} what the guest sent)")
     stats = results["irq_stats"]
-    _say(f"    interrupts: RTC alarm delivered {stats.delivered}x by the device "
-         f"(eventfd), taken {results['irq_taken']}x by the "
-         f"{'guest ISR' if kvm else 'client'}; device unmasks {stats.unmasks}")
+    _say(f"    interrupts: the RTC alarm was taken {results['irq_taken']}x by the "
+         f"{'guest ISR' if kvm else 'client'}; the device signalled its trigger eventfd "
+         f"{stats.delivered}x and was unmasked {stats.unmasks}x"
+         + (" through the KVM resample fd" if kvm else "")
+         + " (a level line still asserted when unmasked fires again)")
     if kvm:
         exits = results["exits"]
         _say(f"    KVM exits: {exits.describe()} "
