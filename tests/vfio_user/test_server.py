@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from platpass.errors import HostError
 from platpass.host.simulated.board import open_sim_backend
 from platpass.host.simulated.clock import ManualClock
 from platpass.reactor import EpollReactor
@@ -391,4 +392,23 @@ def test_a_peer_that_never_negotiates_is_disconnected(
     finally:
         link.close()
         link.pump()
+        server.close()
+
+
+def test_serve_fd_refuses_what_is_not_a_listening_unix_socket(
+        reactor: EpollReactor, quiet_device: VfioDevice) -> None:
+    server = VfioUserServer(reactor)
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    try:
+        with pytest.raises(HostError, match="not a listening socket"):
+            server.serve_fd("dev", quiet_device, a.fileno())
+        with pytest.raises(HostError, match="not a socket"):
+            server.serve_fd("dev", quiet_device, r)
+        assert not server.endpoints
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
         server.close()

@@ -441,11 +441,19 @@ class VfioUserServer:
     def serve_fd(self, name: str, device: VfioDevice, fd: int,
                  options: SocketOptions | None = None) -> DeviceEndpoint:
         """Serve on an inherited listening socket (``--fd``, vfio-user's convention)."""
-        sock = socket.socket(fileno=fd)
-        if sock.family != socket.AF_UNIX:
-            raise HostError(f"fd {fd} is not an AF_UNIX socket")
-        with contextlib.suppress(OSError):
-            sock.listen(4)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as err:
+            raise HostError(f"fd {fd} is not a socket: {err}") from err
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise HostError(f"fd {fd} is not an AF_UNIX stream socket")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            try:
+                sock.listen(4)  # bound but not yet listening: fine
+            except OSError as err:
+                sock.detach()
+                raise HostError(f"fd {fd} is not a listening socket: {err}") from err
         sock.setblocking(False)
         return self._add_endpoint(name, device, sock, None, options or SocketOptions())
 
