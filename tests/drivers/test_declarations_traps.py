@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from platpass.drivers.allwinner import Sun6iRtc
-from platpass.drivers.common import Trap, access_mask
+from platpass.drivers.common import Trap, access_mask, register_io_width
 from platpass.drivers.fsl_layerscape import LayerscapeDspi, Ls1021aLpuart, Ls1028aLpuart
 from platpass.drivers.imx import IMX_UCR1_DMA_BITS, ImxUart, VybridI2c
 from platpass.drivers.nvidia import TegraGpio, TegraUart
 from platpass.drivers.qcom import QupI2c
+from platpass.drivers.snps_dw import DwApbUart
 from platpass.drivers.ti import OmapMcspi, OmapUart
 from platpass.firmware.devicetree import load_dtb
 from platpass.firmware.model import DeviceNode
@@ -230,6 +231,21 @@ def test_default_trap_reads_zero_and_ignores_writes() -> None:
     before = list(regs.writes)
     driver.trap_write(regs, icdmaer, 0, 0x3C, 4, 0xF)
     assert regs.writes == before
+
+
+@pytest.mark.parametrize(("raw", "width"), [
+    (None, 4), ((1).to_bytes(4, "big"), 1), ((4).to_bytes(4, "big"), 4),
+    ((3).to_bytes(4, "big"), 4), (b"\x01", 4),
+])
+def test_dw_uart_reset_honours_reg_io_width(raw: bytes | None, width: int) -> None:
+    """Armada 7k/8k DW UARTs say ``reg-io-width = <1>``: byte writes, 4 bytes apart."""
+    node = _node("snps,dw-apb-uart", dmas=False)
+    if raw is not None:
+        node.properties["reg-io-width"] = raw
+    assert register_io_width(node, 4) == width
+    regs = Registers(0x100)
+    DwApbUart(node).reset(regs)
+    assert regs.writes == [(0, 0x0C, width, 0x03), (0, 0x04, width, 0), (0, 0x10, width, 0)]
 
 
 @settings(max_examples=200, deadline=None)

@@ -203,3 +203,17 @@ class MaskedRegisterDriver(PlatformDriver):
             current = regs.read(trap.region, trap.offset, trap.size)
             if current & bits:
                 regs.write(trap.region, trap.offset, trap.size, current & ~bits)
+
+
+def register_io_width(node: DeviceNode, default: int) -> int:
+    """The node's ``reg-io-width`` (bytes per register access), or ``default``.
+
+    8250-style bindings let a board say that its registers must be reached with 1-byte (or
+    2-byte) accesses although they sit 4 bytes apart; quiescing writes must honour that.
+    A malformed value falls back to ``default``.
+    """
+    raw = node.properties.get("reg-io-width")
+    if raw is None or len(raw) != 4:
+        return default
+    width = int.from_bytes(raw, "big")
+    return width if width in (1, 2, 4) else default

@@ -7,7 +7,14 @@ stay with the host. The GPIO controller can also take pins away from their speci
 
 from __future__ import annotations
 
-from platpass.drivers.common import MaskedRegisterDriver, PlatformDriver, RegisterWrite, Trap
+from platpass.drivers.common import (
+    MaskedRegisterDriver,
+    PlatformDriver,
+    RegisterAccess,
+    RegisterWrite,
+    Trap,
+    register_io_width,
+)
 
 # 16550 register file, register shift 2.
 _UART_IER = 0x04
@@ -47,6 +54,14 @@ class TegraUart(MaskedRegisterDriver):
         RegisterWrite(0, _UART_MCR, 4, 0),
         RegisterWrite(0, _UART_FCR, 4, 0x07),
     )
+
+    def reset(self, regs: RegisterAccess) -> None:
+        """The sequence above, each write as wide as ``reg-io-width`` (default 1: Tegra
+        boards leave it out and Linux's 8250_of then uses byte accesses)."""
+        width = register_io_width(self.node, 1)
+        for step in self.reset_sequence:
+            regs.write(step.region, step.offset, width, step.value)
+        self.clear_masked_bits(regs)
 
 
 # Evidence: drivers/i2c/busses/i2c-tegra.c: packet-mode TX/RX FIFO registers; with ``dmas``

@@ -7,7 +7,13 @@ with the host (the guest node loses ``dmas``).
 
 from __future__ import annotations
 
-from platpass.drivers.common import PlatformDriver, RegisterWrite, Trap
+from platpass.drivers.common import (
+    PlatformDriver,
+    RegisterAccess,
+    RegisterWrite,
+    Trap,
+    register_io_width,
+)
 
 # 16550 register file, 32-bit spaced (reg-shift = 2, reg-io-width = 4).
 _LCR = 0x0C
@@ -46,6 +52,13 @@ class DwApbUart(PlatformDriver):
         RegisterWrite(0, _IER, 4, 0),
         RegisterWrite(0, _MCR, 4, 0),
     )
+
+    def reset(self, regs: RegisterAccess) -> None:
+        """The sequence above, each write as wide as the node's ``reg-io-width`` says
+        (Armada 7k/8k boards ask for byte accesses)."""
+        width = register_io_width(self.node, 4)
+        for step in self.reset_sequence:
+            regs.write(step.region, step.offset, width, step.value)
 
 
 # Evidence: drivers/i2c/busses/i2c-designware-platdrv.c / i2c-designware-master.c: a register
