@@ -54,6 +54,7 @@ class DeviceTree:
         self._resolved: dict[str, DeviceNode] = {}
         self._irqs: dict[str, tuple[tuple[Interrupt, ...], tuple[str, ...]]] = {}
         self._enabled_memo: dict[str, bool] = {}
+        self._device_lists: dict[bool, list[DeviceNode]] = {}
 
     def __repr__(self) -> str:
         return f"DeviceTree({self.source!r}, {len(self.raw.nodes)} nodes)"
@@ -94,8 +95,11 @@ class DeviceTree:
         without ``ranges``, clocks and regulators without ``reg``), memory and
         reserved-memory nodes.
         """
-        with gc_paused():
-            return self._devices(all)
+        cached = self._device_lists.get(all)
+        if cached is None:
+            with gc_paused():
+                cached = self._device_lists[all] = self._devices(all)
+        return list(cached)
 
     def _devices(self, all: bool) -> list[DeviceNode]:
         out = []

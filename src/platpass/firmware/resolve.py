@@ -247,8 +247,14 @@ def resolve_regions(
     regions = []
     problems = []
     for index, i in enumerate(range(0, len(words), entry)):
-        address = _join(words[i:i + ac]) if ac != 1 else words[i]
-        size = _join(words[i + ac:i + entry]) if sc != 1 else words[i + ac]
+        if ac == 2:
+            address = (words[i] << 32) | words[i + 1]
+        else:
+            address = words[i] if ac == 1 else _join(words[i:i + ac])
+        if sc == 2:
+            size = (words[i + ac] << 32) | words[i + ac + 1]
+        else:
+            size = words[i + ac] if sc == 1 else _join(words[i + ac:i + entry])
         cpu = amap.translate(parent, address, size)
         if cpu is None:
             problems.append(
@@ -263,7 +269,29 @@ def resolve_regions(
 
 
 def _interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:
-    """The controller or nexus ``node``'s ``interrupts`` refer to (Linux's walk)."""
+    """The controller or nexus ``node``'s ``interrupts`` refer to (Linux's walk).
+
+    Without its own ``interrupt-parent`` a node's answer depends only on its parent, so it
+    is memoised per parent: siblings (most of a SoC) pay for the walk once.
+    """
+    parent = node.parent
+    if "interrupt-parent" in node.props or parent is None:
+        return _walk_interrupt_parent(tree, node)
+    key = ("irq-parent", parent.path)
+    hit = tree.memo.get(key)
+    if hit is None:
+        try:
+            hit = _walk_interrupt_parent(tree, node)
+        except NodeError as err:
+            hit = err.message
+        tree.memo[key] = hit
+    if isinstance(hit, str):
+        raise NodeError(node.path, hit)
+    assert isinstance(hit, RawNode)
+    return hit
+
+
+def _walk_interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:
     current = node
     for _ in range(256):
         phandle = _u32(current, "interrupt-parent")
@@ -364,9 +392,15 @@ def _map_address_cells(node: RawNode) -> int:
     return 2
 
 
-def _route(tree: RawTree, origin: str, controller: RawNode, address: tuple[int, ...],
+def _route(tree: RawTree, device: RawNode, controller: RawNode,
            specifier: tuple[int, ...]) -> tuple[RawNode, tuple[int, ...]]:
-    """Follow ``interrupt-map`` nexus nodes until an interrupt controller is reached."""
+    """Follow ``interrupt-map`` nexus nodes until an interrupt controller is reached.
+
+    The first map is matched on the device's unit address (its ``reg``), later ones on the
+    parent unit address the previous map entry gave.
+    """
+    origin = device.path
+    address: tuple[int, ...] | None = None
     for _ in range(MAX_CHAIN):
         imap = controller.props.get("interrupt-map")
         if "interrupt-controller" in controller.props and (
@@ -377,6 +411,12 @@ def _route(tree: RawTree, origin: str, controller: RawNode, address: tuple[int, 
                 origin,
                 f"interrupt parent {controller.path} is neither an interrupt-controller nor "
                 f"a nexus with interrupt-map")
+        if address is None:
+            try:
+                reg = device.props.get("reg")
+                address = cells(reg, "reg") if reg is not None else ()
+            except ValueError:
+                address = ()
         ac = _map_address_cells(controller)
         ic = _interrupt_cells(controller, origin)
         key = (tuple(address[:ac]) + (0,) * max(0, ac - len(address)))[:ac] + specifier
@@ -438,11 +478,6 @@ def resolve_interrupts(tree: RawTree,
     plain = props.get("interrupts")
     if extended is None and plain is None:
         return (), ()
-    reg = props.get("reg")
-    try:
-        address = cells(reg, "reg") if reg is not None else ()
-    except ValueError:
-        address = ()
     entries: list[tuple[RawNode, tuple[int, ...]]] = []
     if extended is not None:
         try:
@@ -478,21 +513,55 @@ def resolve_interrupts(tree: RawTree,
     out = []
     problems = []
     for index, (parent, specifier) in enumerate(entries):
-        try:
-            controller, final = _route(tree, node.path, parent, address, specifier)
-        except NodeError as err:
-            problems.append(f"interrupt {index}: {err.message}")
-            continue
-        kind, number, trigger = decode_specifier(_gic_encoded(tree, controller), final)
-        out.append(Interrupt(controller.path, final, kind, number, trigger,
+        kind = _controller_kind(tree, parent)
+        if kind is _NEXUS:
+            try:
+                controller, final = _route(tree, node, parent, specifier)
+            except NodeError as err:
+                problems.append(f"interrupt {index}: {err.message}")
+                continue
+            gic = _gic_encoded(tree, controller)
+        else:
+            controller, final, gic = parent, specifier, kind is _GIC_CONTROLLER
+        irq_type, number, trigger = decode_specifier(gic, final)
+        out.append(Interrupt(controller.path, final, irq_type, number, trigger,
                              names[index] if index < len(names) else None))
     return tuple(out), tuple(problems)
+
+
+_NEXUS = "nexus"
+_CONTROLLER = "controller"
+_GIC_CONTROLLER = "gic"
+
+
+def _controller_kind(tree: RawTree, node: RawNode) -> str:
+    """Whether specifiers for ``node`` end there (GIC-encoded or not) or go through a map."""
+    key = ("controller-kind", node.path)
+    kind = tree.memo.get(key)
+    if kind is None:
+        if "interrupt-controller" in node.props and (
+                "interrupt-map" not in node.props or _abuses_interrupt_map(node)):
+            kind = _GIC_CONTROLLER if _gic_encoded(tree, node) else _CONTROLLER
+        else:
+            kind = _NEXUS
+        tree.memo[key] = kind
+    assert isinstance(kind, str)
+    return kind
 
 
 # ------------------------------------------------------------------------------ clocks
 
 
 def _clock_rate(tree: RawTree, provider: RawNode, depth: int = 0) -> int | None:
+    key = ("clock-rate", provider.path)
+    if key in tree.memo:
+        return tree.memo[key]  # type: ignore[return-value]
+    rate = _compute_clock_rate(tree, provider, depth)
+    tree.memo[key] = rate
+    return rate
+
+
+def _compute_clock_rate(tree: RawTree, provider: RawNode, depth: int) -> int | None:
     compatible = string_list(provider.props.get("compatible"))
     if "fixed-clock" in compatible:
         value = provider.props.get("clock-frequency")
@@ -510,6 +579,24 @@ def _clock_rate(tree: RawTree, provider: RawNode, depth: int = 0) -> int | None:
         rate = _clock_rate(tree, parent, depth + 1)
         return None if rate is None else rate * mult // div
     return None
+
+
+def _clock_provider(tree: RawTree, phandle: int) -> tuple[str, int, int | None] | str:
+    """``(path, #clock-cells, rate)`` of the provider ``phandle`` names, or why not."""
+    key = ("clock-provider", str(phandle))
+    known = tree.memo.get(key)
+    if known is None:
+        provider = tree.by_phandle.get(phandle)
+        if provider is None:
+            known = f"clocks names phandle <{phandle:#x}>, no node"
+        else:
+            count = _u32(provider, "#clock-cells")
+            if count is None:
+                known = f"clock provider {provider.path} has no #clock-cells"
+            else:
+                known = (provider.path, count, _clock_rate(tree, provider))
+        tree.memo[key] = known
+    return known  # type: ignore[return-value]
 
 
 def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[Clock, ...]:
@@ -531,17 +618,14 @@ def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[Clock, ...]:
             i += 1
             index += 1
             continue
-        provider = tree.by_phandle.get(words[i])
-        if provider is None:
-            raise NodeError(node.path, f"clocks names phandle <{words[i]:#x}>, no node")
-        count = _u32(provider, "#clock-cells")
-        if count is None:
-            raise NodeError(node.path, f"clock provider {provider.path} has no #clock-cells")
+        provider = _clock_provider(tree, words[i])
+        if isinstance(provider, str):
+            raise NodeError(node.path, provider)
+        path, count, rate = provider
         if i + 1 + count > len(words):
             raise NodeError(node.path, "clocks entry truncated")
-        out.append(Clock(provider.path, words[i + 1:i + 1 + count],
-                         names[index] if index < len(names) else None,
-                         _clock_rate(tree, provider)))
+        out.append(Clock(path, words[i + 1:i + 1 + count],
+                         names[index] if index < len(names) else None, rate))
         i += 1 + count
         index += 1
     return tuple(out)

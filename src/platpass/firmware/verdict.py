@@ -26,6 +26,8 @@ Disabled devices are judged too, but never count as sharers.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,10 +154,7 @@ BUS_MASTER_FAMILIES: tuple[tuple[str, str], ...] = (
     ("trace sink (writes memory)", r"coresight-tmc|\betr\b|coresight-catu"),
     ("audio engine with its own DMA", r"lpass|toddr|frddr|\baiu\b"),
 )
-#: All families in one alternation (one regex search per compatible string, not one per
-#: family); group ``f<i>`` names family ``i``.
-_FAMILY_RE = re.compile("|".join(
-    f"(?P<f{i}>{pattern})" for i, (_name, pattern) in enumerate(BUS_MASTER_FAMILIES)))
+_FAMILY_RES = tuple((name, re.compile(pattern)) for name, pattern in BUS_MASTER_FAMILIES)
 #: compatible string -> family name or None; compatibles repeat across nodes and boards.
 _family_memo: dict[str, str | None] = {}
 
@@ -180,11 +179,9 @@ def family_of(compatible: Iterable[str]) -> tuple[str, str] | None:
         try:
             name = _family_memo[entry]
         except KeyError:
-            match = _FAMILY_RE.search(entry.lower())
-            name = None
-            if match is not None:
-                assert match.lastgroup is not None
-                name = BUS_MASTER_FAMILIES[int(match.lastgroup[1:])][0]
+            lowered = entry.lower()
+            name = next((family for family, pattern in _FAMILY_RES
+                         if pattern.search(lowered)), None)
             if len(_family_memo) < 65536:
                 _family_memo[entry] = name
         if name is not None:
@@ -222,9 +219,20 @@ def bus_master_evidence(
     found.extend(ancestor_evidence)
     family = family_of(node.compatible)
     if family is not None:
-        found.append(Evidence("bus-master-family", "compatible",
-                              f"{family[1]!r} is in a bus-master family: {family[0]}"))
+        found.append(_family_evidence(*family))
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _family_evidence(family: str, compatible: str) -> Evidence:
+    return Evidence("bus-master-family", "compatible",
+                    f"{compatible!r} is in a bus-master family: {family}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _no_driver_evidence(compatible: tuple[str, ...]) -> Evidence:
+    shown = ", ".join(repr(c) for c in compatible) or "(none)"
+    return Evidence("no-driver", "compatible", f"{shown}: no device-specific driver")
 
 
 # ---------------------------------------------------------------------- sharing rules
@@ -280,19 +288,19 @@ def shared_pages(
             spans.append((start, end, path, index, enabled))
     spans.sort()
     found: dict[str, dict[int, list[str]]] = {}
+    # spans whose page range is still open, as a heap ordered by end
     active: list[tuple[int, int, str, int, bool]] = []
-    for span in spans:
-        start, _end, path, index, enabled = span
-        if active:
-            active = [a for a in active if a[1] > start]
-        for other in active:
-            if other[2] == path:
+    for start, end, path, index, enabled in spans:
+        while active and active[0][0] <= start:
+            heapq.heappop(active)
+        for _oend, _ostart, opath, oindex, oenabled in active:
+            if opath == path:
                 continue
-            if other[4]:
-                found.setdefault(path, {}).setdefault(index, []).append(other[2])
+            if oenabled:
+                found.setdefault(path, {}).setdefault(index, []).append(opath)
             if enabled:
-                found.setdefault(other[2], {}).setdefault(other[3], []).append(path)
-        active.append(span)
+                found.setdefault(opath, {}).setdefault(oindex, []).append(path)
+        heapq.heappush(active, (end, start, path, index, enabled))
     out: dict[str, list[Evidence]] = {}
     for path, by_index in found.items():
         for index, others in sorted(by_index.items()):
@@ -348,10 +356,8 @@ def assess_node(
         return Assessment(node, Verdict.REFUSED_UNKNOWN,
                           (Evidence("not-mmio", "reg", why),), driver)
     if driver is None:
-        shown = ", ".join(repr(c) for c in node.compatible) or "(none)"
         return Assessment(node, Verdict.REFUSED_UNKNOWN,
-                          (Evidence("no-driver", "compatible",
-                                    f"{shown}: no device-specific driver"),), None)
+                          (_no_driver_evidence(node.compatible),), None)
     if node.problems:
         return Assessment(node, Verdict.REFUSED_UNKNOWN,
                           tuple(Evidence("firmware-problem", "node", p)
