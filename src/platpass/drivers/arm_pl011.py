@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from platpass.drivers.common import PlatformDriver, RegisterAccess, Trap
+from platpass.drivers.arm_primecell import PrimeCellDriver
+from platpass.drivers.common import RegisterAccess, Trap
 
 
 class Reg(IntEnum):
@@ -41,7 +42,7 @@ IFLS_RESET = 0x12
 MAX_DRAIN = 64
 
 
-class ArmPl011(PlatformDriver):
+class ArmPl011(PrimeCellDriver):
     """PL011 UART described as a platform device (``arm,pl011``)."""
 
     name = "arm-pl011"

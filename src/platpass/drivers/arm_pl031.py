@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from platpass.drivers.common import PlatformDriver, RegisterWrite
+from platpass.drivers.arm_primecell import PrimeCellDriver
+from platpass.drivers.common import RegisterWrite
 
 
 class Reg(IntEnum):
@@ -24,7 +25,7 @@ class Reg(IntEnum):
     ICR = 0x01C
 
 
-class ArmPl031(PlatformDriver):
+class ArmPl031(PrimeCellDriver):
     """PL031 RTC described as a platform device (``arm,pl031``).
 
     Reset turns the match interrupt off and clears it, and forgets the previous guest's

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from platpass.drivers.common import PlatformDriver, RegisterAccess, RegisterWrite, Trap
+from platpass.drivers.arm_primecell import PrimeCellDriver
+from platpass.drivers.common import RegisterAccess, RegisterWrite, Trap
 
 
 class Reg(IntEnum):
@@ -31,7 +32,7 @@ class Reg(IntEnum):
     AFSEL = 0x420
 
 
-class ArmPl061(PlatformDriver):
+class ArmPl061(PrimeCellDriver):
     """PL061 GPIO described as a platform device (``arm,pl061``)."""
 
     name = "arm-pl061"

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from platpass.drivers.common import PlatformDriver, RegisterWrite
+from platpass.drivers.arm_primecell import PrimeCellDriver
+from platpass.drivers.common import RegisterWrite
 
 
 class Reg(IntEnum):
@@ -36,7 +37,7 @@ LOCK_KEY = 0
 LOAD_RESET = 0xFFFF_FFFF
 
 
-class ArmSp805(PlatformDriver):
+class ArmSp805(PrimeCellDriver):
     """SP805 watchdog (``arm,sp805``)."""
 
     name = "arm-sp805"
