@@ -319,7 +319,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--irqs", type=int, default=50_000)
+    parser.add_argument("--backend", choices=("sim", "uio", "vfio"), default="sim",
+                        help="uio/vfio: real-kernel latency, UIO bridge vs kernel VFIO "
+                             "(bench/irq_kernel.py; root, a free PL061 platform device)")
     args = parser.parse_args()
+    if args.backend != "sim":
+        from irq_kernel import main as kernel_main
+
+        sys.exit(kernel_main(["--backend", args.backend,
+                              "--samples", str(min(args.samples, 300))]))
     cpus = sorted(os.sched_getaffinity(0))
     placements = [("same CPU", cpus[0], cpus[0])]
     if len(cpus) > 1:
