@@ -90,12 +90,13 @@ class ImxI2c(MaskedRegisterDriver):
         "as slave requests gated by I2CR_DMAEN; binding "
         "Documentation/devicetree/bindings/i2c/i2c-imx.yaml"
     )
-    dma_traps = (Trap(0, 0x08, 4, "I2CR", "DMAEN masked: no DMA requests"),)
+    # Byte registers 4 bytes apart; i2c-imx.c reaches them with readb/writeb only.
+    dma_traps = (Trap(0, 0x08, 1, "I2CR", "DMAEN masked: no DMA requests"),)
     masked_bits = {"I2CR": IMX_I2CR_DMAEN}
     # I2CR = 0: module and its interrupt disabled; I2SR = 0: flags cleared (write-0 type).
     reset_sequence = (
-        RegisterWrite(0, 0x08, 4, 0),
-        RegisterWrite(0, 0x0C, 4, 0),
+        RegisterWrite(0, 0x08, 1, 0),
+        RegisterWrite(0, 0x0C, 1, 0),
     )
 
 
