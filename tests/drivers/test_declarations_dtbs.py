@@ -135,3 +135,28 @@ def test_slave_dma_nodes_get_dma_traps_where_the_ip_has_request_enables(
         assert driver.dma_traps, (tree.source, node.path, driver.name)
         assert set(driver.dma_traps) <= set(drv.active_traps())
     assert with_dmas >= 47
+
+
+def test_firmware_verdicts_follow_the_declarations(
+        trees: list[DeviceTree], registry: DriverRegistry) -> None:
+    """Through the real verdict engine: a declared bus master is always refused as one, and
+    the declared families make enabled devices assignable on the shared boards."""
+    from platpass.firmware.verdict import Verdict, assess_tree
+
+    assignable: Counter[str] = Counter()
+    refused_masters = 0
+    for tree in trees:
+        for assessment in assess_tree(tree, registry):
+            driver = assessment.driver
+            if driver is None:
+                continue
+            if not driver.cannot_master_bus:
+                assert assessment.verdict is Verdict.REFUSED_BUS_MASTER, assessment
+                assert any(e.rule == "bus-master-driver" for e in assessment.evidence)
+                refused_masters += 1
+            elif tree.effectively_enabled(assessment.node.path) and assessment.verdict in (
+                    Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS):
+                assignable[driver.family] += 1
+    assert refused_masters >= 77
+    for family in ("uart", "gpio", "i2c", "watchdog", "pwm", "spi", "rtc"):
+        assert assignable[family] > 0, (family, assignable)
