@@ -4,6 +4,8 @@ memory slots for mappable windows, forwarded exits for the rest, irqfd + resampl
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +242,25 @@ def test_a_region_that_overlaps_a_trapped_range_is_refused(vm: Vm, wire) -> None
         thread.call(device.close)
     finally:
         thread.stop()
+
+
+def test_level_line_is_redelivered_only_when_the_resample_fd_is_signalled(
+        vm: Vm, wire) -> None:
+    # The VMM's half of the level contract, independent of how the host's KVM times the
+    # resample: after firing, the device keeps the line masked until the resample fd
+    # (KVM's signal that the guest EOI'd) is written, and then re-fires a still-asserted
+    # line. No guest runs: KVM consumes the trigger eventfd and holds the GSI.
+    uart = wire("arm,pl011", UART, 19)
+    for offset, value in ((0x30, 0x381), (0x38, 1 << 6), (0x00, ord("x"))):
+        uart.thread.call(lambda o=offset, v=value: uart.device.write(0, o, 4, v))
+
+    def irq() -> object:
+        return uart.thread.call(lambda: uart.device.stats.irqs[0])
+
+    assert uart.thread.run_until(lambda: uart.device.stats.irqs[0].delivered == 1, 2.0)
+    time.sleep(0.2)
+    assert irq().delivered == 1 and irq().unmasks == 0   # masked: no re-delivery
+    assert uart.thread.call(lambda: uart.backend.line(0))  # though still asserted
+    os.eventfd_write(uart.pt.irqs[0].resample_fd, 1)       # what KVM does on EOI
+    assert uart.thread.run_until(lambda: uart.device.stats.irqs[0].delivered == 2, 2.0)
+    assert irq().unmasks == 1
