@@ -146,8 +146,8 @@ class StateFile:
 
 def _ensure_driver(device: SysfsDevice, driver: str) -> None:
     """Load the driver's module if the bus does not know the driver yet (best effort)."""
-    if device.driver_dir(driver).is_dir():
-        return
+    if device.driver_dir(driver).is_dir() or device.root != Path("/sys"):
+        return  # registered already, or not the live sysfs (nothing to load into)
     module = DRIVER_MODULES.get(driver)
     modprobe = shutil.which("modprobe")
     if module and modprobe:

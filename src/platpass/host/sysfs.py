@@ -125,7 +125,7 @@ def write_attr(path: Path, value: str) -> None:
     Raises HostError carrying the kernel's errno (e.g. a failed probe's ``ENODEV``).
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise SysfsWriteError(err.errno or errno.EIO, path, value) from err
     try:
