@@ -67,8 +67,8 @@ PHANDLE_NAME_HINTS: tuple[str, ...] = (
     "syscon", "grf", "phandle", "sram", "regmap", "pmu", "sysreg", "sys-mgr", "scm", "msi",
     "clkc", "iommu", "mailbox", "power", "reset",
 )
-#: Rate given to an AMBA primecell's ``apb_pclk`` when the host's is unknown: Linux's amba
-#: bus only enables this bus clock to read the peripheral ID and never uses its rate.
+#: Rate given to a clock named ``apb_pclk`` when the host's is unknown: it is the APB bus
+#: clock, which Linux's amba bus (and DesignWare 8250) only enable, never reading its rate.
 APB_PCLK_DEFAULT_RATE = 24_000_000
 
 _GIC_SPI = 0
@@ -265,8 +265,8 @@ def _guest_clocks(node: DeviceNode, label: str, rates: ClockRates,
             continue
         name = names[index]
         found = resolve_rate(node, index, name, rates, assigned, family)
-        if found is None and node.is_primecell and name == "apb_pclk":
-            found = (APB_PCLK_DEFAULT_RATE, "default (amba bus clock; rate unused)")
+        if found is None and name == "apb_pclk":
+            found = (APB_PCLK_DEFAULT_RATE, "default (APB bus clock; rate unused)")
         if found is None:
             missing.append(f"clock {index}" + (f" ({name!r})" if name else "")
                            + f" from {clock.provider} {list(clock.specifier)}")
@@ -342,7 +342,7 @@ def build_guest_device(
         apb = GuestClock(label=label_for(f"{label}_clk_apb_pclk"),
                          name=_clock_node_name(label, "apb-pclk"),
                          rate=APB_PCLK_DEFAULT_RATE,
-                         source="default (amba bus clock; rate unused)")
+                         source="default (APB bus clock; rate unused)")
         clocks.append(apb)
         refs.append(len(clocks) - 1)
         names = [n if n else f"clk{i}" for i, n in enumerate(names)] + ["apb_pclk"]
