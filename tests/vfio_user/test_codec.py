@@ -34,9 +34,12 @@ from platpass.vfio_user.protocol import (
     RegionRead,
     RegionReadReply,
     RegionWrite,
+    RegionWriteMulti,
+    RegionWriteMultiReply,
     RegionWriteReply,
     Rejected,
     SetIrqs,
+    SingleWrite,
     SparseMmapArea,
     State,
     Version,
@@ -64,6 +67,9 @@ ROUND_TRIP = [
     RegionReadReply(0x18, 0, 4, b"\x01\x02\x03\x04"),
     RegionWrite(0x0, 0, 2, b"\xaa\xbb"),
     RegionWriteReply(0x0, 0, 2),
+    RegionWriteMulti((SingleWrite(0x10, 0, 4, b"\x01\x02\x03\x04"),
+                      SingleWrite(0x0, 1, 8, bytes(range(8))))),
+    RegionWriteMultiReply(2),
     DmaRead(0x1000, 8),
     DmaWrite(0x1000, 2, b"hi"),
     DeviceReset(),
@@ -147,6 +153,11 @@ REJECTIONS = [
     (Command.REGION_WRITE, bytes(8), "shorter than 16"),
     (Command.REGION_WRITE, RegionRead(0, 0, 4).encode() + b"\x01", "count 4 but 1"),
     (Command.DEVICE_RESET, b"\x00", "must be 0 bytes"),
+    (Command.REGION_WRITE_MULTI, bytes(4), "shorter than 8"),
+    (Command.REGION_WRITE_MULTI, bytes(8), "wr_cnt 0"),
+    (Command.REGION_WRITE_MULTI, (1).to_bytes(8, "little") + bytes(20), "must be 32 bytes"),
+    (Command.REGION_WRITE_MULTI, (1).to_bytes(8, "little") + bytes(12)
+     + (9).to_bytes(4, "little") + bytes(8), "count 9"),
 ]
 
 

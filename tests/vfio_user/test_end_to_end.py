@@ -9,6 +9,7 @@ clean shutdown on SIGTERM.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -176,6 +177,20 @@ def test_pl031_counter_and_state_kept_across_reconnect(board: Path) -> None:
         assert rtc.read(0, 0x00, 4) >= first
         rtc.dma_map(0x4000_0000, 0x10_0000)  # no EEXIST: the old client's map was dropped
         rtc.dma_unmap(0x4000_0000, 0x10_0000)
+
+
+def test_write_multiple_when_negotiated(board: Path) -> None:
+    with VfioUserClient.connect(board / f"{PL061}.sock", write_multiple=True) as gpio:
+        assert gpio.server_caps.get("write_multiple") is True
+        assert gpio.write_multi([(0, 0x400, 4, 0xF0), (0, 0x410, 4, 0x0)]) == 2
+        gpio.write_multi([(0, 0x400, 4, 0x3C)], no_reply=True)  # posted, as QEMU does
+        assert gpio.read(0, 0x400, 4) == 0x3C
+        gpio.reset()
+    with connect(board, PL061) as plain:
+        assert "write_multiple" not in plain.server_caps
+        with pytest.raises(VfioError) as info:
+            plain.write_multi([(0, 0x400, 4, 0)])
+        assert info.value.errno == errno.ENOTSUP
 
 
 def test_pl061_registers(board: Path) -> None:

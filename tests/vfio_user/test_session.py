@@ -32,7 +32,10 @@ from platpass.vfio_user.protocol import (
     RegionRead,
     RegionReadReply,
     RegionWrite,
+    RegionWriteMulti,
+    RegionWriteMultiReply,
     SetIrqs,
+    SingleWrite,
     SparseMmapArea,
     Version,
 )
@@ -122,7 +125,7 @@ def test_version_reply_is_a_subset_of_the_proposal(rtc: VfioDevice) -> None:
     version = Version.decode(reply.payload)
     assert (version.major, version.minor) == (0, 1)
     assert version.capabilities == {"max_msg_fds": 4, "max_data_xfer_size": 4096,
-                                    "pgsizes": 4096}
+                                    "pgsizes": 4096, "write_multiple": True}
     assert reply.payload.endswith(b"\0")
     assert refused(session, Command.VERSION, Version(0, 1).encode()) == errno.EINVAL
 
@@ -273,6 +276,20 @@ def test_unaligned_and_long_reads_are_split_like_vfio_platform(rtc: VfioDevice) 
     assert Session.pieces(0x1, 7) == [(1, 1), (2, 2), (4, 4)]
 
 
+def test_write_multi_when_negotiated_checks_all_before_applying_any(rtc: VfioDevice) -> None:
+    session = Session(rtc)
+    ask(session, Command.VERSION, Version(0, 1, {"write_multiple": True}).encode())
+    good = RegionWriteMulti((SingleWrite(0x4, 0, 4, b"\x11\0\0\0"),
+                             SingleWrite(0x4, 0, 1, b"\x12")))
+    reply = ask(session, Command.REGION_WRITE_MULTI, good.encode())
+    assert RegionWriteMultiReply.decode(reply.payload).wr_cnt == 2
+    assert rtc.read(0, 0x4, 4) == 0x12
+    bad = RegionWriteMulti((SingleWrite(0x4, 0, 4, b"\x99\0\0\0"),
+                            SingleWrite(0x2000, 0, 4, bytes(4))))
+    assert refused(session, Command.REGION_WRITE_MULTI, bad.encode()) == errno.EINVAL
+    assert rtc.read(0, 0x4, 4) == 0x12  # the first write was not applied either
+
+
 def test_no_reply_write_is_applied_silently(rtc: VfioDevice) -> None:
     session = negotiated(rtc)
     flags = MessageType.COMMAND | HeaderFlags.NO_REPLY
@@ -317,7 +334,8 @@ def test_dma_deny_policy_is_enotsup(make_device: Callable[..., VfioDevice]) -> N
     (Command.DEVICE_GET_REGION_IO_FDS, RegionIoFdsRequest(16, 0, 0, 0).encode(), errno.ENOTSUP),
     (Command.DMA_READ, bytes(16), errno.ENOTSUP),
     (Command.DMA_WRITE, bytes(16), errno.ENOTSUP),
-    (Command.REGION_WRITE_MULTI, bytes(8), errno.ENOTSUP),
+    (Command.REGION_WRITE_MULTI,
+     RegionWriteMulti((SingleWrite(4, 0, 4, bytes(4)),)).encode(), errno.ENOTSUP),
     (Command.DEVICE_FEATURE, bytes(8), errno.ENOTTY),
     (Command.MIG_DATA_READ, bytes(8), errno.ENOTSUP),
     (0, b"", errno.ENOSYS),

@@ -131,8 +131,9 @@ class VfioUserClient:
     """A connected, negotiated client of one vfio-user device."""
 
     def __init__(self, sock: socket.socket, *, max_msg_fds: int = 8,
-                 max_data_xfer_size: int = 1 << 20) -> None:
+                 max_data_xfer_size: int = 1 << 20, write_multiple: bool = False) -> None:
         self.sock = sock
+        self.write_multiple = write_multiple
         self.max_msg_fds = max_msg_fds
         self.max_data_xfer_size = max_data_xfer_size
         self._framer = Connection(max_message_size=HEADER_SIZE + 64 + max_data_xfer_size,
@@ -258,8 +259,10 @@ class VfioUserClient:
 
     def negotiate(self) -> m.Version:
         """VERSION: propose 0.1 with our receive limits; returns the server's reply."""
-        caps = {"max_msg_fds": self.max_msg_fds,
-                "max_data_xfer_size": self.max_data_xfer_size}
+        caps: dict[str, Any] = {"max_msg_fds": self.max_msg_fds,
+                                "max_data_xfer_size": self.max_data_xfer_size}
+        if self.write_multiple:
+            caps["write_multiple"] = True
         reply = self.request(Command.VERSION,
                              m.Version(VERSION_MAJOR, VERSION_MINOR, caps).encode())
         assert reply is not None
@@ -382,6 +385,16 @@ class VfioUserClient:
                 raise VfioError(reply.header.error or errno.EIO,
                                 f"{command.name} refused by the server")
             return reply
+
+    def write_multi(self, writes: list[tuple[int, int, int, int]], *,
+                    no_reply: bool = False) -> int | None:
+        """REGION_WRITE_MULTI of ``(region, offset, size, value)`` writes (needs
+        ``write_multiple`` in the server's VERSION reply); returns how many completed."""
+        batch = m.RegionWriteMulti(tuple(
+            m.SingleWrite(offset, region, size, value.to_bytes(size, "little"))
+            for region, offset, size, value in writes))
+        reply = self.request(Command.REGION_WRITE_MULTI, batch.encode(), no_reply=no_reply)
+        return None if reply is None else m.RegionWriteMultiReply.decode(reply.payload).wr_cnt
 
     def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 1, *,
                  bools: tuple[bool, ...] = (), fds: tuple[int, ...] = ()) -> None:

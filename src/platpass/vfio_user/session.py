@@ -12,8 +12,9 @@ Decisions taken from the specification (``docs/interop/vfio-user.rst``):
   minor is ``min(proposed, 1)``. The reply's capability object is a subset of the
   proposed one, as the specification requires: for each of ``max_msg_fds``,
   ``max_data_xfer_size``, ``max_dma_maps`` and ``pgsizes`` the client named, the server
-  states its own value; ``twin_socket``, ``write_multiple`` and ``migration`` are never
-  offered (not supported). A second VERSION is EINVAL.
+  states its own value; ``write_multiple: true`` is echoed when proposed (REGION_WRITE_MULTI
+  is then accepted); ``twin_socket`` and ``migration`` are never offered (not supported).
+  A second VERSION is EINVAL.
 * **Limits.** A REGION_READ/WRITE ``count`` above our ``max_data_xfer_size`` is E2BIG;
   a message carrying more fds than ``max_msg_fds`` is EINVAL (fds closed). If the client
   said it can receive no fds (``max_msg_fds`` 0), regions are reported without MMAP.
@@ -26,8 +27,9 @@ Decisions taken from the specification (``docs/interop/vfio-user.rst``):
   pieces of at most 4 bytes (what Linux's vfio-platform does). Bounds and permissions are
   checked before the first piece, so a refused access touches nothing.
 * **Unsupported commands.** DEVICE_GET_REGION_IO_FDS (no ioeventfds offered),
-  DMA_READ/DMA_WRITE (server-to-client commands), REGION_WRITE_MULTI (not negotiated),
-  MIG_DATA_READ/WRITE: ENOTSUP. DEVICE_FEATURE: ENOTTY (what VFIO answers for a feature it
+  DMA_READ/DMA_WRITE (server-to-client commands), REGION_WRITE_MULTI unless negotiated,
+  MIG_DATA_READ/WRITE: ENOTSUP. Every write of a REGION_WRITE_MULTI is checked before the
+  first is applied. DEVICE_FEATURE: ENOTTY (what VFIO answers for a feature it
   lacks; there is no migration). Unknown command numbers: ENOSYS.
 * **DMA_UNMAP** must name exactly one earlier mapping (address and size), else ENOENT;
   flag ``VFIO_DMA_UNMAP_FLAG_ALL`` (address and size 0) drops every mapping.
@@ -116,6 +118,7 @@ class Session:
         self.device = device
         self.limits = limits or Limits()
         self.negotiated = False
+        self.write_multiple = False
         self.peer = PeerCapabilities()
         info = device.info
         self._num_regions = info.num_regions
@@ -135,6 +138,7 @@ class Session:
             Command.REGION_READ: self._region_read,
             Command.REGION_WRITE: self._region_write,
             Command.DEVICE_RESET: self._reset,
+            Command.REGION_WRITE_MULTI: self._region_write_multi,
         }
 
     # ------------------------------------------------------------------ entry points
@@ -194,7 +198,7 @@ class Session:
     def _unsupported(command: int) -> RemoteProtocolError:
         if command == Command.DEVICE_FEATURE:
             return RemoteProtocolError(errno.ENOTTY, "no device features (no migration)")
-        if command in (Command.DMA_READ, Command.DMA_WRITE, Command.REGION_WRITE_MULTI,
+        if command in (Command.DMA_READ, Command.DMA_WRITE,
                        Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
             return RemoteProtocolError(errno.ENOTSUP, f"command {command} not supported")
         return RemoteProtocolError(errno.ENOSYS, f"unknown command {command}")
@@ -220,6 +224,9 @@ class Session:
         if "max_dma_maps" in proposed:
             ours["max_dma_maps"] = min(self.limits.max_dma_maps, proposed["max_dma_maps"]) \
                 or self.limits.max_dma_maps
+        if proposed.get("write_multiple") is True:
+            ours["write_multiple"] = True
+            self.write_multiple = True
         if "pgsizes" in proposed:
             # The emulated IOMMU never maps memory: any page size the client uses is fine.
             ours["pgsizes"] = proposed["pgsizes"] or self.limits.pgsizes
@@ -384,6 +391,19 @@ class Session:
                   int.from_bytes(request.data[at - base:at - base + size], "little"))
         reply = m.RegionWriteReply(request.offset, request.region, request.count)
         return self._ok(header, reply.encode())
+
+    def _region_write_multi(self, header: Header, request: m.RegionWriteMulti,
+                            _f: tuple[int, ...]) -> Reply:
+        if not self.write_multiple:
+            raise RemoteProtocolError(errno.ENOTSUP, "write_multiple was not negotiated")
+        for one in request.writes:
+            self.check_access(one.region, one.offset, one.count, write=True)
+        write = self.device.write
+        for one in request.writes:
+            for at, size in self.pieces(one.offset, one.count):
+                rel = at - one.offset
+                write(one.region, at, size, int.from_bytes(one.data[rel:rel + size], "little"))
+        return self._ok(header, m.RegionWriteMultiReply(len(request.writes)).encode())
 
     def _reset(self, header: Header, _request: m.DeviceReset, _f: tuple[int, ...]) -> Reply:
         self.device.reset()

@@ -537,6 +537,71 @@ class RegionWriteReply:
         return cls(*REGION_ACCESS.unpack_from(payload))
 
 
+WRITE_MULTI_COUNT = struct.Struct("=Q")  # wr_cnt
+WRITE_ONE = struct.Struct("=QII8s")  # offset region count data[8]
+#: Most writes one REGION_WRITE_MULTI may carry (bounds the work of one message).
+MAX_WRITE_MULTI = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SingleWrite:
+    """One write of a REGION_WRITE_MULTI: at most 8 bytes."""
+
+    offset: int
+    region: int
+    count: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RegionWriteMulti:
+    """REGION_WRITE_MULTI request: coalesced writes of at most 8 bytes each."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_WRITE_MULTI
+    writes: tuple[SingleWrite, ...]
+
+    def encode(self) -> bytes:
+        parts = [WRITE_MULTI_COUNT.pack(len(self.writes))]
+        for w in self.writes:
+            if not 0 < w.count <= 8 or len(w.data) != w.count:
+                raise LocalProtocolError(f"bad write in REGION_WRITE_MULTI: {w}")
+            parts.append(WRITE_ONE.pack(w.offset, w.region, w.count, w.data.ljust(8, b"\0")))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionWriteMulti:
+        if len(payload) < WRITE_MULTI_COUNT.size:
+            raise _reject("REGION_WRITE_MULTI payload shorter than 8 bytes")
+        (count,) = WRITE_MULTI_COUNT.unpack_from(payload)
+        if not 0 < count <= MAX_WRITE_MULTI:
+            raise _reject(f"REGION_WRITE_MULTI wr_cnt {count} not in 1..{MAX_WRITE_MULTI}")
+        _exact(payload, WRITE_MULTI_COUNT.size + count * WRITE_ONE.size, "REGION_WRITE_MULTI")
+        writes = []
+        for i in range(count):
+            offset, region, size, data = WRITE_ONE.unpack_from(
+                payload, WRITE_MULTI_COUNT.size + i * WRITE_ONE.size)
+            if not 0 < size <= 8:
+                raise _reject(f"REGION_WRITE_MULTI write {i} has count {size} (1..8)")
+            writes.append(SingleWrite(offset, region, size, data[:size]))
+        return cls(tuple(writes))
+
+
+@dataclass(frozen=True, slots=True)
+class RegionWriteMultiReply:
+    """REGION_WRITE_MULTI reply: how many writes were completed."""
+
+    COMMAND: ClassVar[Command] = Command.REGION_WRITE_MULTI
+    wr_cnt: int
+
+    def encode(self) -> bytes:
+        return WRITE_MULTI_COUNT.pack(self.wr_cnt)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> RegionWriteMultiReply:
+        _exact(payload, WRITE_MULTI_COUNT.size, "REGION_WRITE_MULTI reply")
+        return cls(*WRITE_MULTI_COUNT.unpack_from(payload))
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceReset:
     """DEVICE_RESET request and reply: no payload."""
@@ -567,7 +632,7 @@ class Empty:
 
 Request = (
     Version | DmaMap | DmaUnmap | DeviceInfo | RegionInfoRequest | RegionIoFdsRequest
-    | IrqInfo | SetIrqs | RegionRead | RegionWrite | DeviceReset
+    | IrqInfo | SetIrqs | RegionRead | RegionWrite | DeviceReset | RegionWriteMulti
 )
 
 #: How the server decodes each client->server command it understands.
@@ -583,6 +648,7 @@ REQUEST_DECODERS: dict[int, Any] = {
     Command.REGION_READ: RegionRead.decode,
     Command.REGION_WRITE: RegionWrite.decode,
     Command.DEVICE_RESET: DeviceReset.decode,
+    Command.REGION_WRITE_MULTI: RegionWriteMulti.decode,
 }
 
 #: How the client decodes each reply.
@@ -597,6 +663,7 @@ REPLY_DECODERS: dict[int, Any] = {
     Command.REGION_READ: RegionReadReply.decode,
     Command.REGION_WRITE: RegionWriteReply.decode,
     Command.DEVICE_RESET: DeviceReset.decode,
+    Command.REGION_WRITE_MULTI: RegionWriteMultiReply.decode,
 }
 
 
