@@ -27,7 +27,7 @@ class Bench:
     reactor: EpollReactor
 
     def close(self) -> None:
-        if not self.backend._closed:
+        if not self.backend.closed:
             self.backend.close()
         self.reactor.close()
 

@@ -60,8 +60,11 @@ def test_mapped_storage_write_is_taken_over_at_the_next_tick(rtc):
     clock, backend, mapping = rtc
     irqs = IrqRecorder(backend)
     backend.write(0, Rtc.IMSC, 4, 1)
+    assert not backend.mapped_writes_pending
     struct.pack_into("<I", mapping, Rtc.MR, 502)     # a guest writing MR through a mapping
+    assert backend.mapped_writes_pending
     clock.advance(1.0)                               # boundary: model takes MR = 502
+    assert not backend.mapped_writes_pending
     assert backend.read(0, Rtc.MR, 4) == 502
     assert irqs.take() == []
     clock.advance(1.0)

@@ -162,6 +162,6 @@ def test_any_aligned_access_anywhere_is_answered(kind, ops):
             else:
                 assert 0 <= backend.read(0, offset, size) < 1 << (8 * size)
             clock.advance(0.0005)
-        assert not backend._mapped_writes_pending()
+        assert not backend.mapped_writes_pending
     finally:
         backend.close()

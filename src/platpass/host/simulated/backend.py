@@ -123,7 +123,7 @@ class SimulatedBackend:
         if offset >= model.size:
             return 0
         if (not model.read_has_side_effects(offset, size) and not self._in_step
-                and not self._closed and not self._mapped_writes_pending()):
+                and not self._closed and not self.mapped_writes_pending):
             # A read without side effects changes no state: nothing to publish, no line
             # can move. Still an event boundary, but with no mapped writes to take over.
             return model.read(offset, size)
@@ -153,7 +153,7 @@ class SimulatedBackend:
         self._reported[index] = False
         # An unmask is an event boundary: writes through a mapping are taken over first.
         # With none pending the model state cannot have changed: only report the line.
-        if self._in_step or self._closed or self._mapped_writes_pending():
+        if self._in_step or self._closed or self.mapped_writes_pending:
             self._run_step(lambda: None)
         else:
             self._deliver()
@@ -175,6 +175,11 @@ class SimulatedBackend:
     def memfd(self) -> int:
         """The memfd holding the register mirror (the region's map source)."""
         return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
 
     def masked(self, index: int) -> bool:
         """True while line ``index`` is masked at the source."""
@@ -203,7 +208,9 @@ class SimulatedBackend:
         self._deliver()
         return result
 
-    def _mapped_writes_pending(self) -> bool:
+    @property
+    def mapped_writes_pending(self) -> bool:
+        """True when something wrote the memfd through a mapping since the last step."""
         mm = self._mm
         return mm is None or mm[: self._span] != self._shadow
 
