@@ -157,10 +157,10 @@ class ClientConnection:
         device = endpoint.device
         self._read = device.read
         self._write = device.write
-        self._sizes = self.session._region_sizes
+        self._sizes = self.session.region_sizes
         self._nregions = len(self._sizes)
-        self._readable = tuple(bool(f & RegionFlags.READ) for f in self.session._region_flags)
-        self._writable = tuple(bool(f & RegionFlags.WRITE) for f in self.session._region_flags)
+        self._readable = tuple(bool(f & RegionFlags.READ) for f in self.session.region_flags)
+        self._writable = tuple(bool(f & RegionFlags.WRITE) for f in self.session.region_flags)
         self._max_xfer = limits.max_data_xfer_size
 
     # ------------------------------------------------------------------ input

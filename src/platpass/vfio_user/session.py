@@ -123,8 +123,10 @@ class Session:
         info = device.info
         self._num_regions = info.num_regions
         self._num_irqs = info.num_irqs
-        self._region_sizes = tuple(device.region_info(i).size for i in range(info.num_regions))
-        self._region_flags = tuple(device.region_info(i).flags
+        #: Per region: size and flags (fixed for the device's life; the server's fast path
+        #: checks accesses against them too).
+        self.region_sizes = tuple(device.region_info(i).size for i in range(info.num_regions))
+        self.region_flags = tuple(device.region_info(i).flags
                                    for i in range(info.num_regions))
         self._handlers: dict[int, Callable[[Header, Any, tuple[int, ...]], Reply]] = {
             Command.VERSION: self._version,
@@ -350,12 +352,12 @@ class Session:
                 f"{self.limits.max_data_xfer_size}")
         if region >= self._num_regions:
             raise RemoteProtocolError(errno.EINVAL, f"region {region} out of range")
-        if offset + count > self._region_sizes[region]:
+        if offset + count > self.region_sizes[region]:
             raise RemoteProtocolError(
                 errno.EINVAL, f"access [{offset:#x}, +{count}) outside region {region} "
-                f"of {self._region_sizes[region]:#x} bytes")
+                f"of {self.region_sizes[region]:#x} bytes")
         needed = RegionFlags.WRITE if write else RegionFlags.READ
-        if not self._region_flags[region] & needed:
+        if not self.region_flags[region] & needed:
             raise RemoteProtocolError(errno.EINVAL, f"region {region} is not {needed.name}")
 
     @staticmethod
