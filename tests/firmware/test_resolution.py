@@ -250,12 +250,21 @@ def test_clocks_with_fixed_rates_and_names() -> None:
         clocks = <&cru 12>, <&osc>, <0>, <&half>;
         clock-names = "apb_pclk", "uartclk", "none", "slow";
     };
+    uart@7000 {
+        reg = <0x0 0x7000 0x0 0x100>;
+        clocks = <&osc>, <&nocells 3>, <&osc>;
+    };
+    nocells: mailbox@8000 { reg = <0x0 0x8000 0x0 0x100>; };
     """.replace("cru: clock-controller", "cru: clock-controller"))
     assert t.node("/uart@6000").clocks == (
         Clock("/clock-controller@5000", (12,), "apb_pclk", None),
         Clock("/osc24m", (), "uartclk", 24_000_000),
         Clock("/half", (), "slow", 12_000_000),
     )
+    # a provider without #clock-cells stops the parse there; earlier clocks are kept
+    partial = t.node("/uart@7000")
+    assert partial.clocks == (Clock("/osc24m", (), None, 24_000_000),)
+    assert partial.problems == ("clock provider /mailbox@8000 has no #clock-cells",)
     assert not t.node("/osc24m").is_mmio
     assert "/osc24m" not in [d.path for d in t.devices()]
 

@@ -203,10 +203,8 @@ class DeviceTree:
             interrupts, irq_problems = self._interrupts(raw)
             problems.extend(irq_problems)
         if "clocks" in props:
-            try:
-                clocks = resolve_clocks(self.raw, raw)
-            except NodeError as err:
-                problems.append(err.message)
+            clocks, clock_problems = resolve_clocks(self.raw, raw)
+            problems.extend(clock_problems)
         node = DeviceNode(
             path=raw.path,
             compatible=compatible,

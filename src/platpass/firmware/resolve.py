@@ -599,15 +599,19 @@ def _clock_provider(tree: RawTree, phandle: int) -> tuple[str, int, int | None] 
     return known  # type: ignore[return-value]
 
 
-def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[Clock, ...]:
-    """Every ``clocks`` entry of ``node`` with its provider; raises NodeError."""
+def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[tuple[Clock, ...], tuple[str, ...]]:
+    """``clocks`` entries of ``node`` resolved to providers, and what stopped the rest.
+
+    An entry that names no provider (or one without ``#clock-cells``) ends the parse: the
+    cells after it cannot be split any more, as in Linux. The entries before it are kept.
+    """
     raw = node.props.get("clocks")
     if raw is None:
-        return ()
+        return (), ()
     try:
         words = cells(raw, "clocks")
     except ValueError as err:
-        raise NodeError(node.path, str(err)) from None
+        return (), (str(err),)
     names = string_list(node.props.get("clock-names"))
     out = []
     i = 0
@@ -620,12 +624,12 @@ def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[Clock, ...]:
             continue
         provider = _clock_provider(tree, words[i])
         if isinstance(provider, str):
-            raise NodeError(node.path, provider)
+            return tuple(out), (provider,)
         path, count, rate = provider
         if i + 1 + count > len(words):
-            raise NodeError(node.path, "clocks entry truncated")
+            return tuple(out), (f"clocks entry {index} truncated",)
         out.append(Clock(path, words[i + 1:i + 1 + count],
                          names[index] if index < len(names) else None, rate))
         i += 1 + count
         index += 1
-    return tuple(out)
+    return tuple(out), ()
