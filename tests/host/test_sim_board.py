@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from platpass.errors import HostError
+from platpass.firmware.model import DeviceNode, MmioRange
 from platpass.host.simulated.board import (
     board_dtb,
     board_dts_path,
@@ -109,3 +110,26 @@ def test_reactor_clock_drives_the_uart(board, reactor):
         assert reactor.run_until(lambda: backend.model.tx_output == b"hi", timeout=2.0)
     finally:
         backend.close()
+
+
+def _node(compatible: str, regions: int = 1, **props: bytes) -> DeviceNode:
+    return DeviceNode(
+        "/soc/dev", (compatible,), "okay", True,
+        regions=tuple(MmioRange(0x1000 * (i + 1), 0x1000) for i in range(regions)),
+        properties=dict(props),
+    )
+
+
+@pytest.mark.parametrize("node", [
+    _node("ns16550a", **{"reg-io-width": (3).to_bytes(4, "big")}),
+    _node("ns16550a", **{"reg-shift": (0).to_bytes(4, "big"),
+                         "reg-io-width": (4).to_bytes(4, "big")}),
+    _node("ns16550a", **{"reg-shift": b"\x02"}),
+    _node("arm,pl011", regions=2),
+    _node("arm,pl011", regions=0),
+    _node("vendor,unknown"),
+], ids=["io-width-3", "width-over-stride", "short-cell", "two-regions", "no-region",
+        "unknown"])
+def test_malformed_nodes_get_a_clear_error(node, reactor):
+    with pytest.raises(HostError, match="/soc/dev"):
+        open_sim_backend(node, reactor, ManualClock())
