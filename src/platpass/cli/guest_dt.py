@@ -30,7 +30,7 @@ from platpass.guest.placement import (
     new_record,
 )
 from platpass.guest.plan import plan_guest, trigger_hints
-from platpass.guest.transform import ClockRates
+from platpass.guest.transform import REWRITTEN, ClockRates
 
 #: Where the common clock framework publishes each clock's rate (debugfs).
 DEBUGFS_CLK = Path("/sys/kernel/debug/clk")
@@ -284,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
     if record_path is not None:
         _write_atomic(record_path, record.to_json().encode())
     for guest in guests:
-        dropped = ", ".join(sorted(guest.dropped)) or "nothing"
+        dropped = ", ".join(sorted(name for name, why in guest.dropped.items()
+                                   if why != REWRITTEN)) or "nothing"
         print(f"# {guest.host.path} -> {guest.node.name} (label {guest.label}); "
               f"dropped: {dropped}")
     for line in output.vmm_lines:

@@ -55,6 +55,12 @@ HOST_ONLY_PROPERTIES: frozenset[str] = frozenset({
     "clocks", "clock-names", "power-domains-names", "access-controllers",
     "#access-controller-cells", "qcom,ice",
 })
+#: Properties the guest node gets its own value of (reported with reason :data:`REWRITTEN`).
+REWRITTEN_PROPERTIES: frozenset[str] = frozenset({
+    "reg", "interrupts", "interrupts-extended", "interrupt-parent", "status", "phandle",
+    "linux,phandle",
+})
+REWRITTEN = "rewritten for the guest"
 #: Host-only property name patterns (regulator supplies, GPIO lines, pin states,
 #: boot-phase markers).
 HOST_ONLY_PATTERNS: tuple[str, ...] = (
@@ -354,8 +360,8 @@ def build_guest_device(
     for name, value in node.properties.items():
         if name in props or name == "compatible":
             continue
-        if name in ("reg", "interrupts", "interrupts-extended", "interrupt-parent"):
-            dropped[name] = "rewritten for the guest"
+        if name in REWRITTEN_PROPERTIES:
+            dropped[name] = REWRITTEN
             continue
         if name in ("clocks", "clock-names"):
             if not node.clocks:
