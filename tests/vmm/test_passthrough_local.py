@@ -264,3 +264,15 @@ def test_level_line_is_redelivered_only_when_the_resample_fd_is_signalled(
     os.eventfd_write(uart.pt.irqs[0].resample_fd, 1)       # what KVM does on EOI
     assert uart.thread.run_until(lambda: uart.device.stats.irqs[0].delivered == 2, 2.0)
     assert irq().unmasks == 1
+
+
+def test_an_access_the_device_refuses_reads_as_all_ones(vm: Vm, wire) -> None:
+    rtc = wire("arm,pl031", RTC, 17)
+    # a 4-byte load at offset 2 is not naturally aligned: the VFIO device says EINVAL;
+    # the guest sees all-ones (as from a bus error), the VMM carries on and counts it
+    ports = load_program(vm, "mmio_read", BootInfo(read_address=RTC + 2, count=3))
+    vm.vcpus[0].run(timeout=10)
+    assert ports.result == 0
+    assert ports.reports[0] == 0xFFFF_FFFF
+    assert rtc.pt.stats.refused == 3
+    assert rtc.thread.call(lambda: rtc.device.stats.refused) == 3

@@ -87,3 +87,4 @@ def test_rtc_alarm_reaches_the_guest_through_irqfd(vm: Vm, board: SimBoardServer
     stats = board.call(lambda: served.device.stats.irqs[0])
     assert stats.delivered >= 1
     assert not board.call(lambda: served.backend.line(0))  # the ISR acked at the device
+

@@ -26,7 +26,6 @@ import os
 import platform
 import signal
 import threading
-import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Protocol
 from platpass.errors import VmmError
 from platpass.vmm import arch_x86
 from platpass.vmm.kvm_uapi import (
+    IRQ_LEVEL,
     IRQFD,
     KVM_API_VERSION,
     RUN_IO,
@@ -393,8 +393,6 @@ class Vm:
 
     def set_irq_line(self, gsi: int, level: bool) -> None:
         """``KVM_IRQ_LINE``: drive a GSI from userspace (tests and the in-process baseline)."""
-        from platpass.vmm.kvm_uapi import IRQ_LEVEL
-
         self.ioctl(Ioctl.IRQ_LINE, IRQ_LEVEL.pack(gsi, int(level)))
 
     # -- vCPUs ------------------------------------------------------------------------------
@@ -593,7 +591,3 @@ class Vcpu:
             os.close(self.fd)
             self.fd = -1
 
-
-def monotonic_ns() -> int:
-    """The clock run loops and benchmarks share."""
-    return time.monotonic_ns()

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from platpass.errors import PlatpassError, VmmError
+from platpass.errors import PlatpassError, VfioError, VmmError
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.uapi import IrqInfoFlags, IrqSetFlags, RegionFlags
 from platpass.vmm.kvm import PAGE_SIZE, Vm
@@ -163,11 +163,19 @@ class PassthroughStats:
     trapped_bytes: int = 0
     forwarded_reads: int = 0
     forwarded_writes: int = 0
+    #: Guest accesses the device refused (read as all-ones / dropped).
+    refused: int = 0
     slot_labels: list[str] = field(default_factory=list)
 
 
 class _TrappedRange:
-    """MMIO exits on the non-mapped part of one region, forwarded to the device."""
+    """MMIO exits on the non-mapped part of one region, forwarded to the device.
+
+    An access the device refuses (VfioError: a size or alignment the region does not
+    allow) is the guest's mistake, not the VMM's: it reads as all-ones and a write is
+    dropped, as on a bus that answers an error, and ``stats.refused`` counts it. A broken
+    connection (any other platpass error) ends the run with a VmmError.
+    """
 
     def __init__(self, owner: PassthroughDevice, region: int, guest_base: int) -> None:
         self.owner = owner
@@ -176,11 +184,24 @@ class _TrappedRange:
 
     def mmio_read(self, address: int, size: int) -> int:
         self.owner.stats.forwarded_reads += 1
-        return self.owner.channel.read(self.region, address - self.guest_base, size)
+        try:
+            return self.owner.channel.read(self.region, address - self.guest_base, size)
+        except VfioError:
+            self.owner.stats.refused += 1
+            return (1 << (8 * size)) - 1
+        except PlatpassError as err:
+            raise VmmError(f"{self.owner.name}: read of {size} bytes at guest "
+                           f"{address:#x} failed: {err}") from err
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
         self.owner.stats.forwarded_writes += 1
-        self.owner.channel.write(self.region, address - self.guest_base, size, value)
+        try:
+            self.owner.channel.write(self.region, address - self.guest_base, size, value)
+        except VfioError:
+            self.owner.stats.refused += 1
+        except PlatpassError as err:
+            raise VmmError(f"{self.owner.name}: write of {size} bytes at guest "
+                           f"{address:#x} failed: {err}") from err
 
 
 def _windows(info: Any) -> list[tuple[int, int]]:
