@@ -61,11 +61,14 @@ class OmapUart(MaskedRegisterDriver):
     masked_bits = {"FCR": OMAP_UART_FCR_DMA_MODE, "SCR": OMAP_UART_SCR_DMA_BITS}
     #: Reads at 0x08 are IIR (or EFR): they pass through untouched.
     unmasked_reads = frozenset({"FCR"})
-    # LCR 8N1 (DLAB off, so 0x04 is IER), IER = 0, MCR = 0, then MDR1 = 7 (UART disabled).
+    # LCR 8N1 (DLAB off, so 0x04 is IER and 0x08 is FCR), IER = 0, MCR = 0, FCR = 0x07
+    # (FIFOs on and flushed, DMA mode off - FCR is write-only, so the masked-bit clean-up
+    # cannot reach it and the sequence must), then MDR1 = 7 (UART disabled).
     reset_sequence = (
         RegisterWrite(0, _UART_LCR, 4, 0x03),
         RegisterWrite(0, _UART_IER, 4, 0),
         RegisterWrite(0, _UART_MCR, 4, 0),
+        RegisterWrite(0, _UART_FCR, 4, 0x07),
         RegisterWrite(0, _UART_MDR1, 4, _MDR1_DISABLE),
     )
 
