@@ -7,11 +7,13 @@ for interrupts).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from platpass.drivers.registry import DriverRegistry
+from platpass.errors import VmmError
 from platpass.guest.placement import Allocator, new_record
 from platpass.vmm.client import attach_socket
 from platpass.vmm.guest_programs import BootInfo, load_program
@@ -88,3 +90,17 @@ def test_rtc_alarm_reaches_the_guest_through_irqfd(vm: Vm, board: SimBoardServer
     assert stats.delivered >= 1
     assert not board.call(lambda: served.backend.line(0))  # the ISR acked at the device
 
+
+
+def test_server_gone_mid_run_ends_the_run_with_an_error(vm: Vm, board: SimBoardServer,
+                                                        wired: dict[str, object]) -> None:
+    _served, placement, _device = wired["arm,pl031"]
+    load_program(vm, "mmio_read",
+                 BootInfo(read_address=placement.guest_address, count=10_000_000))
+    stopper = threading.Timer(0.3, board.close)
+    stopper.start()
+    try:
+        with pytest.raises(VmmError, match=r"rtc@20000: read of 4 bytes at guest 0xc001000"):
+            vm.vcpus[0].run(timeout=20)
+    finally:
+        stopper.join()

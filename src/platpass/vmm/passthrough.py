@@ -87,9 +87,14 @@ class ReactorThread:
                 fut.set_exception(err)
 
     def call(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
-        """Run ``fn`` on the reactor thread and return its result (or raise its error)."""
+        """Run ``fn`` on the reactor thread and return its result (or raise its error).
+
+        Raises VmmError at once when the thread has stopped.
+        """
         if threading.current_thread() is self._thread:
             return fn()
+        if not self._thread.is_alive():
+            raise VmmError(f"{self._thread.name}: the device thread has stopped")
         fut: Future[T] = Future()
         self._calls.put((fn, fut))
         os.eventfd_write(self._wake, 1)
@@ -174,7 +179,8 @@ class _TrappedRange:
     An access the device refuses (VfioError: a size or alignment the region does not
     allow) is the guest's mistake, not the VMM's: it reads as all-ones and a write is
     dropped, as on a bus that answers an error, and ``stats.refused`` counts it. A broken
-    connection (any other platpass error) ends the run with a VmmError.
+    connection (any other platpass error, or the socket's OSError) ends the run with a
+    VmmError.
     """
 
     def __init__(self, owner: PassthroughDevice, region: int, guest_base: int) -> None:
@@ -189,7 +195,7 @@ class _TrappedRange:
         except VfioError:
             self.owner.stats.refused += 1
             return (1 << (8 * size)) - 1
-        except PlatpassError as err:
+        except (PlatpassError, OSError) as err:
             raise VmmError(f"{self.owner.name}: read of {size} bytes at guest "
                            f"{address:#x} failed: {err}") from err
 
@@ -199,7 +205,7 @@ class _TrappedRange:
             self.owner.channel.write(self.region, address - self.guest_base, size, value)
         except VfioError:
             self.owner.stats.refused += 1
-        except PlatpassError as err:
+        except (PlatpassError, OSError) as err:
             raise VmmError(f"{self.owner.name}: write of {size} bytes at guest "
                            f"{address:#x} failed: {err}") from err
 
