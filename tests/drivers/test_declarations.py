@@ -131,6 +131,20 @@ def test_reset_writes_fit_their_width(driver: type[PlatformDriver]) -> None:
         assert 0 <= step.value < 1 << (8 * step.size)
 
 
+@pytest.mark.parametrize("driver", ALL, ids=lambda d: d.name)
+def test_reset_clears_every_fully_trapped_dma_register(driver: type[PlatformDriver]) -> None:
+    """A DMA-enable register the guest cannot reach may still hold what the host left in it;
+    only the reset sequence can clear it (masked registers are cleared by read-modify-write).
+    """
+    masked = getattr(driver, "masked_bits", {})
+    protected = getattr(driver, "write_protected", frozenset())
+    for trap in driver.dma_traps:
+        if trap.name in masked or trap.name in protected:
+            continue
+        assert any(trap.covers(step.region, step.offset, step.size)
+                   for step in driver.reset_sequence), (driver.name, trap.name)
+
+
 def test_issue_families_are_declared() -> None:
     registry = default_registry(plugins=False)
     for compatible, family in REQUIRED.items():

@@ -80,10 +80,12 @@ class DwApbI2c(PlatformDriver):
     dma_traps = (
         Trap(0, 0x88, 4, "IC_DMA_CR", "DMA handshake enables (TDMAE/RDMAE): read as zero"),
     )
-    # IC_INTR_MASK (0x30) = 0: every interrupt masked; IC_ENABLE (0x6c) = 0: controller off.
+    # IC_INTR_MASK (0x30) = 0: every interrupt masked; IC_ENABLE (0x6c) = 0: controller off;
+    # IC_DMA_CR (0x88) = 0: handshakes the host may have left on are dropped.
     reset_sequence = (
         RegisterWrite(0, 0x30, 4, 0),
         RegisterWrite(0, 0x6C, 4, 0),
+        RegisterWrite(0, 0x88, 4, 0),
     )
 
 

@@ -104,9 +104,13 @@ class OmapI2c(MaskedRegisterDriver):
         Trap(0, 0x94, 2, "BUF", "RDMA_EN/XDMA_EN masked: no DMA requests"),
     )
     masked_bits = {"BUF": OMAP_I2C_BUF_DMA_BITS}
-    # IRQENABLE_CLR (0x30) all ones: every interrupt disabled; CON (0xa4) = 0: I2C_EN off.
+    # IRQENABLE_CLR (0x30) all ones: every interrupt disabled; DMARXENABLE_CLR (0x40) and
+    # DMATXENABLE_CLR (0x44) = 1: DMA requests the host may have left on are dropped;
+    # CON (0xa4) = 0: I2C_EN off.
     reset_sequence = (
         RegisterWrite(0, 0x30, 2, 0x7FFF),
+        RegisterWrite(0, 0x40, 2, 1),
+        RegisterWrite(0, 0x44, 2, 1),
         RegisterWrite(0, 0xA4, 2, 0),
     )
 
