@@ -11,6 +11,7 @@ from platpass.vmm.kvm import kvm_unavailable_reason
 KVM_REASON = kvm_unavailable_reason()
 
 
+@pytest.mark.kvm
 @pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")
 def test_demo_boots_a_guest_that_drives_the_devices(capsys: pytest.CaptureFixture[str],
                                                     tmp_path) -> None:

@@ -15,6 +15,8 @@ from platpass.vmm.kvm_uapi import Exit
 
 DEVICE_BASE = 0xD000_0000
 
+pytestmark = pytest.mark.kvm  # the tests that need a VM take the `vm` fixture (skips without KVM)
+
 
 class Registers:
     """A device stand-in for the VM layer: 32-bit registers; writes to ``raise_at`` drive a

@@ -80,7 +80,8 @@ def wire(vm: Vm) -> Iterator[object]:
         w.close()
 
 
-pytestmark = pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")]
 
 
 def test_guest_uart_text_arrives_at_the_simulated_pl011(vm: Vm, wire) -> None:

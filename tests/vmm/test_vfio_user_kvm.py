@@ -22,7 +22,8 @@ from platpass.vmm.kvm_uapi import Exit
 from platpass.vmm.simboard import SimBoardServer
 
 KVM_REASON = kvm_unavailable_reason()
-pytestmark = pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")]
 
 
 @pytest.fixture
