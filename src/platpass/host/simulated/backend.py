@@ -289,6 +289,8 @@ class SimulatedBackend:
                 self._listener.irq_fired(index)
 
     def _check(self, region: int, offset: int, size: int) -> None:
+        if self._closed:
+            raise HostError(f"simulated {self.model.kind}: backend is closed")
         if region != 0:
             raise HostError(f"simulated {self.model.kind}: no region {region}")
         if size not in (1, 2, 4, 8) or offset % size or offset < 0 or offset + size > self._size:
