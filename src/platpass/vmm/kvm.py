@@ -448,6 +448,9 @@ def _install_kick_handler() -> None:
         _kick_installed = True
 
 
+_install_kick_handler()  # at import, normally on the main thread (signal.signal needs it)
+
+
 class Vcpu:
     """One vCPU: its fd, its mmap'ed ``kvm_run`` and a run loop that dispatches exits."""
 
@@ -483,7 +486,9 @@ class Vcpu:
         self._stopping = True
         self.run_area[RunOffset.IMMEDIATE_EXIT] = 1
         thread = self._thread
-        if thread is not None:
+        # Without the handler the signal's default action would end the process; then a
+        # KVM_RUN already blocked in the kernel only returns at its next exit.
+        if thread is not None and _kick_installed:
             with contextlib.suppress(ProcessLookupError):
                 signal.pthread_kill(thread, KICK_SIGNAL)
 
@@ -492,7 +497,9 @@ class Vcpu:
         """Run until a handler raises :class:`RunStopped` (returns None), the guest shuts
         down, halts without an in-kernel wake-up, or ``timeout`` seconds pass.
 
-        Returns the exit that ended the run (INTR for the timeout/kick).
+        Returns the exit that ended the run (INTR for the timeout/kick). A guest waiting
+        in ``hlt`` is interrupted by :data:`KICK_SIGNAL`, whose handler this module installs
+        when first imported on the main thread (the only thread that may install one).
         Raises VmmError for entry failures, internal errors and unhandled exits, with the
         vCPU's rip as evidence.
         """
