@@ -500,6 +500,7 @@ class Vcpu:
         Returns the exit that ended the run (INTR for the timeout/kick). A guest waiting
         in ``hlt`` is interrupted by :data:`KICK_SIGNAL`, whose handler this module installs
         when first imported on the main thread (the only thread that may install one).
+        ``on_exit`` sees every exit reason before it is handled (tracing, tests).
         Raises VmmError for entry failures, internal errors and unhandled exits, with the
         vCPU's rip as evidence.
         """
