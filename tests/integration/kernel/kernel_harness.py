@@ -20,6 +20,7 @@ wall-clock limit passes.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import importlib.util
@@ -85,6 +86,14 @@ def prepare_image(log: Path | None = None) -> Image:
     if (final / "done").exists():
         return Image(final, 0.0)
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds once, the other waits
+        if (final / "done").exists():
+            return Image(final, 0.0)
+        return _build(final, log)
+
+
+def _build(final: Path, log: Path | None) -> Image:
     staging = CACHE_ROOT / f"{final.name}.tmp{os.getpid()}"
     started = time.monotonic()
     proc = subprocess.run(["bash", str(PREPARE), str(staging)], stdin=subprocess.DEVNULL,
@@ -99,6 +108,9 @@ def prepare_image(log: Path | None = None) -> Image:
     (staging / "done").write_text(text)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
+    for old in CACHE_ROOT.iterdir():  # images of earlier build scripts are dead weight
+        if old.is_dir() and old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return Image(final, time.monotonic() - started)
 
 
