@@ -39,7 +39,12 @@ def test_vfio_kernel_backend(run, name: str) -> None:
     run.check(name)
 
 
+def test_serve_opens_kernel_vfio_backend(run) -> None:
+    run.check("serve.vfio_backend_open_backend")
+    run.check("serve.stops_on_sigterm")
+
+
 def test_every_step_completed(run) -> None:
-    for step in ("sysfs_lookup", "uio", "vfio"):
+    for step in ("sysfs_lookup", "uio", "vfio", "serve_already_bound"):
         run.check(f"{step}.completed")
     assert run.rc == 0, run.tail()

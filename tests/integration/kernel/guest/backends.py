@@ -178,4 +178,32 @@ def vfio() -> None:
     irq_semantics("vfio.pl061", gpio)
 
 
-run_steps([sysfs_lookup, uio, vfio])
+def serve_already_bound() -> None:
+    """``platpass serve --backend vfio`` on a device already bound to vfio-platform: the
+    serve command finds the backend through ``platpass.host.vfio_kernel.open_backend``."""
+    from platpass.vfio_user.client import VfioUserClient
+
+    sock = "/run/serve-pl031.sock"
+    server = subprocess.Popen(["python3", "-m", "platpass", "serve", "--backend", "vfio",
+                               "/pl031@9010000", "--socket", sock],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        ready = False
+        for line in server.stdout:
+            if line.strip() == "ready":
+                ready = True
+                break
+        client = VfioUserClient.connect(sock)
+        rtc_ids = [client.read(0, 0xFE0 + 4 * i, 4) & 0xFF for i in range(8)]
+        client.close()
+        check("serve.vfio_backend_open_backend", ready and rtc_ids == IDS["pl031"],
+              ids=rtc_ids, ready=ready)
+    finally:
+        server.terminate()
+        rc = server.wait(timeout=30)
+        check("serve.stops_on_sigterm", rc == 0, rc=rc,
+              stderr=server.stderr.read() if server.stderr else "")
+
+
+run_steps([sysfs_lookup, uio, vfio, serve_already_bound])
