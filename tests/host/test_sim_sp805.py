@@ -55,7 +55,9 @@ def test_countdown_interrupt_then_reset_output(wdt):
     assert irqs.take() == [0]
     assert regs[Reg.VALUE] == 1000               # reloaded
     assert not model.reset_asserted
-    clock.advance(0.001)                         # second timeout, interrupt uncleared
+    clock.advance(0.000999)                      # a period is LOAD + 1 cycles
+    assert not model.reset_asserted and regs[Reg.VALUE] == 2
+    clock.advance(0.0000025)                     # second timeout, interrupt uncleared
     assert model.reset_asserted and model.resets == 1
     assert resets == [True]
 

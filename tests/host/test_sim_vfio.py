@@ -124,7 +124,7 @@ def test_watchdog_interrupt_and_reset_output(guest):
     g.clock.advance(1.0)
     assert g.irqs() == 1
     assert g.r(0x014) == 1
-    g.clock.advance(1.0)
+    g.clock.advance(1.00001)             # WdogLoad + 1 cycles after the interrupt
     assert model.reset_asserted
     g.device.reset()                     # VFIO_DEVICE_RESET
     assert not model.running and g.r(0x010) == 0

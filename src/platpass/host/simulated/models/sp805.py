@@ -94,6 +94,7 @@ class Sp805(DeviceModel):
         self._res = False
         self._stopped_value = LOAD_RESET
         self._zero_at = 0.0
+        self._count_from = LOAD_RESET
         self._update_outputs()
 
     # -- host side ------------------------------------------------------------------------
@@ -118,16 +119,22 @@ class Sp805(DeviceModel):
         if not self.running:
             return self._stopped_value
         left = self._zero_at - self.clock.now()
-        return max(0, min(_MASK32, math.ceil(left * self.rate - 1e-6)))
+        return max(0, min(self._count_from, math.ceil(left * self.rate - 1e-6)))
 
-    def _restart(self, count: int) -> None:
-        """Count down from ``count``; schedule the moment it reaches zero."""
+    def _restart(self, count: int, *, reload_cycle: bool = False) -> None:
+        """Count down from ``count``; schedule the moment it reaches zero.
+
+        ``reload_cycle``: the counter has just reached zero, and taking ``count`` back in
+        costs one ``WDOGCLK`` cycle, so a full period is ``WdogLoad + 1`` cycles (what
+        Linux's sp805_wdt assumes: time left = value + load + 1 before the interrupt).
+        """
         self.cancel(self._expiry)
         self._expiry = None
         self._stopped_value = count
+        self._count_from = count
         if not self.running:
             return
-        ticks = max(count, 1)  # a zero load still takes one WDOGCLK cycle to expire
+        ticks = count + 1 if reload_cycle else max(count, 1)
         self._zero_at = self.clock.now() + ticks / self.rate
         self._expiry = self.call_later(ticks / self.rate, self._reached_zero)
 
@@ -137,7 +144,7 @@ class Sp805(DeviceModel):
             self._res = True
         self.ris = 1
         self._update_outputs()
-        self._restart(self.load)
+        self._restart(self.load, reload_cycle=True)
 
     def _update_outputs(self) -> None:
         before = self._res_seen
