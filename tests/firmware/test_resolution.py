@@ -352,3 +352,40 @@ def test_raw_tree_children_and_duplicate_phandles() -> None:
     assert [n.name for n in raw.children(t.raw_node("/a@1000"))] == ["x", "y"]
     assert raw.by_phandle[7].path == "/a@1000"
     assert t.problems == ("phandle 0x7 used by both /a@1000 and /b@2000",)
+
+
+def test_malformed_ranges_and_interrupts_are_node_problems() -> None:
+    t = tree("""
+    bus {
+        compatible = "simple-bus";
+        #address-cells = <1>; #size-cells = <1>;
+        ranges = <0x0 0x0 0x0>;
+        dev@0 { reg = <0x0 0x100>; };
+    };
+    odd@4000 { reg = <0x0 0x4000 0x0 0x1000>; interrupts = <0 5>; };
+    nocells@5000 { reg = <0x0 0x5000 0x0 0x1000>; interrupt-parent = <&plain>;
+                   interrupts = <1>; };
+    plain: plain { phandle = <0x99>; };
+    """)
+    dev = t.node("/bus/dev@0")
+    assert not dev.is_mmio
+    assert dev.problems == (
+        "/bus: ranges has 3 cells, not a multiple of 1+2+1",)
+    assert t.node("/odd@4000").problems == (
+        "interrupts has 2 cells, not a multiple of #interrupt-cells 3 of "
+        "/interrupt-controller@8000000",)
+    # an interrupt-parent without #interrupt-cells: Linux keeps walking up from it
+    assert t.node("/nocells@5000").problems == (
+        "interrupts has 1 cells, not a multiple of #interrupt-cells 3 of "
+        "/interrupt-controller@8000000",)
+
+
+def test_load_live_reads_the_given_blob(tmp_path) -> None:
+    from platpass.firmware.devicetree import compile_dts, load_live
+
+    fdt = tmp_path / "fdt"
+    fdt.write_bytes(compile_dts(text="/dts-v1/; / { #address-cells = <1>; #size-cells = <1>; "
+                                     "uart@1000 { reg = <0x1000 0x100>; }; };"))
+    assert [d.path for d in load_live(fdt).devices()] == ["/uart@1000"]
+    with pytest.raises(DeviceTreeLoadError, match="No such file"):
+        load_live(tmp_path / "missing")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from platpass.errors import DeviceTreeLoadError, NodeError
 from platpass.firmware.model import DeviceNode, Interrupt
-from platpass.firmware.rawtree import RawNode, RawTree, gc_paused, read_blob
+from platpass.firmware.rawtree import RawNode, RawTree, read_blob
 from platpass.firmware.resolve import (
     AddressMap,
     resolve_clocks,
@@ -97,8 +97,7 @@ class DeviceTree:
         """
         cached = self._device_lists.get(all)
         if cached is None:
-            with gc_paused():
-                cached = self._device_lists[all] = self._devices(all)
+            cached = self._device_lists[all] = self._devices(all)
         return list(cached)
 
     def _devices(self, all: bool) -> list[DeviceNode]:

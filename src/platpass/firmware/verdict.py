@@ -35,7 +35,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from platpass.firmware.model import DeviceNode, Interrupt, MmioRange
-from platpass.firmware.rawtree import gc_paused
 
 if TYPE_CHECKING:
     from platpass.drivers.common import PlatformDriver
@@ -114,6 +113,7 @@ _MASTER_PROPERTIES = (
     "iommus", "iommu-map", "msi-parent", "msi-map", "#dma-cells", "dma-coherent",
     "dma-ranges", "memory-region",
 )
+_MASTER_PROPERTY_SET = frozenset(_MASTER_PROPERTIES)
 #: Properties that, on an ancestor, show its children master the bus through it.
 _ANCESTOR_MASTER_PROPERTIES = ("iommus", "iommu-map", "msi-parent", "msi-map")
 #: ``device_type`` values of bus masters.
@@ -202,10 +202,11 @@ def bus_master_evidence(
     """
     found = []
     props = node.properties
-    for prop in _MASTER_PROPERTIES:
-        value = props.get(prop)
-        if value is not None:
-            found.append(Evidence("bus-master-property", prop, _show(value)))
+    if not _MASTER_PROPERTY_SET.isdisjoint(props):
+        for prop in _MASTER_PROPERTIES:
+            value = props.get(prop)
+            if value is not None:
+                found.append(Evidence("bus-master-property", prop, _show(value)))
     device_type = props.get("device_type")
     if device_type is not None:
         kind = device_type.rstrip(b"\0").decode("utf-8", "replace")
@@ -402,13 +403,8 @@ def _ancestor_evidence(raw: RawNode | None,
 def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
                 all: bool = False) -> list[Assessment]:
     """A verdict for every device of ``tree`` (every node but the root with ``all``)."""
-    with gc_paused():
-        return _assess_tree(tree, registry, all)
-
-
-def _assess_tree(tree: DeviceTree, registry: DriverRegistry,
-                 all: bool) -> list[Assessment]:
     nodes = tree.devices(all=all)
+    by_path = tree.raw.by_path
     enabled = tree.effectively_enabled
     irq_shares = shared_interrupts(tree.interrupt_users())
     page_shares = shared_pages((n.path, enabled(n.path), n.regions)
@@ -417,7 +413,7 @@ def _assess_tree(tree: DeviceTree, registry: DriverRegistry,
     match = registry.match
     out = []
     for node in nodes:
-        raw = tree.raw_node(node.path)
+        raw = by_path[node.path]
         out.append(assess_node(
             node, match(node.compatible),
             ancestor_evidence=_ancestor_evidence(raw.parent, memo),
