@@ -327,7 +327,7 @@ def main() -> None:
         from irq_kernel import main as kernel_main
 
         sys.exit(kernel_main(["--backend", args.backend,
-                              "--samples", str(min(args.samples, 300))]))
+                              "--samples", str(min(args.samples, 2000))]))
     cpus = sorted(os.sched_getaffinity(0))
     placements = [("same CPU", cpus[0], cpus[0])]
     if len(cpus) > 1:

@@ -53,6 +53,7 @@ class VfioKernelBackend:
         self._container = self._group = self._device = -1
         self._windows: dict[int, MappedRegisters] = {}
         self._eventfds: list[int] = []
+        self._kernel_masked: list[bool] = []  # per line: fired and automasked by the kernel
         self._reactor: Reactor | None = None
         try:
             self._open(sysfs / "bus" / bus / "devices" / device, dev)
@@ -152,6 +153,7 @@ class VfioKernelBackend:
 
     def attach(self, reactor: Reactor, listener: IrqListener) -> None:
         self._reactor = reactor
+        self._kernel_masked = [False] * self.irq_count
         for index in range(self.irq_count):
             efd = self._sys.eventfd()
             self._eventfds.append(efd)
@@ -160,10 +162,16 @@ class VfioKernelBackend:
             reactor.add_reader(efd, self._reader(efd, index, listener))
 
     def mask_irq(self, index: int) -> None:
+        # An AUTOMASKED line that fired is masked in the kernel already: skip the ioctl,
+        # it would change nothing and costs a syscall on every interrupt.
+        if index < len(self._kernel_masked) and self._kernel_masked[index]:
+            return
         self._set_irqs(IrqSetFlags.DATA_NONE | IrqSetFlags.ACTION_MASK, index)
 
     def unmask_irq(self, index: int) -> None:
         self._set_irqs(IrqSetFlags.DATA_NONE | IrqSetFlags.ACTION_UNMASK, index)
+        if index < len(self._kernel_masked):
+            self._kernel_masked[index] = False
 
     def reset(self) -> bool:
         """``VFIO_DEVICE_RESET`` when the kernel offers one; False when it does not."""
@@ -205,13 +213,17 @@ class VfioKernelBackend:
                         uapi.pack_irq_set(flags, index, 0, 1, fds=fds),
                         f"{self.name} irq {index}")
 
-    @staticmethod
-    def _reader(efd: int, index: int, listener: IrqListener) -> Callable[[], None]:
+    def _reader(self, efd: int, index: int, listener: IrqListener) -> Callable[[], None]:
+        automasked = IrqInfoFlags.AUTOMASKED in self.irq_infos[index].flags
+        masked = self._kernel_masked
+
         def on_readable() -> None:
             try:
                 os.read(efd, 8)
             except BlockingIOError:
                 return
+            if automasked:
+                masked[index] = True
             listener.irq_fired(index)
 
         return on_readable

@@ -16,7 +16,7 @@ def irq_bench() -> None:
                           ("/lib/modules/platpass/vfio-platform.ko", "reset_required=0")):
         subprocess.run(["insmod", path, *params], check=True)
     out = subprocess.run(["python3", "/platpass/bench/irq.py", "--backend", "uio",
-                          "--samples", "300"], capture_output=True, text=True, timeout=240)
+                          "--samples", "1000"], capture_output=True, text=True, timeout=240)
     print(out.stdout, out.stderr, flush=True)
     lines = out.stdout.splitlines()
     check("bench.irq_uio", out.returncode == 0 and any("ratio" in x for x in lines),
