@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +127,12 @@ def test_recover_stale_restores_devices_of_dead_servers(sysfs: Path, tmp_path: P
     child.wait()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
+        left_behind = socket.socket(socket.AF_UNIX)
+        left_behind.bind(str(tmp_path / "dead.sock"))
+        left_behind.close()
         with state.locked() as entries:
-            entries["9030000.pl061"] = binding.replace(entry(), pid=child.pid, pid_start=None)
+            entries["9030000.pl061"] = binding.replace(entry(), pid=child.pid, pid_start=None,
+                                                       socket=str(tmp_path / "dead.sock"))
             entries["other"] = binding.with_pid(entry(device="9010000.pl031"), live.pid)
         reset_called = []
         recovered = binding.recover_stale(state, sysfs, reset=reset_called.append)
@@ -135,6 +140,7 @@ def test_recover_stale_restores_devices_of_dead_servers(sysfs: Path, tmp_path: P
         assert [e.device for e in reset_called] == ["9030000.pl061"]
         assert device.driver_override is None and device.driver == "pl061_gpio"
         assert list(state.read()) == ["other"]  # a live server's device is left alone
+        assert not (tmp_path / "dead.sock").exists()
     finally:
         live.kill()
         live.wait()

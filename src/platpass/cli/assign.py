@@ -36,6 +36,9 @@ from platpass.host.sysfs import SysfsDevice, device_for_node
 
 log = logging.getLogger(__name__)
 
+#: Verdict evidence rules that forbid mapping any page of the device (as ``serve`` does).
+NO_MAP_RULES = frozenset({"sub-page-region", "shared-page"})
+
 
 def _assess(node_path: str, dtb: str | None) -> Any:
     """The assessment of ``node_path`` on the live tree (or ``dtb``)."""
@@ -144,7 +147,9 @@ def assign(args: argparse.Namespace) -> int:
     print(f"bound {device.name} ({node_path}) to {host_driver}; was on "
           f"{original or 'no driver'}", flush=True)
     try:
-        return _serve(args, state, device, assessment.node, driver_cls)
+        # A region sharing a page with another device must never be mapped.
+        force = any(e.rule in NO_MAP_RULES for e in assessment.evidence)
+        return _serve(args, state, device, assessment.node, driver_cls, force)
     except BaseException:
         _restore(state, device.name)
         raise
@@ -164,7 +169,7 @@ def _restore(state: StateFile, name: str) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node: Any,
-           driver_cls: Any) -> int:
+           driver_cls: Any, force_trap_all: bool) -> int:
     from platpass.reactor import EpollReactor
     from platpass.vfio_device.device import VfioDevice
     from platpass.vfio_device.iommu import EmulatedIommu
@@ -176,10 +181,11 @@ def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node
     vdev = None
     wake_r, wake_w = socket.socketpair()
     try:
-        vdev = VfioDevice(node, driver_cls(node), backend, reactor, EmulatedIommu())
+        vdev = VfioDevice(node, driver_cls(node), backend, reactor, EmulatedIommu(),
+                          force_trap_all=force_trap_all)
         server.serve(node.path, vdev, Path(args.socket), SocketOptions(mode=0o600))
         if not args.foreground:
-            _daemonize(state, device.name)
+            _daemonize(state, device.name, Path(args.state_dir) / f"{device.name}.log")
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno())
@@ -214,8 +220,9 @@ def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node
     return 0
 
 
-def _daemonize(state: StateFile, name: str) -> None:
-    """Fork; the parent records the child as the server and exits 0 without cleanup."""
+def _daemonize(state: StateFile, name: str, log_path: Path) -> None:
+    """Fork; the parent records the child as the server and exits 0 without cleanup. The
+    child's output goes to ``log_path`` (next to the state file)."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -226,10 +233,13 @@ def _daemonize(state: StateFile, name: str) -> None:
         print(f"server pid {pid}", flush=True)
         os._exit(0)
     os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
     os.close(null)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
 
 
 def release(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -215,7 +216,18 @@ def recover_stale(state: StateFile, sysfs: Path = Path("/sys"),
             recovered.append((entry, problems))
             if not problems:
                 del entries[name]
+                remove_stale_socket(entry.socket)
     return recovered
+
+
+def remove_stale_socket(path: str | None) -> None:
+    """Unlink the listening socket a killed server left behind (only if it is a socket),
+    so the next ``assign`` can listen on the same path."""
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def stop_server(entry: Assignment, timeout: float = 10.0) -> bool:
