@@ -122,7 +122,19 @@ def read_blob(blob: bytes | bytearray, origin: str = "<blob>") -> RawTree:
             f"{origin}: truncated: header says {libfdt.fdt_totalsize(data)} bytes, "
             f"got {len(data)}")
 
-    return _walk(data, origin)
+    # The whole structure block is validated in C before the walk trusts any offset in it,
+    # so a corrupt blob is refused instead of being half read.
+    err = _libfdt.fdt_check_full(data, len(data))
+    if err:
+        raise DeviceTreeLoadError(f"{origin}: corrupt device tree: {libfdt.fdt_strerror(err)}")
+    try:
+        return _walk(data, origin)
+    except (UnicodeDecodeError, SystemError) as err:
+        # the SWIG binding decodes node and property names as UTF-8 and fails on others
+        # (DT names are ASCII by the specification)
+        raise DeviceTreeLoadError(
+            f"{origin}: a node or property name is not valid text: {err.__cause__ or err}"
+        ) from err
 
 
 def _walk(data: bytearray, origin: str) -> RawTree:
