@@ -7,11 +7,14 @@ extension point third parties use, so this is how a plugin's drivers meet the ru
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from platpass.drivers.common import PlatformDriver, Trap
 from platpass.drivers.registry import DriverRegistry
 from platpass.firmware.devicetree import load_dts_source
-from platpass.firmware.verdict import Assessment, Evidence, Verdict, assess_tree
+from platpass.firmware.model import MmioRange
+from platpass.firmware.verdict import Assessment, Evidence, Verdict, assess_tree, shared_pages
 
 
 class GpioDriver(PlatformDriver):
@@ -266,3 +269,27 @@ def test_assessment_refuses_empty_evidence() -> None:
                            "a@0 { reg = <0 0x1000>; }; };")
     with pytest.raises(ValueError, match="needs evidence"):
         Assessment(tree.node("/a@0"), Verdict.ASSIGNABLE, (), None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 64), st.integers(0, 0x3000), st.booleans()),
+                min_size=1, max_size=12))
+def test_shared_pages_matches_brute_force(spec: list[tuple[int, int, bool]]) -> None:
+    """The sweep finds exactly the pairs a page-by-page comparison finds."""
+    users = [(f"/d{i}", enabled, (MmioRange(slot * 0x800, size),))
+             for i, (slot, size, enabled) in enumerate(spec)]
+
+    def pages(r: MmioRange) -> set[int]:
+        if not r.size:
+            return {r.address // 4096}
+        return set(range(r.address // 4096, (r.end - 1) // 4096 + 1))
+
+    expected: dict[str, set[str]] = {}
+    for path, _enabled, (region,) in users:
+        for other, other_enabled, (oregion,) in users:
+            if other != path and other_enabled and pages(region) & pages(oregion):
+                expected.setdefault(path, set()).add(other)
+    found = shared_pages(users)
+    got = {path: {o for e in evidence for o in e.value.split(" with ", 1)[1].split(", ")}
+           for path, evidence in found.items()}
+    assert got == expected

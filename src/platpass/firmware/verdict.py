@@ -27,7 +27,6 @@ Disabled devices are judged too, but never count as sharers.
 from __future__ import annotations
 
 import functools
-import heapq
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -289,19 +288,26 @@ def shared_pages(
             spans.append((start, end, path, index, enabled))
     spans.sort()
     found: dict[str, dict[int, list[str]]] = {}
-    # spans whose page range is still open, as a heap ordered by end
+    # spans whose page range is still open when the sweep reaches ``start``
     active: list[tuple[int, int, str, int, bool]] = []
-    for start, end, path, index, enabled in spans:
-        while active and active[0][0] <= start:
-            heapq.heappop(active)
-        for _oend, _ostart, opath, oindex, oenabled in active:
+    reach = -1  # the furthest end among them
+    for span in spans:
+        start, end, path, index, enabled = span
+        if start >= reach:
+            # the common case: nothing before this span reaches its first page
+            active = [span]
+            reach = end
+            continue
+        active = [a for a in active if a[1] > start]
+        for _ostart, _oend, opath, oindex, oenabled in active:
             if opath == path:
                 continue
             if oenabled:
                 found.setdefault(path, {}).setdefault(index, []).append(opath)
             if enabled:
                 found.setdefault(opath, {}).setdefault(oindex, []).append(path)
-        heapq.heappush(active, (end, start, path, index, enabled))
+        active.append(span)
+        reach = max(reach, end)
     out: dict[str, list[Evidence]] = {}
     for path, by_index in found.items():
         for index, others in sorted(by_index.items()):
