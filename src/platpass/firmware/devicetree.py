@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from platpass.errors import DeviceTreeLoadError, NodeError
+from platpass.firmware.builders import new_device_node
 from platpass.firmware.model import DeviceNode, Interrupt
 from platpass.firmware.rawtree import RawNode, RawTree, read_blob
 from platpass.firmware.resolve import (
@@ -204,18 +205,9 @@ class DeviceTree:
         if "clocks" in props:
             clocks, clock_problems = resolve_clocks(self.raw, raw)
             problems.extend(clock_problems)
-        node = DeviceNode(
-            path=raw.path,
-            compatible=compatible,
-            status=status,
-            is_mmio=is_mmio and self._may_be_device(raw),
-            regions=regions,
-            interrupts=interrupts,
-            clocks=clocks,
-            properties=dict(props),
-            problems=tuple(problems),
-            phandle=raw.phandle,
-        )
+        node = new_device_node(
+            raw.path, compatible, status, is_mmio and self._may_be_device(raw), regions,
+            interrupts, clocks, dict(props), tuple(problems), raw.phandle)
         self._resolved[raw.path] = node
         return node
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import struct
 
 from platpass.errors import NodeError
+from platpass.firmware.builders import new_clock, new_interrupt, new_mmio_range
 from platpass.firmware.model import Clock, Interrupt, IrqType, MmioRange, Trigger
 from platpass.firmware.rawtree import RawNode, RawTree
 
@@ -261,7 +262,7 @@ def resolve_regions(
                 f"reg entry {index} ({address:#x}, size {size:#x}) is outside every "
                 f"window of the parent buses' ranges")
             continue
-        regions.append(MmioRange(cpu, size, names[index] if index < len(names) else None))
+        regions.append(new_mmio_range(cpu, size, names[index] if index < len(names) else None))
     return bool(regions), tuple(regions), tuple(problems)
 
 
@@ -524,7 +525,7 @@ def resolve_interrupts(tree: RawTree,
         else:
             controller, final, gic = parent, specifier, kind is _GIC_CONTROLLER
         irq_type, number, trigger = decode_specifier(gic, final)
-        out.append(Interrupt(controller.path, final, irq_type, number, trigger,
+        out.append(new_interrupt(controller.path, final, irq_type, number, trigger,
                              names[index] if index < len(names) else None))
     return tuple(out), tuple(problems)
 
@@ -628,7 +629,7 @@ def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[tuple[Clock, ...], tup
         path, count, rate = provider
         if i + 1 + count > len(words):
             return tuple(out), (f"clocks entry {index} truncated",)
-        out.append(Clock(path, words[i + 1:i + 1 + count],
+        out.append(new_clock(path, words[i + 1:i + 1 + count],
                          names[index] if index < len(names) else None, rate))
         i += 1 + count
         index += 1
