@@ -227,7 +227,7 @@ _END = re.compile(r"@@PLATPASS:END rc=(\d+)")
 
 
 def boot(image: Image, scenario: str, *, dtb: str = "platform", append: str = "",
-         timeout: float = 150.0, log_path: Path | None = None) -> GuestRun:
+         timeout: float = 300.0, log_path: Path | None = None) -> GuestRun:
     """Boot once, run ``/tests/<scenario>.py`` in the guest, return what it reported."""
     run = GuestRun(scenario)
     tmp = Path(tempfile.mkdtemp(prefix="platpass-arm64-"))

@@ -45,6 +45,7 @@ def test_end_to_end(run, backend: str, name: str) -> None:
 def test_release_after_kill9_restores(run) -> None:
     run.check("kill9.assigned")
     run.check("kill9.release_restores")
+    run.check("kill9.release_resets_through_driver")
 
 
 def test_every_step_completed(run) -> None:

@@ -33,6 +33,18 @@ GPIODIR, GPIOIS, GPIOIBE, GPIOIEV, GPIOIE, GPIORIS, GPIOMIS, GPIOIC = (
     0x400, 0x404, 0x408, 0x40C, 0x410, 0x414, 0x418, 0x41C)
 
 
+RTC_BASE, PL031_MR, PL031_IMSC = 0x9010000, 0x04, 0x10
+
+
+def devmem(address: int) -> int | None:
+    """A 32-bit physical read with busybox devmem (None if it cannot read)."""
+    out = subprocess.run(["devmem", hex(address), "32"], capture_output=True, text=True)
+    try:
+        return int(out.stdout.strip(), 16)
+    except ValueError:
+        return None
+
+
 def platpass(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["python3", "-m", "platpass", *args], capture_output=True,
                           text=True, timeout=timeout)
@@ -242,15 +254,27 @@ def release_after_kill9() -> None:
           rc=out.returncode, stderr=out.stderr, pid=pid)
     if not pid:
         return
+    # Leave the RTC with its alarm interrupt enabled, as a guest might; a client going away
+    # keeps device state, and the killed server cannot reset it.
+    from platpass.vfio_user.client import VfioUserClient
+
+    client = VfioUserClient.connect("/run/k.sock")
+    client.write(0, PL031_MR, 4, client.read(0, 0, 4) + 100_000)
+    client.write(0, PL031_IMSC, 4, 1)
+    client.close()
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.3)
     still = RTC.driver
+    before = devmem(RTC_BASE + PL031_IMSC)
     out = platpass("release", "/pl031@9010000")
+    after = devmem(RTC_BASE + PL031_IMSC), devmem(RTC_BASE + PL031_MR)
     check("kill9.release_restores", out.returncode == 0 and still == "uio_pdrv_genirq"
           and RTC.driver is None and RTC.driver_override is None and not state()
           and not os.path.exists("/run/k.sock"),
           rc=out.returncode, stdout=out.stdout, stderr=out.stderr, driver=RTC.driver,
           state=state())
+    check("kill9.release_resets_through_driver", before == 1 and after == (0, 0),
+          imsc_before=before, imsc_mr_after=after)
 
 
 run_steps([modules, scan, refused, failed_bind_rolls_back, uio, vfio, release_after_kill9])
