@@ -509,6 +509,19 @@ def resolve_interrupts(tree: RawTree,
                 node.path,
                 f"interrupts has {len(words)} cells, not a multiple of #interrupt-cells "
                 f"{count} of {parent.path}")
+        kind = _controller_kind(tree, parent)
+        if kind is not _NEXUS:
+            # the common case: every entry goes straight to one controller
+            names = string_list(props.get("interrupt-names"))
+            gic = kind is _GIC_CONTROLLER
+            path = parent.path
+            direct = []
+            for index, i in enumerate(range(0, len(words), count)):
+                specifier = words[i:i + count]
+                irq_type, number, trigger = decode_specifier(gic, specifier)
+                direct.append(new_interrupt(path, specifier, irq_type, number, trigger,
+                                            names[index] if index < len(names) else None))
+            return tuple(direct), ()
         entries = [(parent, words[i:i + count]) for i in range(0, len(words), count)]
     names = string_list(props.get("interrupt-names"))
     out = []
@@ -526,7 +539,7 @@ def resolve_interrupts(tree: RawTree,
             controller, final, gic = parent, specifier, kind is _GIC_CONTROLLER
         irq_type, number, trigger = decode_specifier(gic, final)
         out.append(new_interrupt(controller.path, final, irq_type, number, trigger,
-                             names[index] if index < len(names) else None))
+                                 names[index] if index < len(names) else None))
     return tuple(out), tuple(problems)
 
 
