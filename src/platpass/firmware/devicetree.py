@@ -163,8 +163,7 @@ class DeviceTree:
                 "utf-8", "replace") in _NOT_DEVICE_TYPES:
             return False
         parent = raw.parent
-        return not (parent is not None and parent.name == "reserved-memory"
-                    and parent.depth == 1)
+        return parent is None or parent.path != "/reserved-memory"
 
     def _interrupts(self, raw: RawNode) -> tuple[tuple[Interrupt, ...], tuple[str, ...]]:
         done = self._irqs.get(raw.path)

@@ -31,16 +31,24 @@ class RawNode:
     a scan over hundreds of trees from paying for garbage collection.
     """
 
-    __slots__ = ("depth", "name", "parent", "path", "phandle", "props")
+    __slots__ = ("parent", "path", "phandle", "props")
 
-    def __init__(self, name: str, path: str, parent: RawNode | None, depth: int,
-                 props: dict[str, bytes]) -> None:
-        self.name = name
+    def __init__(self, path: str, parent: RawNode | None, props: dict[str, bytes],
+                 phandle: int | None = None) -> None:
         self.path = path
         self.parent = parent
-        self.depth = depth
         self.props = props
-        self.phandle: int | None = None
+        self.phandle = phandle
+
+    @property
+    def name(self) -> str:
+        """Last path component (``serial@ff1a0000``); ``/`` for the root."""
+        return self.path.rsplit("/", 1)[1] or "/"
+
+    @property
+    def depth(self) -> int:
+        """0 for the root, 1 for its children..."""
+        return 0 if self.parent is None else self.path.count("/")
 
     def __repr__(self) -> str:
         return f"RawNode({self.path!r})"
@@ -160,8 +168,8 @@ def _walk(data: bytearray, origin: str) -> RawTree:
                 f"{origin}: node at offset {offset}: {libfdt.fdt_strerror(poff)}")
         return props
 
-    root = RawNode("/", "/", None, 0, properties(0))
-    root.phandle = _phandle_of(root.props)
+    root_props = properties(0)
+    root = RawNode("/", None, root_props, _phandle_of(root_props))
     nodes: list[RawNode] = [root]
     by_path: dict[str, RawNode] = {"/": root}
     # stack[d] is the last node seen at depth d; libfdt's depth grows one level at a time
@@ -194,13 +202,12 @@ def _walk(data: bytearray, origin: str) -> RawTree:
                 f"{origin}: node at offset {offset}: {libfdt.fdt_strerror(poff)}")
         parent = stack[depth - 1]
         path = parent.path + "/" + name if depth > 1 else "/" + name
-        node = RawNode(name, path, parent, depth, props)
+        node = RawNode(path, parent, props, _phandle_of(props)
+                       if "phandle" in props or "linux,phandle" in props else None)
         if depth < len(stack):
             stack[depth] = node
         else:
             stack.append(node)
-        if "phandle" in props or "linux,phandle" in props:
-            node.phandle = _phandle_of(props)
         nodes.append(node)
         by_path[path] = node
         result = next_node(data, offset, depth)
