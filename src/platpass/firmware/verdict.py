@@ -10,10 +10,10 @@ safety model itself:
    ``dma-ranges`` on the device, ``memory-region``, ``device_type`` ``pci``/``network``, a
    compatible of a family known to master the bus, or a driver declaring the IP a master.
    Nothing outranks this rule, not even a driver claiming the device.
-2. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO, or firmware we could not
-   fully resolve (we cannot prove what we could not read).
+2. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO.
 3. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
-   nothing; only a driver's declaration does.
+   nothing; only a driver's declaration does. A claimed device whose firmware could not be
+   fully resolved is refused the same way (we cannot prove what we could not read).
 4. **Shared interrupt** (``REFUSED_SHARED``): another enabled device uses the same line
    (controller, type, number).
 5. **Traps** (``ASSIGNABLE_WITH_TRAPS``): slave DMA (``dmas``: the guest's node drops it and
