@@ -16,7 +16,9 @@ level it already has, so setting its GPIOIE bit asserts the SPI at once. One sam
 * **kernel VFIO** (baseline): vfio-platform's handler automasks and signals our eventfd;
   t1 when a blocking read of it returns;
 * **platpass over kernel VFIO** (what ``assign --backend vfio`` runs): the same kernel
-  eventfd read by the reactor, relayed by the VfioDevice to the client's eventfd.
+  eventfd read by the reactor, relayed by the VfioDevice to the client's eventfd;
+* **bare Python UIO relay** (the floor of any relay written in Python): epoll on the UIO
+  fd, the 4-byte read, an eventfd write and read, nothing else.
 
 Between samples the line is quietened (GPIOIE cleared, GPIOIC written) and unmasked, as a
 guest would. Both paths run in one process on the same CPU, so the difference is the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import statistics
 import sys
 import time
@@ -108,6 +111,35 @@ def _measure_device(device: SysfsDevice, samples: int, kind: str) -> list[float]
     return out
 
 
+def measure_uio_floor(device: SysfsDevice, samples: int) -> list[float]:
+    """Latencies (s) of the least any Python UIO relay does: epoll wake-up, 4-byte read,
+    eventfd write, eventfd read; no reactor, no VFIO device logic."""
+    backend = UioBackend.for_device(device.path)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    poller = select.epoll()
+    poller.register(backend.fd, select.EPOLLIN)
+    _arm_level(backend.write, backend.read)
+    on = (1).to_bytes(4, sys.byteorder)
+    out = []
+    try:
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            backend.write(0, GPIOIE, 4, LINE)
+            poller.poll(2.0)
+            os.read(backend.fd, 4)
+            os.eventfd_write(efd, 1)
+            os.eventfd_read(efd)
+            out.append(time.perf_counter() - t0)
+            backend.write(0, GPIOIE, 4, 0)
+            backend.write(0, GPIOIC, 4, LINE)
+            os.write(backend.fd, on)
+    finally:
+        poller.close()
+        backend.close()
+        os.close(efd)
+    return out
+
+
 def measure_vfio(device: SysfsDevice, samples: int) -> list[float]:
     """Latencies (s) of vfio-platform's own eventfd (blocking read)."""
     backend = VfioKernelBackend(device.name, bus=device.bus)
@@ -158,15 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no platform device {args.device}", file=sys.stderr)
         return 2
     uio = _on(device, "uio_pdrv_genirq", measure_uio, args.samples)
+    floor = _on(device, "uio_pdrv_genirq", measure_uio_floor, args.samples)
     vfio = _on(device, "vfio-platform", measure_vfio, args.samples)
     relayed = _on(device, "vfio-platform", measure_vfio_device, args.samples)
     ratio = statistics.median(uio) / statistics.median(vfio)
     ratio_relayed = statistics.median(uio) / statistics.median(relayed)
     print(f"kernel VFIO eventfd (baseline): {_us(vfio)}")
     print(f"platpass over kernel VFIO     : {_us(relayed)}")
+    print(f"bare Python UIO relay (floor) : {_us(floor)}")
     print(f"platpass UIO bridge           : {_us(uio)}")
     print(f"ratio UIO bridge / kernel VFIO eventfd (median): {ratio:.2f}x  (target <= 1.5x)")
     print(f"ratio UIO bridge / platpass over kernel VFIO (median): {ratio_relayed:.2f}x")
+    print(f"ratio bare Python UIO relay / kernel VFIO eventfd (median): "
+          f"{statistics.median(floor) / statistics.median(vfio):.2f}x")
     if args.backend == "vfio":
         print("(--backend vfio: the kernel VFIO figure is the one measured for platpass)")
     return 0
