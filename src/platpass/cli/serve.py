@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import grp
 import logging
+import os
 import pwd
 import signal
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 from platpass.errors import HostError, PlatpassError
 from platpass.firmware.model import DeviceNode
 from platpass.host.backend import Backend
+from platpass.host.privilege import add_privilege_arguments
 from platpass.reactor import EpollReactor, Reactor
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,7 @@ def _gid(value: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
+    from platpass.host.privilege import drop_from_args, run_as_from_args
     from platpass.vfio_device.device import VfioDevice
     from platpass.vfio_device.iommu import EmulatedIommu
     from platpass.vfio_user.server import SocketOptions, VfioUserServer
@@ -183,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     backend_name = args.backend or ("sim" if args.sim else "uio")
     opener = backend_opener(backend_name)
+    run_as = run_as_from_args(args)  # resolved first: an unknown user fails before any open
     tree = _load_tree(args)
     exports, refusals = choose_exports(tree, list(args.nodes),
                                        everything_assignable=not args.nodes)
@@ -210,7 +214,14 @@ def run(args: argparse.Namespace) -> int:
     wake_r, wake_w = socket.socketpair()
     try:
         if args.socket_dir is not None:
-            Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
+            socket_dir = Path(args.socket_dir)
+            if not socket_dir.is_dir() and run_as is not None:
+                # A directory we create belongs to the user we become (as systemd's
+                # RuntimeDirectory= with User=), so the server can remove its sockets on
+                # exit; an existing directory is left as it is.
+                socket_dir.mkdir(parents=True, mode=0o755)
+                os.chown(socket_dir, run_as.uid, run_as.gid)
+            socket_dir.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
         for export in exports:
             backend = opener(export.node, reactor)
@@ -242,6 +253,12 @@ def run(args: argparse.Namespace) -> int:
             reactor.stop()
 
         reactor.add_reader(wake_r.fileno(), on_signal)
+        # Everything that needs root (backends opened, registers mapped, sockets bound
+        # with their owner/mode) is done: from here on only held fds are used.
+        creds = drop_from_args(run_as)
+        if creds is not None:
+            print(f"running as uid {creds.uids[0]} gid {creds.gids[0]} groups "
+                  f"{list(creds.groups)}, no capabilities, no_new_privs", flush=True)
         print("ready", flush=True)
         reactor.run_forever()
         print("platpass serve: stopping", flush=True)
@@ -286,11 +303,13 @@ def register(subparsers: Any) -> None:
                         help="accept DMA_MAP into the emulated IOMMU, or refuse (ENOTSUP)")
     parser.add_argument("--mode", default="0600", help="socket file mode (octal)")
     parser.add_argument("--owner", help="socket file owner (name or uid)")
-    parser.add_argument("--group", help="socket file group (name or gid)")
+    parser.add_argument("--group", help="socket file group (name or gid); the group the "
+                        "server runs as is given with --user USER:GROUP")
     parser.add_argument("--allow-uid", action="append", default=[], metavar="UID",
                         help="only peers with this uid (repeatable; or an allowed gid)")
     parser.add_argument("--allow-gid", action="append", default=[], metavar="GID",
                         help="only peers with this gid (repeatable; or an allowed uid)")
+    add_privilege_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
     parser.set_defaults(func=_main)
 

@@ -10,8 +10,10 @@ Transport decisions (the specification leaves them to the server):
   device and its current client are not disturbed.
 * **Peer check before any message.** With an allow-list (uids and/or gids), a peer whose
   SO_PEERCRED uid is not listed and whose gid is not listed is closed right after accept.
-* **Sockets are created 0600** (umask held around bind, then chmod), owner/group/mode
-  configurable. A stale socket file (nobody listening) is replaced; a live one is an error.
+* **Sockets are created 0600**, owner/group/mode configurable: the file is bound with mode
+  0000 (umask held around bind), then chown, then chmod, then listen, so its permissions
+  never exceed the requested ones. A stale socket file (nobody listening) is replaced; a
+  live one is an error.
 * **Non-blocking everywhere.** Replies that do not fit in the socket buffer are queued and
   flushed when the socket becomes writable; while a client has unsent output, its input is
   not read (so a client that never reads cannot make the server buffer without bound). A
@@ -104,7 +106,10 @@ def _create_listening_socket(path: Path, options: SocketOptions) -> socket.socke
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old_umask = os.umask(0o177)  # nobody but the owner may connect between bind and chmod
+    # The file is born 0000 (umask held around bind) and only ever narrows to the final
+    # owner, group and mode: chown before chmod, listen last, so at no moment can anyone
+    # the options do not name connect.
+    old_umask = os.umask(0o777)
     try:
         sock.bind(str(path))
     except OSError as err:
@@ -113,10 +118,10 @@ def _create_listening_socket(path: Path, options: SocketOptions) -> socket.socke
     finally:
         os.umask(old_umask)
     try:
-        os.chmod(path, options.mode)
         if options.owner is not None or options.group is not None:
             os.chown(path, -1 if options.owner is None else options.owner,
                      -1 if options.group is None else options.group)
+        os.chmod(path, options.mode)
         sock.listen(4)
         sock.setblocking(False)
     except OSError as err:
@@ -410,7 +415,12 @@ class DeviceEndpoint:
         self.server.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as err:
+                # A server that dropped its privileges may not write the socket's
+                # directory; the next server replaces the stale socket.
+                log.warning("%s: cannot remove %s: %s", self.name, self.path, err)
 
 
 class VfioUserServer:
