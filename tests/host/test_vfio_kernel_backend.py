@@ -15,6 +15,7 @@ import pytest
 from platpass.errors import HostError
 from platpass.host.vfio_kernel.backend import VfioKernelBackend, group_path
 from platpass.host.vfio_kernel.syscalls import KernelCallError, Syscalls
+from platpass.host.vfio_kernel.uapi import VfioIoctl
 
 
 def make_device(root: Path, group: str | None) -> Path:
@@ -62,5 +63,7 @@ def test_ioctl_error_names_the_request_and_object(tmp_path: Path) -> None:
         with pytest.raises(KernelCallError, match=r"ioctl 0x3b64 on container failed") as info:
             Syscalls().ioctl(fd, 0x3B64, 0, "container")
         assert info.value.errno == errno.ENOTTY
+        with pytest.raises(KernelCallError, match=r"ioctl DEVICE_SET_IRQS \(0x3b6e\) on pl061"):
+            Syscalls().ioctl(fd, VfioIoctl.DEVICE_SET_IRQS, b"\0" * 20, "pl061")
     finally:
         os.close(fd)

@@ -14,12 +14,14 @@ def run(kernel_scenario):
                                   "amba.assigned_to_vfio_amba",
                                   "amba.client_counter_mapped_then_trapped",
                                   "amba.release_restores_rtc_pl031",
-                                  "amba.kill9_release_restores"])
+                                  "amba.kill9_release_restores",
+                                  "amba.late_failure_rolls_back"])
 def test_amba(run, name: str) -> None:
     run.check(name)
 
 
 def test_every_step_completed(run) -> None:
-    for step in ("modules", "uio_refused", "assign_release", "kill9"):
+    for step in ("modules", "uio_refused", "assign_release", "kill9",
+                 "late_failure_rolls_back"):
         run.check(f"{step}.completed")
     assert run.rc == 0, run.tail()

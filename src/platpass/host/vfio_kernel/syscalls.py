@@ -47,7 +47,9 @@ class Syscalls:
                 return fcntl.ioctl(fd, request, arg, True)
             result = fcntl.ioctl(fd, request, arg)
         except OSError as err:
-            raise KernelCallError(err.errno or 0, f"ioctl {request:#x}", target) from err
+            name = getattr(request, "name", None)  # VfioIoctl members say what they are
+            call = f"ioctl {name} ({request:#x})" if name else f"ioctl {request:#x}"
+            raise KernelCallError(err.errno or 0, call, target) from err
         return result if isinstance(result, int) else 0
 
     def mmap(self, fd: int, length: int, offset: int, target: str) -> mmap.mmap:

@@ -96,4 +96,19 @@ def kill9() -> None:
           driver=RTC.driver)
 
 
-run_steps([modules, uio_refused, assign_release, kill9])
+def late_failure_rolls_back() -> None:
+    """A failure after the bind rolls back too. Unbinding pl061_gpio leaves its parent
+    interrupt flagged IRQ_NOREQUEST (it was a chained handler), so vfio-amba probes but the
+    kernel refuses SET_IRQS when the backend attaches: ``assign`` must fail and put the
+    PL061 back on pl061_gpio."""
+    gpio = SysfsDevice("amba", "9030000.pl061")
+    before = gpio.driver
+    out = platpass("assign", "/pl061@9030000", "--backend", "vfio", "--socket", "/run/g.sock")
+    check("amba.late_failure_rolls_back", before == "pl061_gpio" and out.returncode == 1
+          and gpio.driver == "pl061_gpio" and gpio.driver_override is None and not state()
+          and not os.path.exists("/run/g.sock") and "DEVICE_SET_IRQS" in out.stderr,
+          before=before, rc=out.returncode, stdout=out.stdout, stderr=out.stderr[-1500:],
+          driver=gpio.driver, state=state())
+
+
+run_steps([modules, uio_refused, assign_release, kill9, late_failure_rolls_back])
