@@ -71,6 +71,14 @@ def test_table_output_and_missing_file(capsys: pytest.CaptureFixture[str],
     assert "1 of 2 trees scanned" in captured.out
 
 
+def test_several_files_after_one_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    foundation = SHARED / "arm__foundation-v8.dtb"
+    code, entries, _ = run_json(capsys, "--dtb", str(RK3568), str(foundation))
+    assert code == 0
+    assert entries[0]["file"] == str(RK3568)
+    assert {e["file"] for e in entries} == {str(RK3568), str(foundation)}
+
+
 def test_broken_dts_reports_dtc_error(capsys: pytest.CaptureFixture[str],
                                       tmp_path: Path) -> None:
     bad = tmp_path / "bad.dts"

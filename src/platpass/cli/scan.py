@@ -38,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Judge every MMIO device of one or more device trees: ASSIGNABLE, "
                     "ASSIGNABLE_WITH_TRAPS, or REFUSED_* with the evidence.",
     )
-    parser.add_argument("--dtb", action="append", default=[], metavar="FILE|DIR",
-                        help="a .dtb file, or a directory searched for *.dtb (repeatable)")
-    parser.add_argument("--dts", action="append", default=[], metavar="FILE",
-                        help="a .dts file, compiled with dtc (repeatable)")
+    parser.add_argument("--dtb", action="extend", nargs="+", default=[], metavar="FILE|DIR",
+                        help=".dtb files, or directories searched for *.dtb (repeatable)")
+    parser.add_argument("--dts", action="extend", nargs="+", default=[], metavar="FILE",
+                        help=".dts files, compiled with dtc (repeatable)")
     parser.add_argument("--live", action="store_true",
                         help=f"the running kernel's tree ({LIVE_FDT})")
     parser.add_argument("--json", action="store_true",
