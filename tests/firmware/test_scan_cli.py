@@ -77,6 +77,10 @@ def test_several_files_after_one_flag(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     assert entries[0]["file"] == str(RK3568)
     assert {e["file"] for e in entries} == {str(RK3568), str(foundation)}
+    # positional shorthand: a .dts is compiled, anything else is read as a blob
+    code, again, _ = run_json(capsys, str(RK3568), str(sim_board_path()))
+    assert code == 0
+    assert {e["file"] for e in again} == {str(RK3568), str(sim_board_path())}
 
 
 def test_broken_dts_reports_dtc_error(capsys: pytest.CaptureFixture[str],

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Judge every MMIO device of one or more device trees: ASSIGNABLE, "
                     "ASSIGNABLE_WITH_TRAPS, or REFUSED_* with the evidence.",
     )
+    parser.add_argument("sources", nargs="*", metavar="FILE|DIR",
+                        help="shorthand: *.dts files as --dts, anything else as --dtb")
     parser.add_argument("--dtb", action="extend", nargs="+", default=[], metavar="FILE|DIR",
                         help=".dtb files, or directories searched for *.dtb (repeatable)")
     parser.add_argument("--dts", action="extend", nargs="+", default=[], metavar="FILE",
@@ -58,7 +60,9 @@ def sim_board_path() -> Path:
 
 def _sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], DeviceTree]]]:
     """``(label, loader)`` for every tree to scan, expanding directories."""
-    for entry in args.dtb:
+    dtbs = list(args.dtb) + [e for e in args.sources if not e.endswith(".dts")]
+    dtss = list(args.dts) + [e for e in args.sources if e.endswith(".dts")]
+    for entry in dtbs:
         path = Path(entry)
         if path.is_dir():
             files = sorted(path.rglob("*.dtb"))
@@ -68,11 +72,11 @@ def _sources(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], Devic
                 yield str(file), _bind(load_dtb, file)
         else:
             yield str(path), _bind(load_dtb, path)
-    for entry in args.dts:
+    for entry in dtss:
         yield str(entry), _bind(load_dts, Path(entry))
     if args.live:
         yield str(LIVE_FDT), load_live
-    if not (args.dtb or args.dts or args.live):
+    if not (dtbs or dtss or args.live):
         if LIVE_FDT.exists():
             yield str(LIVE_FDT), load_live
         else:
