@@ -91,3 +91,17 @@ def test_geni_serial_engines_refused_as_bus_masters(trees: list[DeviceTree]) -> 
         "bus-master-family: compatible = 'qcom,geni-debug-uart' is in a bus-master family: "
         "Qualcomm GENI serial engine (own DMA)",
     ]
+
+
+def test_layerscape_duart_sharing_one_spi_is_refused(trees: list[DeviceTree]) -> None:
+    """ls1028a: both 16550s of the DUART are wired to SPI 32 (hand-checked
+    in the decompiled DTS): refused as shared, whatever driver claims them."""
+    tree = next(t for t in trees if t.source.endswith("fsl-ls1028a-kontron-sl28.dtb"))
+    result = {a.node.path: a for a in assess_tree(tree, greedy_registry(trees))}
+    for path, other in (("/soc/serial@21c0500", "/soc/serial@21c0600"),
+                        ("/soc/serial@21c0600", "/soc/serial@21c0500")):
+        got = result[path]
+        assert got.verdict is Verdict.REFUSED_SHARED
+        assert [str(e) for e in got.evidence] == [
+            f"shared-interrupt: interrupts = SPI 32 of /interrupt-controller@6000000 also "
+            f"used by {other}"]
