@@ -16,6 +16,8 @@ and are converted only where two layers meet (``raise X(...) from err``)::
      |    +-- RemoteProtocolError the peer did; carries an errno to reply with
      +-- GuestError               the guest device tree could not be produced
      +-- VmmError                 the KVM client failed
+     +-- OpsError                 service operations (control socket, trace, replay)
+          +-- ConfigError         a configuration file is invalid (nothing was applied)
 """
 
 from __future__ import annotations
@@ -88,3 +90,11 @@ class GuestError(PlatpassError):
 
 class VmmError(PlatpassError):
     """The KVM client failed."""
+
+
+class OpsError(PlatpassError):
+    """Running platpass as a service failed (control socket, trace, replay, up/down)."""
+
+
+class ConfigError(OpsError):
+    """A configuration file is invalid; nothing it describes was started or changed."""

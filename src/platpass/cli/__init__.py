@@ -21,6 +21,9 @@ SUBCOMMANDS: tuple[str, ...] = (
     "guest_dt",
     "assign",
     "demo",
+    "up",
+    "status",
+    "replay",
 )
 
 

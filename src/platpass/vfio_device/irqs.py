@@ -47,7 +47,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -182,6 +182,9 @@ class IrqController:
         self._source = source
         self._reactor = reactor
         self.lines = tuple(IrqLine(i, level) for i, level in enumerate(levels))
+        #: Called with (index, "fired" | "delivered" | "masked" | "unmasked") when set
+        #: (``platpass serve --trace``); None costs one attribute test per event.
+        self.observer: Callable[[int, str], None] | None = None
         for line in self.lines:
             source.mask_irq(line.index)
 
@@ -289,6 +292,8 @@ class IrqController:
         if line.masked:
             return
         line.masked = True
+        if self.observer is not None:
+            self.observer(index, "masked")
         self._sync_source(line)
 
     def unmask(self, index: int) -> None:
@@ -299,6 +304,8 @@ class IrqController:
             return
         line.masked = False
         line.stats.unmasks += 1
+        if self.observer is not None:
+            self.observer(index, "unmasked")
         if line.pending_edge:
             line.pending_edge = False
             self._signal(line)
@@ -310,6 +317,8 @@ class IrqController:
             return
         line = self.lines[index]
         line.stats.fired += 1
+        if self.observer is not None:
+            self.observer(index, "fired")
         if not line.source_enabled:
             # Masked at the source or no trigger: the backend raced its mask. A level
             # line that is still asserted fires again on unmask; nothing is lost.
@@ -329,6 +338,8 @@ class IrqController:
             # waiter gets going while the backend is told.
             line.masked = True
             self._signal(line)
+            if self.observer is not None:
+                self.observer(line.index, "masked")
             self._sync_source(line)
             return
         if line.masked:
@@ -343,6 +354,8 @@ class IrqController:
             return
         os.eventfd_write(line.trigger_fd, 1)
         line.stats.delivered += 1
+        if self.observer is not None:
+            self.observer(line.index, "delivered")
 
     def _sync_source(self, line: IrqLine) -> None:
         """Tell the backend what the line's state asks for, if it changed.

@@ -1,0 +1,359 @@
+"""The ``platpass up/down`` configuration file: which devices to serve, how and where.
+
+A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
+``[[device]]`` table per device::
+
+    [service]
+    name = "lab"                 # default: the file name without .toml
+    run_dir = "/run/platpass"    # control socket <name>.ctl and pid file <name>.pid
+    log_format = "text"          # text | json
+    log_level = "info"           # debug | info | warning | error
+    trace = "/var/log/platpass/lab.trace"   # optional: trace every device
+
+    [[device]]
+    node = "/soc@9000000/gpio@30000"
+    source = "sim"               # sim | dtb | dts | live
+    firmware = "/boot/board.dtb" # the file, for source = dtb | dts only
+    backend = "sim"              # sim (source sim only) | uio | vfio
+    socket = "/run/platpass/gpio0.sock"
+    owner = "root"  group = "kvm"  mode = "0660"
+    allow_uids = [1000]  allow_gids = ["kvm"]
+    dma = "deny"                 # allow | deny
+    guest_address = 0x9030000    # page-aligned
+    guest_spis = [7]             # one GIC SPI per interrupt
+
+Validation is complete and pure (:func:`parse_config` touches nothing but the names it
+resolves: users, groups, the paths it checks for existence); every problem is reported
+with the file, the table and the key, and the first one is raised as
+:class:`~platpass.errors.ConfigError`. Whether each node exists and is assignable is
+checked against its device tree by ``platpass up`` before anything starts.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from platpass.errors import ConfigError
+from platpass.ops.logs import FORMATS, LEVELS
+
+SOURCES = ("sim", "dtb", "dts", "live")
+BACKENDS = ("sim", "uio", "vfio")
+DMA_POLICIES = ("allow", "deny")
+DEFAULT_RUN_DIR = "/run/platpass"
+PAGE_SIZE = 4096
+#: Highest GIC SPI number (INTID 1019 - 32), as the guest layer allows.
+MAX_SPI = 987
+
+SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace")
+DEVICE_KEYS = ("node", "source", "firmware", "backend", "socket", "owner", "group", "mode",
+               "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """One ``[[device]]`` table, validated; ``owner``/``group``/``allow_*`` are numeric."""
+
+    index: int
+    node: str
+    source: str
+    firmware: Path | None
+    backend: str
+    socket: Path
+    mode: int = 0o600
+    owner: int | None = None
+    group: int | None = None
+    allow_uids: frozenset[int] = frozenset()
+    allow_gids: frozenset[int] = frozenset()
+    dma: str = "allow"
+    guest_address: int | None = None
+    guest_spis: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``device[i]`` — how errors and logs name this table."""
+        return f"device[{self.index}]"
+
+    @property
+    def kernel(self) -> bool:
+        """True when a host driver is swapped (uio/vfio): served by ``platpass assign``."""
+        return self.backend != "sim"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A whole configuration file."""
+
+    path: Path
+    name: str
+    run_dir: Path
+    log_format: str
+    log_level: str
+    trace: Path | None
+    devices: tuple[DeviceConfig, ...] = field(default=())
+
+    @property
+    def control_path(self) -> Path:
+        """The status control socket of this configuration's server."""
+        return self.run_dir / f"{self.name}.ctl"
+
+    @property
+    def pid_path(self) -> Path:
+        """Where ``up`` records the server's pid for ``down``."""
+        return self.run_dir / f"{self.name}.pid"
+
+
+class _Checker:
+    """Collects the problems of one file, each prefixed with where it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {message}")
+
+    def keys(self, where: str, table: dict[str, Any], known: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in known:
+                self.fail(where, f"unknown key {key!r} (known: {', '.join(known)})")
+
+    def string(self, where: str, table: dict[str, Any], key: str, *, default: str | None,
+               choices: tuple[str, ...] | None = None) -> str | None:
+        value = table.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", f"must be a string, got {type(value).__name__}")
+            return None
+        if choices is not None and value not in choices:
+            self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(choices)}")
+            return None
+        return value
+
+    def absolute(self, where: str, value: str | None, *, must_exist: bool,
+                 parent_must_exist: bool = False) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            self.fail(where, f"must be an absolute path, got {value!r}")
+            return None
+        if must_exist and not path.exists():
+            self.fail(where, f"{value} does not exist")
+            return None
+        if parent_must_exist and not path.parent.is_dir():
+            self.fail(where, f"directory {path.parent} does not exist")
+            return None
+        return path
+
+
+def _uid(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        return pwd.getpwnam(value).pw_uid
+    raise KeyError(value)
+
+
+def _gid(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        return grp.getgrnam(value).gr_gid
+    raise KeyError(value)
+
+
+def parse_config(text: str, path: str | Path) -> ServiceConfig:
+    """Validate configuration ``text`` read from ``path``; ConfigError with every problem
+    (one per line, the first in the message's first line) when anything is wrong."""
+    path = Path(path)
+    check = _Checker(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    check.keys("top level", data, ("service", "device"))
+    service = data.get("service", {})
+    if not isinstance(service, dict):
+        check.fail("service", "must be a table ([service])")
+        service = {}
+    check.keys("service", service, SERVICE_KEYS)
+    name = check.string("service", service, "name", default=path.stem)
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        check.fail("service.name", f"{name!r} is not a plain file name")
+    run_dir = check.absolute("service.run_dir", check.string(
+        "service", service, "run_dir", default=DEFAULT_RUN_DIR), must_exist=False)
+    log_format = check.string("service", service, "log_format", default="text",
+                              choices=FORMATS)
+    log_level = check.string("service", service, "log_level", default="info", choices=LEVELS)
+    trace = check.absolute("service.trace", check.string("service", service, "trace",
+                                                         default=None),
+                           must_exist=False, parent_must_exist=True)
+    tables = data.get("device", [])
+    if not isinstance(tables, list):
+        check.fail("device", "must be an array of tables ([[device]])")
+        tables = []
+    if not tables:
+        check.fail("device", "no [[device]] table: nothing to serve")
+    devices = [d for i, table in enumerate(tables)
+               if (d := _device(check, i, table)) is not None]
+    sockets: dict[Path, str] = {}
+    nodes: dict[tuple[str, str, str], str] = {}
+    for device in devices:
+        socket = Path(os.path.normpath(device.socket))
+        if socket in sockets:
+            check.fail(device.label, f"socket {device.socket} is already used by "
+                       f"{sockets[socket]}")
+        sockets.setdefault(socket, device.label)
+        key = (device.source, str(device.firmware), device.node)
+        if key in nodes:
+            check.fail(device.label, f"node {device.node} is already served by {nodes[key]}")
+        nodes.setdefault(key, device.label)
+    if run_dir is not None and name is not None:
+        control = run_dir / f"{name}.ctl"
+        if control in sockets:
+            check.fail(sockets[control], f"socket {control} is the control socket")
+    if check.problems:
+        raise ConfigError("\n".join(check.problems))
+    assert name is not None and run_dir is not None
+    assert log_format is not None and log_level is not None
+    return ServiceConfig(path, name, run_dir, log_format, log_level, trace, tuple(devices))
+
+
+def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
+    where = f"device[{index}]"
+    if not isinstance(table, dict):
+        check.fail(where, "must be a table")
+        return None
+    before = len(check.problems)
+    check.keys(where, table, DEVICE_KEYS)
+    node = check.string(where, table, "node", default=None)
+    if node is None and "node" not in table:
+        check.fail(where, "missing key 'node' (the device-tree path)")
+    elif node is not None and not node.startswith("/"):
+        check.fail(f"{where}.node", f"must be a device-tree path starting with '/', "
+                   f"got {node!r}")
+    source = check.string(where, table, "source", default=None, choices=SOURCES)
+    if "source" not in table:
+        check.fail(where, f"missing key 'source' ({', '.join(SOURCES)})")
+    firmware_text = check.string(where, table, "firmware", default=None)
+    firmware = None
+    if source in ("dtb", "dts"):
+        if firmware_text is None:
+            check.fail(where, f"source {source!r} needs key 'firmware' (the file)")
+        firmware = check.absolute(f"{where}.firmware", firmware_text, must_exist=True)
+    elif firmware_text is not None:
+        check.fail(f"{where}.firmware", f"only for source dtb or dts, not {source!r}")
+    backend = check.string(where, table, "backend",
+                           default="sim" if source == "sim" else "uio", choices=BACKENDS)
+    if backend == "sim" and source not in (None, "sim"):
+        check.fail(f"{where}.backend", f"the sim backend needs source 'sim', not {source!r}")
+    if source == "sim" and backend in ("uio", "vfio"):
+        check.fail(f"{where}.backend", f"{backend!r} drives real hardware; the simulated "
+                   "board needs backend 'sim'")
+    if backend in ("uio", "vfio") and source == "dts":
+        check.fail(f"{where}.backend", f"{backend!r} judges the device on the live tree or "
+                   "a dtb (platpass assign); source 'dts' is not supported")
+    if "socket" not in table:
+        check.fail(where, "missing key 'socket' (absolute path of the vfio-user socket)")
+    socket = check.absolute(f"{where}.socket", check.string(where, table, "socket",
+                                                            default=None),
+                            must_exist=False, parent_must_exist=True)
+    if socket is not None and socket.exists() and not socket.is_socket():
+        check.fail(f"{where}.socket", f"{socket} exists and is not a socket")
+    mode = _mode(check, where, table.get("mode", "0600"))
+    owner = _identity(check, f"{where}.owner", table, "owner", _uid, "user")
+    group = _identity(check, f"{where}.group", table, "group", _gid, "group")
+    allow_uids = _identities(check, f"{where}.allow_uids", table.get("allow_uids", []), _uid,
+                             "user")
+    allow_gids = _identities(check, f"{where}.allow_gids", table.get("allow_gids", []), _gid,
+                             "group")
+    if backend in ("uio", "vfio"):
+        for key in ("allow_uids", "allow_gids"):
+            if key in table:
+                check.fail(f"{where}.{key}", f"not supported with backend {backend!r} "
+                           "(platpass assign has no peer allow-list)")
+    dma = check.string(where, table, "dma", default="allow", choices=DMA_POLICIES)
+    guest_address = table.get("guest_address")
+    if guest_address is not None and (
+            not isinstance(guest_address, int) or isinstance(guest_address, bool)
+            or guest_address < 0 or guest_address % PAGE_SIZE):
+        check.fail(f"{where}.guest_address", f"must be a page-aligned ({PAGE_SIZE:#x}) "
+                   f"address, got {guest_address!r}")
+    spis = table.get("guest_spis", [])
+    if not isinstance(spis, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SPI
+            for s in spis):
+        check.fail(f"{where}.guest_spis", f"must be a list of SPI numbers 0..{MAX_SPI}, "
+                   f"got {spis!r}")
+        spis = []
+    elif len(set(spis)) != len(spis):
+        check.fail(f"{where}.guest_spis", f"SPIs repeat: {spis!r}")
+    if len(check.problems) != before:
+        return None
+    assert node is not None and source is not None and backend is not None
+    assert socket is not None and dma is not None and mode is not None
+    return DeviceConfig(index, node, source, firmware, backend, socket, mode, owner, group,
+                        allow_uids, allow_gids, dma, guest_address, tuple(spis))
+
+
+def _mode(check: _Checker, where: str, value: object) -> int | None:
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            mode = -1
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        check.fail(f"{where}.mode", f"must be an octal permission string like \"0660\", "
+                   f"got {value!r}")
+        return None
+    return mode
+
+
+def _identity(check: _Checker, where: str, table: dict[str, Any], key: str,
+              resolve: Any, kind: str) -> int | None:
+    if key not in table:
+        return None
+    try:
+        return int(resolve(table[key]))
+    except KeyError:
+        check.fail(where, f"no such {kind} {table[key]!r}")
+        return None
+
+
+def _identities(check: _Checker, where: str, values: object, resolve: Any,
+                kind: str) -> frozenset[int]:
+    if not isinstance(values, list):
+        check.fail(where, f"must be a list of {kind} names or ids, got {values!r}")
+        return frozenset()
+    result = set()
+    for value in values:
+        try:
+            result.add(int(resolve(value)))
+        except KeyError:
+            check.fail(where, f"no such {kind} {value!r}")
+    return frozenset(result)
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    """Read and validate a configuration file (ConfigError when unreadable or invalid)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from err
+    return parse_config(text, path.absolute())
+
+
+__all__ = ["BACKENDS", "DEVICE_KEYS", "SERVICE_KEYS", "SOURCES", "DeviceConfig",
+           "ServiceConfig", "load_config", "parse_config"]

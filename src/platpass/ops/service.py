@@ -1,0 +1,383 @@
+"""``platpass up`` / ``platpass down``: apply a configuration file, and undo it.
+
+``up`` is all-or-nothing. Before anything starts it validates the file
+(:mod:`platpass.ops.config`), loads each device tree once, checks every node's verdict,
+and probes every socket (a live server there is an error). Then one server process serves
+every ``sim`` device on one reactor, with the control socket ``<run_dir>/<name>.ctl`` and a
+pid file ``<run_dir>/<name>.pid``; every ``uio``/``vfio`` device is handed to the kernel
+engineer's ``platpass assign`` (which binds the host driver, serves, and restores the
+driver when stopped). If any step fails, what was started is stopped again, in reverse.
+
+``down`` sends SIGTERM to that process and waits: the process closes its sockets, resets
+its devices, and runs ``platpass release`` for each ``uio``/``vfio`` device. If the process
+is already gone (killed), ``down`` runs ``platpass release`` itself, which restores a
+device whose server died.
+
+Under systemd (``contrib/systemd/platpass@.service``) the process runs in the foreground
+(``up --foreground``), reports READY=1, and takes sockets passed by ``platpass@.socket``:
+a passed socket bound to a device's configured path (or named after its index,
+``FileDescriptorName=device0``) is used instead of binding a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from platpass.errors import ConfigError, OpsError, PlatpassError
+from platpass.ops import activation
+from platpass.ops.config import DeviceConfig, ServiceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDevice:
+    """A configured device with its assessment (checked before anything starts)."""
+
+    config: DeviceConfig
+    export: Any  # platpass.cli.serve.Export
+
+
+def _load_tree(source: str, firmware: Path | None) -> Any:
+    from platpass.firmware import devicetree
+
+    if source == "sim":
+        from platpass.host.simulated.board import load_board
+
+        return load_board()
+    if source == "dtb":
+        return devicetree.load_dtb(firmware)
+    if source == "dts":
+        return devicetree.load_dts(firmware)
+    return devicetree.load_live()
+
+
+def _socket_in_use(path: Path) -> bool:
+    """True when a server listens at ``path`` (a stale socket file is not in use)."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = ()) -> list[PlannedDevice]:
+    """Assess every configured node and probe every socket; ConfigError listing every
+    problem. Nothing is started or changed. ``inherited``: socket paths passed by the
+    service manager (those are expected to be in use: by us)."""
+    from platpass.cli.serve import choose_exports
+
+    problems: list[str] = []
+    trees: dict[tuple[str, Path | None], Any] = {}
+    planned: list[PlannedDevice] = []
+    for device in config.devices:
+        where = f"{config.path}: {device.label}"
+        key = (device.source, device.firmware)
+        if key not in trees:
+            try:
+                trees[key] = _load_tree(*key)
+            except PlatpassError as err:
+                problems.append(f"{where}: cannot load source {device.source}: {err}")
+                trees[key] = None
+        tree = trees[key]
+        if tree is None:
+            continue
+        exports, refusals = choose_exports(tree, [device.node], everything_assignable=False)
+        if refusals:
+            problems.extend(f"{where}.node: {refusal}" for refusal in refusals)
+            continue
+        if str(device.socket) not in inherited and _socket_in_use(device.socket):
+            problems.append(f"{where}.socket: {device.socket} is in use by a running server")
+            continue
+        planned.append(PlannedDevice(device, exports[0]))
+    if _socket_in_use(config.control_path):
+        problems.append(f"{config.path}: service {config.name!r} is already up (control "
+                        f"socket {config.control_path} answers)")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return planned
+
+
+# -- the kernel backends, through platpass assign / release ------------------------------
+
+def assign_command(device: DeviceConfig) -> list[str]:
+    """The ``platpass assign`` command that serves a uio/vfio device in the background."""
+    argv = [sys.executable, "-m", "platpass", "assign", device.node, "--backend",
+            device.backend, "--socket", str(device.socket)]
+    if device.source == "dtb" and device.firmware is not None:
+        argv += ["--dtb", str(device.firmware)]
+    return argv
+
+
+def release_command(device: DeviceConfig) -> list[str]:
+    """The ``platpass release`` command that stops it and restores the host driver."""
+    return [sys.executable, "-m", "platpass", "release", device.node]
+
+
+def _run_tool(argv: list[str], what: str) -> None:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise OpsError(f"{what}: {err}") from err
+    if result.returncode != 0:
+        raise OpsError(f"{what} failed ({result.returncode}): "
+                       f"{(result.stderr or result.stdout).strip()}")
+
+
+def _apply_socket_options(device: DeviceConfig) -> None:
+    """Mode/owner/group for a socket created by ``platpass assign`` (always 0600)."""
+    try:
+        os.chmod(device.socket, device.mode)
+        if device.owner is not None or device.group is not None:
+            os.chown(device.socket, -1 if device.owner is None else device.owner,
+                     -1 if device.group is None else device.group)
+    except OSError as err:
+        raise OpsError(f"{device.label}: cannot set up {device.socket}: {err}") from err
+
+
+# -- the foreground server -------------------------------------------------------------
+
+def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
+    """Serve everything ``config`` describes until SIGTERM/SIGINT (``up --foreground``)."""
+    from platpass.cli.serve import _driver_instance, backend_opener
+    from platpass.ops.control import ControlServer
+    from platpass.ops.logs import configure_logging
+    from platpass.ops.trace import DeviceTracer, TraceWriter
+    from platpass.reactor import EpollReactor
+    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_device.iommu import EmulatedIommu
+    from platpass.vfio_user.server import SocketOptions, VfioUserServer
+
+    configure_logging(config.log_format, config.log_level, log_stream)
+    inherited = activation.listen_fds()
+    planned = plan(config, inherited=tuple(s.path for s in inherited if s.path))
+    reactor = EpollReactor()
+    server = VfioUserServer(reactor)
+    devices: list[Any] = []
+    assigned: list[DeviceConfig] = []
+    control: ControlServer | None = None
+    writer = TraceWriter(config.trace, reactor.time) if config.trace else None
+    wake_r, wake_w = socket.socketpair()
+    configs: dict[str, DeviceConfig] = {}
+    pid_written = False
+    try:
+        for item in planned:
+            device_config = item.config
+            if device_config.kernel:
+                _run_tool(assign_command(device_config),
+                          f"{device_config.label}: platpass assign {device_config.node}")
+                assigned.append(device_config)
+                _apply_socket_options(device_config)
+                log.info("%s served by platpass assign on %s", device_config.node,
+                         device_config.socket, extra={"device": device_config.node,
+                                                      "socket": str(device_config.socket)})
+                continue
+            export = item.export
+            opened_at = reactor.time()
+            backend = backend_opener(device_config.backend)(export.node, reactor)
+            try:
+                device = VfioDevice(export.node, _driver_instance(export.driver, export.node),
+                                    backend, reactor,
+                                    EmulatedIommu(deny=device_config.dma == "deny"),
+                                    force_trap_all=export.force_trap_all or writer is not None)
+            except BaseException:
+                backend.close()
+                raise
+            devices.append(device)
+            if writer is not None:
+                DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
+            options = SocketOptions(mode=device_config.mode, owner=device_config.owner,
+                                    group=device_config.group,
+                                    allow_uids=device_config.allow_uids,
+                                    allow_gids=device_config.allow_gids)
+            passed = activation.match_inherited(inherited, path=str(device_config.socket),
+                                                name=f"device{device_config.index}")
+            if passed is not None:
+                server.serve_fd(export.node.path, device, passed.fd, options)
+                inherited.remove(passed)
+            else:
+                server.serve(export.node.path, device, device_config.socket, options)
+            configs[export.node.path] = device_config
+            log.info("serving %s on %s", export.node.path, device_config.socket,
+                     extra={"device": export.node.path, "socket": str(device_config.socket)})
+        for unused in inherited:
+            log.warning("socket fd %d (%s) passed by the service manager matches no device",
+                        unused.fd, unused.path or unused.name)
+
+        def describe(endpoint: Any) -> dict[str, Any]:
+            cfg = configs.get(endpoint.name)
+            if cfg is None:
+                return {}
+            return {"backend": cfg.backend, "source": cfg.source,
+                    "configured_socket": str(cfg.socket), "guest_address": cfg.guest_address,
+                    "guest_spis": list(cfg.guest_spis), "dma": cfg.dma}
+
+        def others() -> list[dict[str, Any]]:
+            return [{"name": cfg.node, "backend": cfg.backend, "socket": str(cfg.socket),
+                     "served_by": "platpass assign", "guest_address": cfg.guest_address,
+                     "guest_spis": list(cfg.guest_spis)} for cfg in assigned]
+
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        control = ControlServer(reactor, server, config.control_path, name=config.name,
+                                describe=describe, others=others)
+        _write_pid_file(config.pid_path)
+        pid_written = True
+        _wait_for_signal(reactor, wake_r, wake_w)
+        activation.notify("READY=1")
+        print(f"ready: {config.name} ({len(planned)} devices; control "
+              f"{config.control_path})", flush=True)
+        reactor.run_forever()
+        activation.notify("STOPPING=1")
+        log.info("stopping %s", config.name)
+    finally:
+        signal.set_wakeup_fd(-1)
+        if control is not None:
+            control.close()
+        server.close()
+        for device in devices:
+            try:
+                device.close()
+            except PlatpassError as err:
+                log.warning("closing %s: %s", device.node.path, err,
+                            extra={"device": device.node.path})
+        for device_config in reversed(assigned):
+            try:
+                _run_tool(release_command(device_config),
+                          f"platpass release {device_config.node}")
+            except OpsError as err:
+                log.error("%s", err, extra={"device": device_config.node})
+        if writer is not None:
+            writer.close()
+        wake_r.close()
+        wake_w.close()
+        reactor.close()
+        if pid_written:
+            config.pid_path.unlink(missing_ok=True)
+    return 0
+
+
+def _write_pid_file(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _wait_for_signal(reactor: Any, wake_r: socket.socket, wake_w: socket.socket) -> None:
+    """SIGTERM/SIGINT stop the reactor (through a wakeup socket it watches)."""
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+
+    def on_signal() -> None:
+        with contextlib.suppress(BlockingIOError):
+            wake_r.recv(64)
+        reactor.stop()
+
+    reactor.add_reader(wake_r.fileno(), on_signal)
+
+
+# -- background up / down ----------------------------------------------------------------
+
+def running_pid(config: ServiceConfig) -> int | None:
+    """The pid of the configuration's server when it is alive, else None."""
+    try:
+        pid = int(config.pid_path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"up" not in cmdline or not any(str(config.path).encode() in a for a in cmdline):
+        return None  # the pid was reused by something else
+    return pid
+
+
+def up_background(config: ServiceConfig, config_arg: str, timeout: float = 30.0) -> int:
+    """Start ``up --foreground`` as a detached process; return its pid once its control
+    socket answers. OpsError (with the end of its log) if it exits or never answers."""
+    from platpass.ops.control import query
+
+    plan(config)  # every error here, before a process is started
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.run_dir / f"{config.name}.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "platpass", "up", "--foreground", str(config.path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise OpsError(f"{config.name}: server exited with {proc.returncode}: "
+                           f"{_tail(log_path)}")
+        with contextlib.suppress(OpsError):
+            query(config.control_path, timeout=1.0)
+            return proc.pid
+        time.sleep(0.05)
+    proc.terminate()
+    raise OpsError(f"{config.name}: server did not answer within {timeout:.0f} s: "
+                   f"{_tail(log_path)}")
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def down(config: ServiceConfig, timeout: float = 10.0) -> list[str]:
+    """Stop the configuration's server and make sure kernel devices are restored; returns
+    problems (empty when everything was stopped and restored)."""
+    problems: list[str] = []
+    pid = running_pid(config)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            _reap(pid)
+            time.sleep(0.02)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+            problems.append(f"server pid {pid} ignored SIGTERM for {timeout:.0f} s; killed")
+            _reap(pid)
+    # Whatever a dead server left: its sockets, its pid file, kernel devices.
+    config.pid_path.unlink(missing_ok=True)
+    for device in config.devices:
+        if device.kernel:
+            try:
+                _run_tool(release_command(device), f"platpass release {device.node}")
+            except OpsError as err:
+                if "was not assigned" not in str(err):
+                    problems.append(str(err))
+    return problems
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+__all__ = ["PlannedDevice", "assign_command", "down", "plan", "release_command",
+           "run_foreground", "running_pid", "up_background"]

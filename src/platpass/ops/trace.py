@@ -1,0 +1,296 @@
+"""``--trace FILE``: every guest register access and interrupt event, as JSON lines, and
+``platpass replay``, which feeds the recorded accesses to a fresh simulated device.
+
+Records (one JSON object per line, ``t`` = the model clock, i.e. the reactor's monotonic
+time, so a replay on a :class:`~platpass.host.simulated.clock.ManualClock` sees the same
+time a running model saw):
+
+* ``{"event": "open", "device", "compatible", "clock", "version"}`` — before any other
+  record of the device; ``clock`` is the time its backend was opened;
+* ``{"event": "read"|"write", "device", "t", "region", "offset", "size", "value"}`` —
+  with ``"errno"`` instead of (for reads) a value when the device refused the access;
+* ``{"event": "reset", "device", "t", "why": "open"|"reset"}`` — driver resets (serving
+  started, VFIO_DEVICE_RESET);
+* ``{"event": "irq", "device", "t", "index", "what": "fired"|"delivered"|"masked"|
+  "unmasked"}``.
+
+Tracing hooks the :class:`~platpass.vfio_device.device.VfioDevice` *instance*: its
+``read``/``write``/``open``/``reset`` are wrapped on that object only and the IRQ controller
+reports to :attr:`IrqController.observer`, so untraced devices pay nothing. A traced device
+must not map pages to the client (a mapped access never reaches the device): the caller
+builds it with ``force_trap_all=True``, which ``serve --trace`` and ``up`` do.
+
+Replay is for debugging a guest driver against the model: a divergence is a read whose
+value differs from the recorded one (or an access refused on one side only). Inputs the
+trace does not hold make replays of some registers differ by nature: the PL031 counter
+(its base is the host's wall clock), UART receive data and GPIO pins driven by the host.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from platpass.errors import OpsError, VfioError
+from platpass.vfio_device.device import VfioDevice
+
+TRACE_VERSION = 1
+
+
+class TraceWriter:
+    """Appends records to one trace file, shared by every traced device of a process.
+
+    Lines are flushed as written (a crash keeps everything before it). Timestamps come from
+    ``clock`` (the reactor's ``time``).
+    """
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        try:
+            self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as err:
+            raise OpsError(f"cannot open trace file {self.path}: {err}") from err
+        self.clock = clock
+        self.records = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file.closed:
+            return
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+        self.records += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class DeviceTracer:
+    """Records one device's accesses and interrupt events to a :class:`TraceWriter`."""
+
+    def __init__(self, writer: TraceWriter, device: VfioDevice, name: str, *,
+                 opened_at: float | None = None) -> None:
+        self.writer = writer
+        self.device = device
+        self.name = name
+        clock = writer.clock
+        writer.write({"event": "open", "device": name, "compatible": list(
+            device.node.compatible), "clock": clock() if opened_at is None else opened_at,
+            "t": clock(), "version": TRACE_VERSION})
+        read, write = device.read, device.write
+        open_, reset = device.open, device.reset
+
+        def traced_read(region: int, offset: int, size: int) -> int:
+            record = {"event": "read", "device": name, "t": clock(), "region": region,
+                      "offset": offset, "size": size}
+            try:
+                value = read(region, offset, size)
+            except VfioError as err:
+                record["errno"] = err.errno
+                writer.write(record)
+                raise
+            record["value"] = value
+            writer.write(record)
+            return value
+
+        def traced_write(region: int, offset: int, size: int, value: int) -> None:
+            record = {"event": "write", "device": name, "t": clock(), "region": region,
+                      "offset": offset, "size": size, "value": value}
+            try:
+                write(region, offset, size, value)
+            except VfioError as err:
+                record["errno"] = err.errno
+                raise
+            finally:
+                writer.write(record)
+
+        def traced_open() -> None:
+            writer.write({"event": "reset", "device": name, "t": clock(), "why": "open"})
+            open_()
+
+        def traced_reset() -> None:
+            writer.write({"event": "reset", "device": name, "t": clock(), "why": "reset"})
+            reset()
+
+        # Instance attributes shadow the methods for this object only; the server's fast
+        # path binds device.read/write when a client connects, so it sees these.
+        device.read = traced_read  # type: ignore[method-assign]
+        device.write = traced_write  # type: ignore[method-assign]
+        device.open = traced_open  # type: ignore[method-assign]
+        device.reset = traced_reset  # type: ignore[method-assign]
+        device.irqs.observer = self.irq_event
+
+    def irq_event(self, index: int, what: str) -> None:
+        """IrqController observer: one ``irq`` record."""
+        self.writer.write({"event": "irq", "device": self.name, "t": self.writer.clock(),
+                           "index": index, "what": what})
+
+
+# -- reading and replaying -------------------------------------------------------------
+
+def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a trace file; OpsError naming the line for anything malformed."""
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise OpsError(f"cannot read trace {path}: {err}") from err
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise OpsError(f"{path}:{number}: not JSON: {err}") from err
+            if not isinstance(record, dict) or not isinstance(record.get("event"), str) \
+                    or not isinstance(record.get("device"), str):
+                raise OpsError(f"{path}:{number}: a record needs string 'event' and "
+                               "'device' fields")
+            record["line"] = number
+            yield record
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """One recorded access the replay did not reproduce."""
+
+    line: int
+    device: str
+    event: str
+    region: int
+    offset: int
+    size: int
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return (f"line {self.line}: {self.device}: {self.event} region {self.region} "
+                f"offset {self.offset:#x} size {self.size}: recorded {self.expected}, "
+                f"replay {self.actual}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What a replay did: accesses replayed per device and every divergence."""
+
+    accesses: dict[str, int]
+    divergences: tuple[Divergence, ...]
+    skipped: tuple[str, ...]
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    if "errno" in record:
+        code = int(record["errno"])
+        return f"error {errno_module.errorcode.get(code, str(code))}"
+    if record["event"] == "read":
+        return f"{int(record['value']):#x}"
+    return "ok"
+
+
+class _ReplayDevice:
+    """A fresh simulated device on a manual clock, built like the server builds one."""
+
+    def __init__(self, node_path: str, opened_at: float) -> None:
+        from platpass.drivers.registry import default_registry
+        from platpass.firmware.verdict import assess_tree
+        from platpass.host.simulated.board import load_board, open_sim_backend
+        from platpass.host.simulated.clock import ManualClock
+        from platpass.reactor import EpollReactor
+
+        tree = load_board()
+        assessment = next((a for a in assess_tree(tree, default_registry())
+                           if a.node.path == node_path), None)
+        if assessment is None:
+            raise OpsError(f"replay: {node_path} is not a device of the simulated board")
+        if assessment.driver is None:
+            raise OpsError(f"replay: {node_path} has no platpass driver")
+        driver = assessment.driver
+        driver = driver(assessment.node) if isinstance(driver, type) else driver
+        self.clock = ManualClock(opened_at)
+        self.reactor = EpollReactor()
+        backend = open_sim_backend(assessment.node, self.reactor, clock=self.clock)
+        self.device = VfioDevice(assessment.node, driver, backend, self.reactor,
+                                 force_trap_all=True)
+
+    def at(self, t: float) -> None:
+        delta = t - self.clock.now()
+        if delta > 0:
+            self.clock.advance(delta)
+
+    def close(self) -> None:
+        try:
+            self.device.close()
+        finally:
+            self.reactor.close()
+
+
+def replay(path: str | Path, node: str | None = None) -> ReplayReport:
+    """Feed the recorded accesses of ``path`` (only ``node``'s when given) to fresh
+    simulated devices, in order and at their recorded times; OpsError when the trace is
+    malformed or names a device the simulated board does not have."""
+    devices: dict[str, _ReplayDevice] = {}
+    accesses: dict[str, int] = {}
+    divergences: list[Divergence] = []
+    skipped: list[str] = []
+    try:
+        for record in read_trace(path):
+            name = record["device"]
+            if node is not None and name != node:
+                continue
+            event = record["event"]
+            if event == "open":
+                if name in devices:
+                    devices.pop(name).close()
+                devices[name] = _ReplayDevice(name, float(record.get("clock", 0.0)))
+                accesses.setdefault(name, 0)
+                continue
+            target = devices.get(name)
+            if target is None:
+                if name not in skipped:
+                    skipped.append(name)
+                continue
+            try:
+                target.at(float(record["t"]))
+                if event == "reset":
+                    if record.get("why") == "open":
+                        target.device.open()
+                    else:
+                        target.device.reset()
+                elif event in ("read", "write"):
+                    accesses[name] += 1
+                    _replay_access(target.device, record, divergences)
+            except (KeyError, TypeError, ValueError) as err:
+                raise OpsError(f"{path}:{record['line']}: malformed {event} record: "
+                               f"{err}") from err
+    finally:
+        for target in devices.values():
+            target.close()
+    if node is not None and node not in accesses:
+        raise OpsError(f"replay: {path} has no record of {node}")
+    return ReplayReport(accesses, tuple(divergences), tuple(skipped))
+
+
+def _replay_access(device: VfioDevice, record: dict[str, Any],
+                   divergences: list[Divergence]) -> None:
+    region, offset, size = int(record["region"]), int(record["offset"]), int(record["size"])
+    result: dict[str, Any] = dict(record)
+    result.pop("errno", None)
+    try:
+        if record["event"] == "read":
+            result["value"] = device.read(region, offset, size)
+        else:
+            device.write(region, offset, size, int(record["value"]))
+    except VfioError as err:
+        result["errno"] = err.errno
+    expected, actual = _outcome(record), _outcome(result)
+    if expected != actual:
+        divergences.append(Divergence(int(record["line"]), record["device"], record["event"],
+                                      region, offset, size, expected, actual))
+
+
+__all__ = ["TRACE_VERSION", "DeviceTracer", "Divergence", "ReplayReport", "TraceWriter",
+           "read_trace", "replay"]
