@@ -41,6 +41,10 @@ __all__ = [
 #: Where Linux exposes the blob it booted with.
 LIVE_FDT = Path("/sys/firmware/fdt")
 
+#: The usual ``status`` values, decoded once.
+_STATUS = {b"okay\0": "okay", b"disabled\0": "disabled", b"ok\0": "ok",
+           b"reserved\0": "reserved", b"fail\0": "fail"}
+
 #: ``device_type`` values of nodes that are never devices, even with a ``reg``.
 _NOT_DEVICE_TYPES = frozenset({"cpu", "memory"})
 
@@ -181,12 +185,9 @@ class DeviceTree:
             return done
         props = raw.props
         problems: list[str] = []
-        try:
-            compatible = string_list(props.get("compatible"))
-        except UnicodeDecodeError:  # pragma: no cover - decode uses "replace"
-            compatible = ()
+        compatible = string_list(props.get("compatible"))
         status_raw = props.get("status")
-        status = (status_raw.rstrip(b"\0").decode("utf-8", "replace")
+        status = (_STATUS.get(status_raw) or status_raw.rstrip(b"\0").decode("utf-8", "replace")
                   if status_raw is not None else "okay")
         is_mmio = False
         regions: tuple = ()

@@ -78,11 +78,21 @@ def cells(value: bytes, prop: str = "property") -> tuple[int, ...]:
     return unpacker.unpack(value)
 
 
+#: Decoded string lists by raw value: the same ``compatible`` and ``*-names`` values recur
+#: across nodes and boards, so each is decoded once (bounded, values are short).
+_string_lists: dict[bytes, tuple[str, ...]] = {}
+
+
 def string_list(value: bytes | None) -> tuple[str, ...]:
     """A NUL-separated string list property (``compatible``, ``*-names``)."""
     if not value:
         return ()
-    return tuple(value.rstrip(b"\0").decode("utf-8", "replace").split("\0"))
+    known = _string_lists.get(value)
+    if known is None:
+        known = tuple(value.rstrip(b"\0").decode("utf-8", "replace").split("\0"))
+        if len(_string_lists) < 65536 and len(value) <= 256:
+            _string_lists[value] = known
+    return known
 
 
 def _join(words: tuple[int, ...] | list[int]) -> int:
