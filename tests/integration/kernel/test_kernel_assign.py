@@ -42,6 +42,14 @@ def test_end_to_end(run, backend: str, name: str) -> None:
     run.check(f"e2e.{backend}.{name}")
 
 
+def test_second_assign_of_an_assigned_device_is_refused(run) -> None:
+    run.check("assign.twice_refused")
+
+
+def test_foreground_server_restores_on_sigint(run) -> None:
+    run.check("assign.foreground_sigint_restores")
+
+
 def test_release_after_kill9_restores(run) -> None:
     run.check("kill9.assigned")
     run.check("kill9.release_restores")
@@ -50,6 +58,6 @@ def test_release_after_kill9_restores(run) -> None:
 
 def test_every_step_completed(run) -> None:
     for step in ("modules", "scan", "refused", "failed_bind_rolls_back", "uio", "vfio",
-                 "release_after_kill9"):
+                 "release_after_kill9", "foreground_sigint"):
         run.check(f"{step}.completed")
     assert run.rc == 0, run.tail()

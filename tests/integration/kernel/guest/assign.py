@@ -138,6 +138,12 @@ def serve_and_check(backend: str) -> None:
         check(f"{prefix}.{name}.assigned", out.returncode == 0 and os.path.exists(socks[name]),
               rc=out.returncode, stdout=out.stdout, stderr=out.stderr)
     host_driver = "uio_pdrv_genirq" if backend == "uio" else "vfio-platform"
+    if backend == "uio":
+        again = platpass("assign", "/pl031@9010000", "--backend", "vfio", "--socket",
+                         "/run/again.sock", *FORCE["/pl031@9010000"])
+        check("assign.twice_refused", again.returncode == 1
+              and "already assigned" in again.stderr and RTC.driver == host_driver,
+              rc=again.returncode, stderr=again.stderr, driver=RTC.driver)
     entries = state()
     check(f"{prefix}.bound_and_recorded", RTC.driver == GPIO.driver == host_driver
           and set(entries) == {"9010000.pl031", "9030000.pl061"}
@@ -277,4 +283,30 @@ def release_after_kill9() -> None:
           imsc_before=before, imsc_mr_after=after)
 
 
-run_steps([modules, scan, refused, failed_bind_rolls_back, uio, vfio, release_after_kill9])
+def foreground_sigint() -> None:
+    """``assign --foreground`` serves in the calling process; Ctrl-C (SIGINT) stops it,
+    and it resets and restores the device itself before exiting 0."""
+    proc = subprocess.Popen(["python3", "-m", "platpass", "assign", "/pl061@9030000",
+                             "--foreground", "--socket", "/run/fg.sock",
+                             *FORCE["/pl061@9030000"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    serving = False
+    for line in proc.stdout:
+        if line.startswith("serving"):
+            serving = True
+            break
+    entry = state().get("9030000.pl061", {})
+    bound = GPIO.driver
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=30)
+    check("assign.foreground_sigint_restores", serving and entry.get("pid") == proc.pid
+          and bound == "uio_pdrv_genirq" and rc == 0 and GPIO.driver is None
+          and GPIO.driver_override is None and not state()
+          and not os.path.exists("/run/fg.sock"),
+          serving=serving, entry=entry, bound=bound, rc=rc, driver=GPIO.driver,
+          stderr=proc.stderr.read() if proc.stderr else "")
+
+
+run_steps([modules, scan, refused, failed_bind_rolls_back, uio, vfio, release_after_kill9,
+           foreground_sigint])
