@@ -1,0 +1,259 @@
+"""One ``platpass serve`` process, 256 devices: trapped-read latency with 1 vs 256 clients.
+
+A device tree of 256 PL031 RTCs (each its own page and SPI, so every one is ASSIGNABLE) is
+generated and served by the real ``platpass serve --dts ... --backend sim --socket-dir``
+in a subprocess. Worker processes connect one vfio-user client to every device (each
+worker holds 256 / W of them) and stay connected. Then, alternating in chunks so that
+both figures see the same machine state:
+
+* **1 active client** (baseline): worker 0 reads through its first socket only, one
+  REGION_READ after the other; the other 255 clients are connected and idle;
+* **256 active clients**: every worker reads through all its sockets in turn
+  (round-robin), so all 256 clients are active and W requests are in flight at once.
+
+Each figure is the latency of one 4-byte REGION_READ of RTCDR (a trapped access the model
+computes on each read) as the client sees it, p50 and p99 over every sample. Target: p99
+with 256 active clients within 2x of p99 with 1. The server is pinned to one CPU and the
+workers to another (printed); with one CPU, everything shares it.
+
+    python3 bench/scale.py [--devices 256] [--workers 2] [--reads 4000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RTCDR = 0x000
+
+_HEADER = """/dts-v1/;
+/ {
+	model = "platpass scale bench";
+	compatible = "platpass,scale-bench";
+	#address-cells = <2>;
+	#size-cells = <2>;
+	interrupt-parent = <&gic>;
+
+	gic: interrupt-controller@8000000 {
+		compatible = "arm,gic-v3";
+		#interrupt-cells = <3>;
+		#address-cells = <2>;
+		#size-cells = <2>;
+		interrupt-controller;
+		reg = <0x0 0x08000000 0x0 0x10000>, <0x0 0x080a0000 0x0 0xf60000>;
+	};
+
+	apb_pclk: clock-apb {
+		compatible = "fixed-clock";
+		#clock-cells = <0>;
+		clock-frequency = <100000000>;
+		clock-output-names = "apb_pclk";
+	};
+
+	rtcclk: clock-rtc {
+		compatible = "fixed-clock";
+		#clock-cells = <0>;
+		clock-frequency = <1>;
+		clock-output-names = "clk1hz";
+	};
+
+	soc@10000000 {
+		compatible = "simple-bus";
+		#address-cells = <1>;
+		#size-cells = <1>;
+		ranges = <0x0 0x0 0x10000000 0x01000000>;
+"""
+
+
+def generate_dts(count: int) -> str:
+    """``count`` PL031s, one 4 KiB page and one level SPI each."""
+    nodes = []
+    for i in range(count):
+        nodes.append(f"""
+		rtc@{i * 0x1000:x} {{
+			compatible = "arm,pl031";
+			reg = <{i * 0x1000:#x} 0x1000>;
+			interrupts = <0 {32 + i} 4>;
+			clocks = <&rtcclk>, <&apb_pclk>;
+			clock-names = "clk1hz", "apb_pclk";
+		}};""")
+    return _HEADER + "".join(nodes) + "\n\t};\n};\n"
+
+
+# ---------------------------------------------------------------- workers
+
+def _worker(paths: list[str], cpu: int | None, conn: mp.connection.Connection) -> None:
+    """Connect to every path, then run the commands the parent sends."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    from platpass.vfio_user.client import VfioUserClient
+
+    clients = [VfioUserClient.connect(p) for p in paths]
+    reads = [c.read for c in clients]
+    conn.send("connected")
+    clock = time.perf_counter_ns
+    while True:
+        command = conn.recv()
+        if command is None:
+            break
+        mode, count = command
+        active = reads[:1] if mode == "one" else reads
+        n = len(active)
+        samples = array.array("q", bytes(8 * count))
+        for i in range(min(count, 200)):  # warm up this pattern
+            active[i % n](0, RTCDR, 4)
+        for i in range(count):
+            read = active[i % n]
+            t0 = clock()
+            read(0, RTCDR, 4)
+            samples[i] = clock() - t0
+        conn.send_bytes(samples.tobytes())
+    for client in clients:
+        client.close()
+
+
+def _percentile(sorted_samples: array.array, q: float) -> float:
+    return sorted_samples[min(len(sorted_samples) - 1, int(len(sorted_samples) * q))] / 1000
+
+
+def _summary(samples: list[int]) -> tuple[float, float, float, int]:
+    """(p50, p90, p99) in microseconds and the sample count."""
+    ordered = array.array("q", sorted(samples))
+    return (_percentile(ordered, 0.50), _percentile(ordered, 0.90),
+            _percentile(ordered, 0.99), len(ordered))
+
+
+def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Popen[str]:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 256 listeners + 256 clients
+    command = [sys.executable, "-m", "platpass", "serve", "--dts", str(dts),
+               "--backend", "sim", "--socket-dir", str(socket_dir)]
+    if cpu is not None:
+        command = ["taskset", "-c", str(cpu), *command]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        if not ready:
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"platpass serve exited: {proc.stderr.read()}")  # type: ignore[union-attr]
+        if line.strip() == "ready":
+            return proc
+    proc.kill()
+    raise SystemExit("platpass serve did not get ready in 120 s")
+
+
+def _placement(pid: int) -> str:
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(pid)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--devices", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="client processes sharing the devices (default 2)")
+    parser.add_argument("--reads", type=int, default=4000,
+                        help="reads per worker per chunk (default 4000)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of the two phases (default 3)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place server and workers")
+    parser.add_argument("--profile", metavar="SVG",
+                        help="record the server with py-spy during the 256-client phase")
+    args = parser.parse_args()
+    if args.devices % args.workers:
+        parser.error("--devices must be a multiple of --workers")
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 and not args.no_pin \
+        else (None, None)
+    ctx = mp.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="platpass-scale-") as tmp:
+        dts = Path(tmp) / "scale.dts"
+        dts.write_text(generate_dts(args.devices))
+        socket_dir = Path(tmp) / "sockets"
+        t0 = time.monotonic()
+        server = _start_server(dts, socket_dir, server_cpu)
+        startup = time.monotonic() - t0
+        paths = sorted(str(p) for p in socket_dir.glob("*.sock"))
+        if len(paths) != args.devices:
+            raise SystemExit(f"expected {args.devices} sockets, found {len(paths)}")
+        per = args.devices // args.workers
+        workers = []
+        try:
+            for w in range(args.workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker,
+                                   args=(paths[w * per:(w + 1) * per], client_cpu, child),
+                                   daemon=True)
+                proc.start()
+                workers.append((proc, parent))
+            for _proc, pipe in workers:
+                if not pipe.poll(60) or pipe.recv() != "connected":
+                    raise SystemExit("a worker did not connect")
+            profiler = None
+            one: list[int] = []
+            many: list[int] = []
+            for round_ in range(args.rounds):
+                workers[0][1].send(("one", args.reads))
+                one.extend(array.array("q", workers[0][1].recv_bytes()))
+                if args.profile and round_ == args.rounds - 1:
+                    profiler = subprocess.Popen(
+                        ["py-spy", "record", "-p", str(server.pid), "-o", args.profile,
+                         "-r", "500", "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                for _proc, pipe in workers:
+                    pipe.send(("all", args.reads))
+                for _proc, pipe in workers:
+                    many.extend(array.array("q", pipe.recv_bytes()))
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(30)
+            for _proc, pipe in workers:
+                pipe.send(None)
+            placement_server = _placement(server.pid)
+            placement_workers = _placement(workers[0][0].pid)
+        finally:
+            for proc, _pipe in workers:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+
+    p50_1, p90_1, p99_1, n_1 = _summary(one)
+    p50_n, p90_n, p99_n, n_n = _summary(many)
+    print(f"platpass serve: {args.devices} simulated PL031s in one process "
+          f"(started in {startup:.1f} s); trapped 4-byte REGION_READ of RTCDR")
+    print(f"CPU placement: server on CPU {placement_server}, {args.workers} client "
+          f"workers on CPU {placement_workers} ({len(cpus)} CPUs available; load average "
+          f"{os.getloadavg()[0]:.1f} from other processes shows in the p99)")
+    print(f"{'':32} {'p50':>9} {'p90':>9} {'p99':>9} {'samples':>8}")
+    print(f"{'1 active client (baseline)':32} {p50_1:7.1f}us {p90_1:7.1f}us {p99_1:7.1f}us "
+          f"{n_1:8d}")
+    print(f"{f'{args.devices} active clients':32} {p50_n:7.1f}us {p90_n:7.1f}us "
+          f"{p99_n:7.1f}us {n_n:8d}")
+    ratio = p99_n / p99_1
+    print(f"ratio p99 {args.devices}/1: {ratio:.2f}x (p50 {p50_n / p50_1:.2f}x); "
+          f"target <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
