@@ -101,7 +101,8 @@ def test_default_source_is_the_simulated_board(capsys: pytest.CaptureFixture[str
     by_compat = {e["compatible"][0]: e for e in entries}
     for master in ("arm,pl330", "generic-xhci"):
         assert by_compat[master]["verdict"] == "REFUSED_BUS_MASTER"
-    assert all(e["verdict"] != "REFUSED_SHARED" for e in entries)
+    # the board exists to show the whole path: some of its devices must be assignable
+    assert any(e["verdict"].startswith("ASSIGNABLE") for e in entries)
 
 
 def test_progress_on_stderr_for_many_files(capsys: pytest.CaptureFixture[str]) -> None:
