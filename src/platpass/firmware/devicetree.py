@@ -146,8 +146,9 @@ class DeviceTree:
     def interrupt_users(self) -> list[tuple[str, bool, tuple[Interrupt, ...]]]:
         """``(path, effectively enabled, interrupts)`` of every node that has interrupts.
 
-        The input of the shared-interrupt rule: every user of a line counts, MMIO or not,
-        so this resolves only the interrupts of nodes that are not devices.
+        The input of the shared-interrupt rule: every user of a line counts, MMIO or not.
+        Nodes that are not devices get only their interrupts resolved, not a whole
+        :class:`DeviceNode`.
         """
         out = []
         for raw in self.raw.nodes:
