@@ -26,6 +26,12 @@ def check(name: str, ok: bool, **detail: object) -> bool:
     return bool(ok)
 
 
+def counted_seconds(t0: int, t1: int, elapsed: float) -> bool:
+    """An RTC that counts seconds moved by the whole seconds of ``elapsed`` (guest
+    monotonic time between the two reads), give or take the second boundaries."""
+    return t1 - t0 >= 1 and abs((t1 - t0) - elapsed) < 1.5
+
+
 def host(command: str) -> None:
     """Ask the host to run a QEMU monitor command (e.g. ``system_powerdown``)."""
     print(f"@@HOST {command}", flush=True)
