@@ -10,6 +10,17 @@ until SIGTERM or SIGINT, then disconnects clients, resets the devices and remove
 sockets. It follows vfio-user's backend program conventions: it does not daemonize,
 honours SIGTERM, and accepts ``--socket-path=PATH`` or ``--fd=FDNUM`` (an inherited
 listening socket) for a single device.
+
+Socket activation (sd_listen_fds(3)): sockets passed in ``LISTEN_FDS`` for this pid are
+used instead of binding — the one bound to the path a device would get (``--socket`` or
+``--socket-dir``/name), else the one whose ``LISTEN_FDNAMES`` name is the node's name;
+with no ``--socket``/``--socket-dir``/``--fd`` and a single device, the single passed
+socket. READY=1 goes to ``$NOTIFY_SOCKET`` once every socket listens.
+
+Operations (:mod:`platpass.ops`): ``--log-format json|text`` and ``--log-level``;
+``--control PATH`` serves ``platpass status`` on a 0600 socket; ``--trace FILE`` records
+every register access and interrupt event (traced devices map nothing, so every access is
+seen) for ``platpass replay``.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from platpass.errors import HostError, PlatpassError
 from platpass.firmware.model import DeviceNode
 from platpass.host.backend import Backend
 from platpass.host.privilege import add_privilege_arguments
+from platpass.ops.logs import add_logging_options, configure_logging
 from platpass.reactor import EpollReactor, Reactor
 
 log = logging.getLogger(__name__)
@@ -174,13 +186,17 @@ def _gid(value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     from platpass.host.privilege import drop_from_args, run_as_from_args
+    from platpass.ops import activation
+    from platpass.ops.control import ControlServer
+    from platpass.ops.trace import DeviceTracer, TraceWriter
     from platpass.vfio_device.device import VfioDevice
     from platpass.vfio_device.iommu import EmulatedIommu
     from platpass.vfio_user.server import SocketOptions, VfioUserServer
 
     socket_path = args.socket or args.socket_path
     targets = [socket_path is not None, args.socket_dir is not None, args.fd is not None]
-    if sum(targets) != 1:
+    inherited = [] if args.fd is not None else activation.listen_fds()
+    if sum(targets) != 1 and not (inherited and not any(targets)):
         print("platpass serve: give exactly one of --socket/--socket-path, --socket-dir, "
               "--fd", file=sys.stderr)
         return 2
@@ -211,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
     devices: list[Any] = []
+    writer = TraceWriter(args.trace, reactor.time) if args.trace else None
+    control: ControlServer | None = None
     wake_r, wake_w = socket.socketpair()
     try:
         if args.socket_dir is not None:
@@ -224,14 +242,36 @@ def run(args: argparse.Namespace) -> int:
             socket_dir.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
         for export in exports:
+            opened_at = reactor.time()
             backend = opener(export.node, reactor)
             device = VfioDevice(export.node, _driver_instance(export.driver, export.node),
                                 backend, reactor, EmulatedIommu(deny=args.dma == "deny"),
-                                force_trap_all=export.force_trap_all)
+                                force_trap_all=export.force_trap_all or writer is not None)
             devices.append(device)
-            if args.fd is not None:
+            if writer is not None:
+                DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
+            passed = None
+            if inherited:
+                want = Path(socket_path) if socket_path is not None else \
+                    Path(args.socket_dir) / _socket_name(export.node, set(taken)) \
+                    if args.socket_dir is not None else None
+                passed = activation.match_inherited(
+                    inherited, path=None if want is None else str(want), name=export.node.name)
+                if passed is None and want is None and len(inherited) == 1:
+                    passed = inherited[0]
+            if passed is not None:
+                inherited.remove(passed)
+                if args.socket_dir is not None:
+                    _socket_name(export.node, taken)
+                server.serve_fd(export.node.path, device, passed.fd, options)
+                where = f"fd {passed.fd} ({passed.path or passed.name}, from the service "\
+                    "manager)"
+            elif args.fd is not None:
                 server.serve_fd(export.node.path, device, args.fd, options)
                 where = f"fd {args.fd}"
+            elif socket_path is None and args.socket_dir is None:
+                raise HostError(f"{export.node.path}: no passed socket (LISTEN_FDS) is "
+                                "bound to it or named after it")
             else:
                 path = Path(socket_path) if socket_path is not None else \
                     Path(args.socket_dir) / _socket_name(export.node, taken)
@@ -253,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
             reactor.stop()
 
         reactor.add_reader(wake_r.fileno(), on_signal)
+        for unused in inherited:
+            log.warning("passed socket fd %d (%s) matches no device", unused.fd,
+                        unused.path or unused.name, extra={"socket": unused.path})
+        if args.control:
+            control = ControlServer(reactor, server, args.control, name="platpass serve")
         # Everything that needs root (backends opened, registers mapped, sockets bound
         # with their owner/mode) is done: from here on only held fds are used.
         creds = drop_from_args(run_as)
@@ -260,16 +305,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"running as uid {creds.uids[0]} gid {creds.gids[0]} groups "
                   f"{list(creds.groups)}, no capabilities, no_new_privs", flush=True)
         print("ready", flush=True)
+        activation.notify("READY=1")
         reactor.run_forever()
         print("platpass serve: stopping", flush=True)
     finally:
         signal.set_wakeup_fd(-1)
+        if control is not None:
+            control.close()
         server.close()
         for device in devices:
             try:
                 device.close()
             except PlatpassError as err:
-                log.warning("closing %s: %s", device.node.path, err)
+                log.warning("closing %s: %s", device.node.path, err,
+                            extra={"device": device.node.path})
+        if writer is not None:
+            writer.close()
         wake_r.close()
         wake_w.close()
         reactor.close()
@@ -310,13 +361,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--allow-gid", action="append", default=[], metavar="GID",
                         help="only peers with this gid (repeatable; or an allowed uid)")
     add_privilege_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
+    parser.add_argument("--control", metavar="PATH",
+                        help="serve platpass status on this 0600 socket (e.g. "
+                             "<socket-dir>/.control)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="append every register access and interrupt event (JSON "
+                             "lines) for platpass replay; traced devices map no pages")
+    add_logging_options(parser)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log protocol events (same as --log-level info)")
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    level = "info" if args.verbose and args.log_level == "warning" else args.log_level
+    configure_logging(args.log_format, level)
     try:
         int(args.mode, 8)
     except ValueError:

@@ -184,7 +184,11 @@ class ControlServer:
             self._drop(fd)
         self.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as err:  # a server that dropped privileges may not write the dir
+            log.warning("cannot remove control socket %s: %s", self.path, err,
+                        extra={"errno": err.errno})
 
 
 def query(path: str | Path, request: str = "status", timeout: float = 5.0) -> dict[str, Any]:

@@ -184,7 +184,9 @@ class ClientConnection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            log.info("client of %s: receive failed: %s", self.endpoint.name, err)
+            log.info("client of %s: receive failed: %s", self.endpoint.name, err,
+                     extra={"device": self.endpoint.name, "errno": err.errno,
+                            "event": "error"})
             self.close()
             return
         if (not ancdata and not msg_flags and nbytes >= _READ_SIZE and self._fast_ok
@@ -250,7 +252,8 @@ class ClientConnection:
                 event = self.framer.next_event()
             except RemoteProtocolError as err:
                 log.warning("client of %s: stream unusable (%s); closing", self.endpoint.name,
-                            err)
+                            err, extra={"device": self.endpoint.name, "errno": err.errno,
+                                        "event": "error"})
                 self.close()
                 return
             if event is NEED_DATA:
@@ -282,7 +285,9 @@ class ClientConnection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as err:
-            log.info("client of %s: send failed: %s", self.endpoint.name, err)
+            log.info("client of %s: send failed: %s", self.endpoint.name, err,
+                     extra={"device": self.endpoint.name, "errno": err.errno,
+                            "event": "error"})
             self.close()
             return
         if sent < len(data):
@@ -303,7 +308,9 @@ class ClientConnection:
                 self._wait_writable()
                 return
             except OSError as err:
-                log.info("client of %s: send failed: %s", self.endpoint.name, err)
+                log.info("client of %s: send failed: %s", self.endpoint.name, err,
+                         extra={"device": self.endpoint.name, "errno": err.errno,
+                                "event": "error"})
                 self.close()
                 return
             if sent < len(data):
@@ -344,7 +351,8 @@ class ClientConnection:
         except VfioError as err:
             log.warning("%s: client_gone failed: %s", self.endpoint.name, err)
         self.endpoint.client = None
-        log.info("client of %s disconnected", self.endpoint.name)
+        log.info("client of %s disconnected", self.endpoint.name,
+                 extra={"device": self.endpoint.name, "event": "disconnected"})
 
 
 class DeviceEndpoint:
@@ -375,19 +383,24 @@ class DeviceEndpoint:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            log.warning("%s: accept failed: %s", self.name, err)
+            log.warning("%s: accept failed: %s", self.name, err,
+                        extra={"device": self.name, "errno": err.errno, "event": "error"})
             return
         pid, uid, gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if not self.options.allows(uid, gid):
             log.warning("%s: refusing peer pid %d uid %d gid %d (not allowed)",
-                        self.name, pid, uid, gid)
+                        self.name, pid, uid, gid,
+                        extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
+                               "event": "refused"})
             self.refused += 1
             conn.close()
             return
         if self.client is not None:
             log.warning("%s: refusing a second client (pid %d); one is connected",
-                        self.name, pid)
+                        self.name, pid,
+                        extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
+                               "event": "refused"})
             self.refused += 1
             conn.close()
             return
@@ -396,7 +409,9 @@ class DeviceEndpoint:
         except BaseException:
             conn.close()
             raise
-        log.info("%s: client pid %d uid %d connected", self.name, pid, uid)
+        log.info("%s: client pid %d uid %d connected", self.name, pid, uid,
+                 extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
+                        "event": "connected"})
 
     def adopt(self, conn: socket.socket) -> ClientConnection:
         """Serve an already-connected socket as this device's client (the accept path;

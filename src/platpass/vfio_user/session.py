@@ -191,7 +191,8 @@ class Session:
 
     def _error(self, header: Header, err: int, why: str) -> Reply | None:
         log.info("command %d (id %d) refused: %s: %s", header.command, header.msg_id,
-                 errno.errorcode.get(err, err), why)
+                 errno.errorcode.get(err, err), why,
+                 extra={"device": self.device.node.path, "errno": err, "event": "refused"})
         if header.no_reply:
             return None
         return Reply(reply_header(header, 0, err))
