@@ -30,6 +30,7 @@ from platpass.host.privilege import (
     drop_privileges,
     parse_run_as,
     resolve_run_as,
+    run_separated,
 )
 from platpass.vfio_user.client import VfioUserClient
 
@@ -240,6 +241,54 @@ def test_an_unprivileged_process_cannot_switch_users() -> None:
     out = in_child(body)
     assert "not running as root" in out["other"]
     assert out["uids"] == [NOBODY] * 4 and out["nnp"] is True
+
+
+# ---------------------------------------------------------------- privilege separation
+
+def test_separated_server_is_unprivileged_and_cleanup_runs_as_root() -> None:
+    """The root parent forwards SIGTERM to the serving child, then cleans up as root."""
+    def body() -> dict:
+        report_r, report_w = os.pipe()
+        wake_r, wake_w = os.pipe()  # held by the server across the drop
+
+        def serve() -> int:
+            signal.signal(signal.SIGTERM, lambda *_: os.write(wake_w, b"x"))
+            os.write(report_w, json.dumps({"server": creds_dict()}).encode() + b"\n")
+            os.read(wake_r, 1)  # until SIGTERM
+            return 3
+
+        cleanups: list[tuple[int, int]] = []
+        pid = os.getpid()
+        killer = os.fork()
+        if killer == 0:  # sends SIGTERM to the parent once the server reported
+            select.select([report_r], [], [], 10)
+            os.kill(pid, signal.SIGTERM)
+            os._exit(0)
+        code = run_separated(parse_run_as("nobody"), serve,
+                             lambda c: cleanups.append((c, os.geteuid())))
+        os.waitpid(killer, 0)
+        server = json.loads(os.read(report_r, 65536).decode().splitlines()[0])["server"]
+        return {"code": code, "cleanups": cleanups, "server": server, "me": creds_dict()}
+
+    out = in_child(body)
+    assert out["server"]["uids"] == [NOBODY] * 4 and out["server"]["eff"] == 0
+    assert out["code"] == 3
+    assert out["cleanups"] == [[3, 0]]  # cleanup once, as root, with the server's code
+    assert out["me"]["uids"] == [0] * 4
+
+
+def test_separated_cleanup_runs_even_when_the_server_is_killed() -> None:
+    def body() -> dict:
+        cleanups: list[int] = []
+
+        def serve() -> int:
+            os.kill(os.getpid(), signal.SIGKILL)
+            return 0
+
+        code = run_separated(parse_run_as("nobody"), serve, cleanups.append)
+        return {"code": code, "cleanups": cleanups}
+
+    assert in_child(body) == {"code": -signal.SIGKILL, "cleanups": [-signal.SIGKILL]}
 
 
 # ---------------------------------------------------------------- platpass serve --user

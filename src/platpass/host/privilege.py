@@ -36,19 +36,25 @@ Command-line front ends share :func:`add_privilege_arguments` (``--user USER[:GR
 :func:`drop_from_args`; ``serve`` calls it after its sockets listen, and other front ends
 (``up``, ``assign``) can do the same at the same point. A server that has dropped its
 privileges can no longer write sysfs: whatever must be undone as root afterwards (putting a
-device back on its host driver) belongs to a process that kept them.
+device back on its host driver) belongs to a process that kept them. For that case
+:func:`run_separated` forks: the child drops and serves, the parent stays root, does
+nothing but forward SIGTERM/SIGINT and wait, then runs the root-only cleanup.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import grp
 import os
 import pwd
-from collections.abc import Iterable
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +348,58 @@ def _verify(target: RunAs, keep: int, *, bounding: bool = True) -> Credentials:
     return creds
 
 
+# ---------------------------------------------------------------- privilege separation
+
+def run_separated(run_as: RunAs, serve: Callable[[], int],
+                  cleanup: Callable[[int], None]) -> int:
+    """Serve unprivileged, clean up as root; returns the server's exit code.
+
+    Forks once everything is open. The child drops to ``run_as`` (exit 70 if that fails;
+    it never serves with privileges it was told to drop), runs ``serve()`` and exits with
+    its result. The parent keeps root but touches nothing: it forwards SIGTERM and SIGINT
+    to the child, waits for it, then calls ``cleanup(exit_code)`` (e.g. reset the device
+    and give it back to its host driver), whether the child exited cleanly, failed or was
+    killed (a killed child's code is ``-signal``). The parent's pid is the one to record
+    and to signal: it outlives the server and always cleans up.
+    """
+    pid = os.fork()
+    if pid == 0:  # the server
+        code = 70
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            drop_privileges(run_as)
+            code = int(serve() or 0)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # reported; the child never runs the parent's cleanup
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    previous = {signum: signal.signal(signum, forward)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    code = os.waitstatus_to_exitcode(status)
+    cleanup(code)
+    return code
+
+
 # ---------------------------------------------------------------- command-line hook
 
 def add_privilege_arguments(parser: argparse.ArgumentParser) -> None:
@@ -376,4 +434,5 @@ __all__ = [
     "parse_run_as",
     "resolve_run_as",
     "run_as_from_args",
+    "run_separated",
 ]
