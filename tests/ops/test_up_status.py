@@ -1,0 +1,143 @@
+"""``platpass up``/``down`` on the simulated board, and ``platpass status`` over the control
+socket: a connected client (pid/uid from SO_PEERCRED) and counters that move."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from platpass.ops.config import load_config
+from platpass.ops.control import query
+from platpass.vfio_device.uapi import IrqSetFlags as F
+from platpass.vfio_user.client import VfioUserClient
+
+GPIO, UART = "/soc@9000000/gpio@30000", "/soc@9000000/serial@0"
+
+
+def platpass(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "platpass", *args], capture_output=True,
+                            text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "lab.toml"
+    path.write_text(f"""
+[service]
+run_dir = "{tmp_path}/run"
+log_format = "json"
+
+[[device]]
+node = "{GPIO}"
+source = "sim"
+socket = "{tmp_path}/gpio.sock"
+guest_address = 0x9030000
+guest_spis = [7]
+
+[[device]]
+node = "{UART}"
+source = "sim"
+socket = "{tmp_path}/uart.sock"
+mode = "0660"
+dma = "deny"
+""")
+    yield path
+    platpass("down", str(path), check=False)
+
+
+def test_up_serves_every_device_and_down_removes_everything(lab: Path) -> None:
+    tmp = lab.parent
+    out = platpass("up", str(lab)).stdout
+    assert out.startswith("up: lab (server pid ")
+    config = load_config(lab)
+    pid = int(config.pid_path.read_text())
+    assert (tmp / "gpio.sock").stat().st_mode & 0o777 == 0o600
+    assert (tmp / "uart.sock").stat().st_mode & 0o777 == 0o660
+    assert config.control_path.stat().st_mode & 0o777 == 0o600
+    with VfioUserClient.connect(tmp / "gpio.sock") as client:
+        assert client.read(0, 0xFE0, 4) == 0x61
+    with VfioUserClient.connect(tmp / "uart.sock") as client:
+        assert client.read(0, 0xFE0, 4) == 0x11
+    # A second up of the same file is refused and disturbs nothing.
+    again = platpass("up", str(lab), check=False)
+    assert again.returncode == 1
+    assert f"{tmp}/gpio.sock is in use by a running server" in again.stderr
+    assert "service 'lab' is already up" in again.stderr
+    assert platpass("down", str(lab)).stdout == "down: lab\n"
+    assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert sorted(p.name for p in tmp.iterdir()) == ["lab.toml", "run"]
+    assert sorted(p.name for p in (tmp / "run").iterdir()) == ["lab.log"]
+    logs = [json.loads(line) for line in (tmp / "run" / "lab.log").read_text().splitlines()
+            if line.startswith("{")]
+    # (The refused second ``up`` probed the sockets too, from its own pid.)
+    ours = [r for r in logs if r.get("event") == "connected" and r["pid"] == os.getpid()]
+    assert {r["device"] for r in ours} == {GPIO, UART}
+    assert all(r["uid"] == os.getuid() and r["level"] == "info" for r in ours)
+    assert platpass("down", str(lab)).stdout == "down: lab (was not running)\n"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def test_status_shows_the_client_and_counters_that_move(lab: Path) -> None:
+    tmp = lab.parent
+    platpass("up", str(lab))
+    control = load_config(lab).control_path
+    with VfioUserClient.connect(tmp / "gpio.sock") as client:
+        before = {d["name"]: d for d in query(control)["devices"]}
+        gpio = before[GPIO]
+        assert gpio["client"] == {"pid": os.getpid(), "uid": os.getuid(),
+                                  "gid": os.getgid()}
+        assert before[UART]["client"] is None
+        assert gpio["guest_address"] == 0x9030000 and gpio["guest_spis"] == [7]
+        assert before[UART]["dma"] == "deny"
+        # Accesses through the trapped registers (GPIOIC, GPIORIS are trapped by the
+        # PL061 driver) and an interrupt loopback.
+        reads, writes = gpio["trapped_reads"], gpio["trapped_writes"]
+        client.read(0, 0x414, 1)             # RIS
+        client.write(0, 0x41C, 1, 0x01)      # IC
+        trigger = os.eventfd(0, os.EFD_NONBLOCK)
+        try:
+            client.set_irqs(0, F.DATA_EVENTFD | F.ACTION_TRIGGER, fds=[trigger])
+            client.set_irqs(0, F.DATA_NONE | F.ACTION_TRIGGER)  # loopback
+            assert os.eventfd_read(trigger) == 1
+            after = {d["name"]: d for d in query(control)["devices"]}[GPIO]
+        finally:
+            os.close(trigger)
+        assert after["trapped_reads"] + after["backend_reads"] == \
+            reads + gpio["backend_reads"] + 1
+        assert after["trapped_writes"] + after["backend_writes"] == \
+            writes + gpio["backend_writes"] + 1
+        (irq,) = after["irqs"]
+        assert (irq["delivered"], irq["masked"], irq["trigger"]) == (1, True, True)
+        text = platpass("status", str(lab)).stdout
+        assert f"{GPIO} on {tmp}/gpio.sock: client pid {os.getpid()} uid {os.getuid()}" in text
+        assert "irq 0 (level, masked): fired 0 delivered 1" in text
+        as_json = json.loads(platpass("status", "--json", "--control", str(control)).stdout)
+        (server,) = as_json["servers"]
+        assert server["name"] == "lab" and len(server["devices"]) == 2
+    after_close = {d["name"]: d for d in query(control)["devices"]}[GPIO]
+    assert after_close["client"] is None
+
+
+def test_status_errors(tmp_path: Path) -> None:
+    result = platpass("status", "--run-dir", str(tmp_path), check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"platpass status: no control socket under {tmp_path} (nothing " \
+        "is up)\n"
+    result = platpass("status", "--control", str(tmp_path / "none.ctl"), check=False)
+    assert result.returncode == 1
+    assert f"{tmp_path}/none.ctl: no answer from the server" in result.stderr
