@@ -20,7 +20,7 @@ import libfdt
 
 from platpass.errors import DeviceTreeLoadError
 
-__all__ = ["RawNode", "RawTree", "read_blob"]
+__all__ = ["RawNode", "RawTree", "ResolverMemo", "read_blob"]
 
 
 class RawNode:
@@ -63,6 +63,20 @@ class RawNode:
         return out
 
 
+class ResolverMemo:
+    """One dict per question the resolver asks about a shared node, keyed by path/phandle."""
+
+    __slots__ = ("clock_provider", "clock_rate", "controller_kind", "gic_encoded",
+                 "irq_parent")
+
+    def __init__(self) -> None:
+        self.irq_parent: dict[str, object] = {}
+        self.controller_kind: dict[str, str] = {}
+        self.gic_encoded: dict[str, bool] = {}
+        self.clock_provider: dict[int, object] = {}
+        self.clock_rate: dict[str, int | None] = {}
+
+
 class RawTree:
     """Every node of one blob, by path and by phandle, in blob order."""
 
@@ -75,8 +89,9 @@ class RawTree:
         self.by_path: dict[str, RawNode] = (
             by_path if by_path is not None else {node.path: node for node in nodes})
         self.by_phandle: dict[int, RawNode] = {}
-        #: Per-tree memo for the resolver (facts about controllers asked once per node).
-        self.memo: dict[tuple[str, str], object] = {}
+        #: Per-tree memo for the resolver: facts about controllers and providers that
+        #: every node referring to them would otherwise recompute.
+        self.memo = ResolverMemo()
         self._children: dict[str, list[RawNode]] | None = None
         #: Tree-wide findings (duplicate phandles...) that belong to no single node.
         self.problems = problems

@@ -288,14 +288,14 @@ def _interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:
     parent = node.parent
     if "interrupt-parent" in node.props or parent is None:
         return _walk_interrupt_parent(tree, node)
-    key = ("irq-parent", parent.path)
-    hit = tree.memo.get(key)
+    memo = tree.memo.irq_parent
+    hit = memo.get(parent.path)
     if hit is None:
         try:
             hit = _walk_interrupt_parent(tree, node)
         except NodeError as err:
             hit = err.message
-        tree.memo[key] = hit
+        memo[parent.path] = hit
     if isinstance(hit, str):
         raise NodeError(node.path, hit)
     assert isinstance(hit, RawNode)
@@ -345,10 +345,10 @@ def _gic_encoded(tree: RawTree, node: RawNode) -> bool:
     A controller with three or more specifier cells whose own interrupt parent is a GIC
     is an irq-domain stacked on the GIC and takes the GIC's encoding unchanged.
     """
-    key = ("gic-encoded", node.path)
-    known = tree.memo.get(key)
+    memo = tree.memo.gic_encoded
+    known = memo.get(node.path)
     if known is not None:
-        return bool(known)
+        return known
     result = _is_gic(node)
     count = _u32(node, "#interrupt-cells")
     if not result and count is not None and count >= 3 and (
@@ -358,7 +358,7 @@ def _gic_encoded(tree: RawTree, node: RawNode) -> bool:
         except NodeError:
             parent = None
         result = parent is not None and parent is not node and _is_gic(parent)
-    tree.memo[key] = result
+    memo[node.path] = result
     return result
 
 
@@ -560,16 +560,15 @@ _GIC_CONTROLLER = "gic"
 
 def _controller_kind(tree: RawTree, node: RawNode) -> str:
     """Whether specifiers for ``node`` end there (GIC-encoded or not) or go through a map."""
-    key = ("controller-kind", node.path)
-    kind = tree.memo.get(key)
+    memo = tree.memo.controller_kind
+    kind = memo.get(node.path)
     if kind is None:
         if "interrupt-controller" in node.props and (
                 "interrupt-map" not in node.props or _abuses_interrupt_map(node)):
             kind = _GIC_CONTROLLER if _gic_encoded(tree, node) else _CONTROLLER
         else:
             kind = _NEXUS
-        tree.memo[key] = kind
-    assert isinstance(kind, str)
+        memo[node.path] = kind
     return kind
 
 
@@ -577,11 +576,11 @@ def _controller_kind(tree: RawTree, node: RawNode) -> str:
 
 
 def _clock_rate(tree: RawTree, provider: RawNode, depth: int = 0) -> int | None:
-    key = ("clock-rate", provider.path)
-    if key in tree.memo:
-        return tree.memo[key]  # type: ignore[return-value]
+    memo = tree.memo.clock_rate
+    if provider.path in memo:
+        return memo[provider.path]
     rate = _compute_clock_rate(tree, provider, depth)
-    tree.memo[key] = rate
+    memo[provider.path] = rate
     return rate
 
 
@@ -607,8 +606,8 @@ def _compute_clock_rate(tree: RawTree, provider: RawNode, depth: int) -> int | N
 
 def _clock_provider(tree: RawTree, phandle: int) -> tuple[str, int, int | None] | str:
     """``(path, #clock-cells, rate)`` of the provider ``phandle`` names, or why not."""
-    key = ("clock-provider", str(phandle))
-    known = tree.memo.get(key)
+    memo = tree.memo.clock_provider
+    known = memo.get(phandle)
     if known is None:
         provider = tree.by_phandle.get(phandle)
         if provider is None:
@@ -619,7 +618,7 @@ def _clock_provider(tree: RawTree, phandle: int) -> tuple[str, int, int | None] 
                 known = f"clock provider {provider.path} has no #clock-cells"
             else:
                 known = (provider.path, count, _clock_rate(tree, provider))
-        tree.memo[key] = known
+        memo[phandle] = known
     return known  # type: ignore[return-value]
 
 
