@@ -85,8 +85,6 @@ guest_spis = [7, 7]
         "/etc/platpass/lab.toml: device[0].node: must be a device-tree path starting with "
         "'/', got 'soc/gpio'",
         "/etc/platpass/lab.toml: device[0]: source 'dtb' needs key 'firmware' (the file)",
-        "/etc/platpass/lab.toml: device[0].backend: the sim backend needs source 'sim', "
-        "not 'dtb'",
         "/etc/platpass/lab.toml: device[0].socket: must be an absolute path, got "
         "'relative.sock'",
         "/etc/platpass/lab.toml: device[0].mode: must be an octal permission string "
@@ -95,6 +93,13 @@ guest_spis = [7, 7]
         "address, got 4097",
         "/etc/platpass/lab.toml: device[0].guest_spis: SPIs repeat: [7, 7]",
     ]
+
+
+def test_the_sim_backend_needs_a_described_board(tmp_path: Path) -> None:
+    assert _error(f'[[device]]\nnode = "{GPIO}"\nsource = "live"\nbackend = "sim"\n'
+                  f'socket = "{tmp_path}/g.sock"\n') == (
+        "/etc/platpass/lab.toml: device[0].backend: the sim backend models a described "
+        "board; source 'live' is this host's hardware")
 
 
 def test_bad_paths(tmp_path: Path) -> None:

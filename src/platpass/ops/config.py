@@ -14,7 +14,7 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     node = "/soc@9000000/gpio@30000"
     source = "sim"               # sim | dtb | dts | live
     firmware = "/boot/board.dtb" # the file, for source = dtb | dts only
-    backend = "sim"              # sim (source sim only) | uio | vfio
+    backend = "sim"              # sim (default for source sim) | uio | vfio
     socket = "/run/platpass/gpio0.sock"
     owner = "root"  group = "kvm"  mode = "0660"
     allow_uids = [1000]  allow_gids = ["kvm"]
@@ -252,8 +252,9 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
         check.fail(f"{where}.firmware", f"only for source dtb or dts, not {source!r}")
     backend = check.string(where, table, "backend",
                            default="sim" if source == "sim" else "uio", choices=BACKENDS)
-    if backend == "sim" and source not in (None, "sim"):
-        check.fail(f"{where}.backend", f"the sim backend needs source 'sim', not {source!r}")
+    if backend == "sim" and source == "live":
+        check.fail(f"{where}.backend", "the sim backend models a described board; source "
+                   "'live' is this host's hardware")
     if source == "sim" and backend in ("uio", "vfio"):
         check.fail(f"{where}.backend", f"{backend!r} drives real hardware; the simulated "
                    "board needs backend 'sim'")
