@@ -64,11 +64,12 @@ class Raw:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The sim board with the PL031 given a two-page window (second page mappable)."""
+    """The sim board with the PL011 given a two-page window (its FIFO page trapped, the
+    second page mappable); the PL031 as the board describes it (one page, mapped whole)."""
     where = tmp_path_factory.mktemp("conf")
     dts = where / "board.dts"
     dts.write_text(board_dts_path().read_text().replace(
-        "reg = <0x20000 0x1000>;", "reg = <0x20000 0x2000>;"))
+        "reg = <0x0 0x1000>;", "reg = <0x0 0x2000>;"))
     sockets = where / "s"
     server = Server("--dts", str(dts), "--backend", "sim", "--socket-dir", str(sockets),
                     f"{SOC}/rtc@20000", f"{SOC}/serial@0")
@@ -76,13 +77,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert server.stop() == 0
 
 
-@pytest.fixture
-def rtc(served: Path) -> Iterator[Raw]:
-    raw = Raw(served / "rtc@20000.sock")
+def negotiated_raw(path: Path) -> Raw:
+    raw = Raw(path)
     caps = json.dumps({"capabilities": {"max_msg_fds": 4, "max_data_xfer_size": 65536}})
     header, payload, _ = raw.call(1, struct.pack("<HH", 0, 1) + caps.encode() + b"\0")
     assert header[3] == 1  # Type = Reply, no error
     raw.version_reply = payload  # type: ignore[attr-defined]
+    return raw
+
+
+@pytest.fixture
+def rtc(served: Path) -> Iterator[Raw]:
+    raw = negotiated_raw(served / "rtc@20000.sock")
+    yield raw
+    raw.close()
+
+
+@pytest.fixture
+def uart(served: Path) -> Iterator[Raw]:
+    raw = negotiated_raw(served / "serial@0.sock")
     yield raw
     raw.close()
 
@@ -107,15 +120,15 @@ def test_device_get_info_layout(rtc: Raw) -> None:
     assert flags & 1  # VFIO_DEVICE_FLAGS_RESET
 
 
-def test_region_info_with_sparse_mmap_capability(rtc: Raw) -> None:
+def test_region_info_with_sparse_mmap_capability(uart: Raw) -> None:
     """GET_REGION_INFO: argsz is the full size; cap_offset relative to the start of the
     region info; sparse mmap cap (id 1, version 1); the fd comes with MMAP."""
-    _h, small, fds = rtc.call(5, struct.pack("<IIIIQQ", 32, 0, 0, 0, 0, 0))
+    _h, small, fds = uart.call(5, struct.pack("<IIIIQQ", 32, 0, 0, 0, 0, 0))
     argsz = struct.unpack_from("<I", small)[0]
     assert len(small) == 32 and argsz > 32
     for fd in fds:
         os.close(fd)
-    _h, full, fds = rtc.call(5, struct.pack("<IIIIQQ", argsz, 0, 0, 0, 0, 0))
+    _h, full, fds = uart.call(5, struct.pack("<IIIIQQ", argsz, 0, 0, 0, 0, 0))
     assert len(full) == argsz
     _argsz, flags, index, cap_offset, size, offset = struct.unpack_from("<IIIIQQ", full)
     assert index == 0 and size == 0x2000
@@ -129,6 +142,19 @@ def test_region_info_with_sparse_mmap_capability(rtc: Raw) -> None:
     assert len(fds) == 1
     mapping = mmap.mmap(fds[0], 0x1000, offset=offset + areas[0][0])
     mapping.close()
+    os.close(fds[0])
+
+
+def test_region_info_of_a_wholly_mappable_region(rtc: Raw) -> None:
+    """The board's PL031: MMAP without CAPS (no capability chain, cap_offset 0), argsz 32,
+    and the fd of the whole region comes with the reply."""
+    _h, full, fds = rtc.call(5, struct.pack("<IIIIQQ", 32, 0, 0, 0, 0, 0))
+    argsz, flags, index, cap_offset, size, offset = struct.unpack_from("<IIIIQQ", full)
+    assert (argsz, index, cap_offset, size) == (32, 0, 0, 0x1000)
+    assert flags & 0b1111 == 0b0111  # READ | WRITE | MMAP, no CAPS
+    assert len(fds) == 1
+    with mmap.mmap(fds[0], 0x1000, offset=offset) as mapping:
+        assert struct.unpack_from("<I", mapping, 0xFE0)[0] == 0x31  # PL031 PeriphID0
     os.close(fds[0])
 
 

@@ -243,13 +243,14 @@ def test_refused_node_is_not_served(tmp_path: Path) -> None:
 
 
 def test_mappable_page_is_mmapped_from_the_region_fd(tmp_path: Path) -> None:
-    """A PL031 described with a two-page window: the second page has no registers with
-    side effects, so the server offers it (sparse mmap + fd) and the client maps it."""
+    """A PL011 described with a two-page window: its register page holds FIFO registers
+    and is trapped; the second page has none, so the server offers it (sparse mmap + fd)
+    and the client maps it."""
     dts = tmp_path / "wide.dts"
     dts.write_text(board_dts_path().read_text().replace(
-        "reg = <0x20000 0x1000>;", "reg = <0x20000 0x2000>;"))
+        "reg = <0x0 0x1000>;", "reg = <0x0 0x2000>;"))
     path = tmp_path / "wide.sock"
-    server = Server("--dts", str(dts), "--backend", "sim", f"{SOC}/{PL031}",
+    server = Server("--dts", str(dts), "--backend", "sim", f"{SOC}/{PL011}",
                     "--socket-path", str(path))
     try:
         with VfioUserClient.connect(path) as client:
@@ -272,6 +273,36 @@ def test_mappable_page_is_mmapped_from_the_region_fd(tmp_path: Path) -> None:
             mapped.close()
     finally:
         assert server.stop() == 0
+
+
+def test_board_pl031_is_mapped_whole_and_its_counter_moves_in_the_mapping(board: Path
+                                                                         ) -> None:
+    """The board's own PL031 (one page, as firmware describes it) is offered whole: MMAP,
+    no sparse capability. Through the mapping the client reads the identification and
+    watches RTCDR move once a second; writes through it (RTCMR, RTCICR) are taken over by
+    the device at its next event boundary, here a trapped read."""
+    with connect(board, PL031) as rtc:
+        region = rtc.region_info(0)
+        assert region.fd is not None
+        os.close(region.fd)
+        assert region.info.flags & RegionFlags.MMAP
+        assert not region.info.flags & RegionFlags.CAPS and region.info.sparse_areas is None
+        assert [(a.offset, a.size) for a in region.areas()] == [(0, 0x1000)]
+        mapped = rtc.map_region(0)
+        try:
+            assert mapped.read32(0xFE0) == 0x31 and mapped.read32(0xFFC) == 0xB1
+            first = mapped.read32(0x00)
+            deadline = time.monotonic() + 3.0
+            while mapped.read32(0x00) == first and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert mapped.read32(0x00) == first + 1       # the 1 Hz tick, seen in memory
+            mapped.write32(0x04, 0x1234_5678)             # RTCMR, no message
+            mapped.write32(0x1C, 1)                       # RTCICR, no message
+            assert rtc.read(0, 0x04, 4) == 0x1234_5678    # boundary: taken over
+            assert mapped.read32(0x1C) == 0               # write-1-to-clear reads 0 again
+            assert abs(rtc.read(0, 0x00, 4) - mapped.read32(0x00)) <= 1
+        finally:
+            mapped.close()
 
 
 def test_inherited_listening_socket_with_fd_option(tmp_path: Path) -> None:

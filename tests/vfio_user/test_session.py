@@ -94,10 +94,11 @@ def rtc(make_device: Callable[..., VfioDevice]) -> VfioDevice:
 
 
 @pytest.fixture
-def two_page_rtc(reactor: EpollReactor) -> VfioDevice:
-    """A PL031 whose region spans two pages: the second page has no side effects and is
-    mappable, so region info carries a sparse-mmap capability and an fd."""
-    node = board_node("arm,pl031")
+def two_page_uart(reactor: EpollReactor) -> VfioDevice:
+    """A PL011 whose region spans two pages: the first holds its FIFO registers (trapped),
+    the second has no side effects and is mappable, so region info carries a sparse-mmap
+    capability and an fd."""
+    node = board_node("arm,pl011")
     node = dataclasses.replace(node, regions=(MmioRange(node.regions[0].address, 0x2000),))
     device = VfioDevice(node, driver_for(node), open_sim_backend(node, reactor), reactor,
                         EmulatedIommu())
@@ -173,9 +174,9 @@ def test_region_info_trapped_region_has_no_fd(rtc: VfioDevice) -> None:
                    RegionInfoRequest(31, 0).encode()) == errno.EINVAL
 
 
-def test_region_info_sparse_mmap_and_argsz_retry(two_page_rtc: VfioDevice) -> None:
-    session = negotiated(two_page_rtc)
-    source = two_page_rtc.region_info(0).map_source
+def test_region_info_sparse_mmap_and_argsz_retry(two_page_uart: VfioDevice) -> None:
+    session = negotiated(two_page_uart)
+    source = two_page_uart.region_info(0).map_source
     assert source is not None
     small = ask(session, Command.DEVICE_GET_REGION_INFO, RegionInfoRequest(32, 0).encode())
     info = RegionInfo.decode(small.payload)
@@ -192,8 +193,8 @@ def test_region_info_sparse_mmap_and_argsz_retry(two_page_rtc: VfioDevice) -> No
     assert full.fds == (source.fd,)
 
 
-def test_client_that_takes_no_fds_gets_no_mmap(two_page_rtc: VfioDevice) -> None:
-    session = negotiated(two_page_rtc, max_msg_fds=0)
+def test_client_that_takes_no_fds_gets_no_mmap(two_page_uart: VfioDevice) -> None:
+    session = negotiated(two_page_uart, max_msg_fds=0)
     reply = ask(session, Command.DEVICE_GET_REGION_INFO, RegionInfoRequest(512, 0).encode())
     info = RegionInfo.decode(reply.payload)
     assert not info.flags & (RegionFlags.MMAP | RegionFlags.CAPS) and reply.fds == ()

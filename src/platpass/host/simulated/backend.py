@@ -4,18 +4,28 @@ Mapped versus trapped in simulation
 -----------------------------------
 A real device's registers have their side effects in hardware, so a page of them can be
 mapped into a guest. A memfd has none, so each model declares ``side_effect_ranges`` (FIFO
-data registers, write-1-to-clear registers, registers that move interrupt lines or
-counters, masked addressing). They are reported in
+data registers, clear-on-read registers, masked addressing: registers whose effect depends
+on *each* access, which no later look at the memory can recover). They are reported in
 :attr:`BackendRegion.side_effect_ranges <platpass.host.backend.BackendRegion>`, and the
 VFIO layer never maps a page that holds one: accesses there come to :meth:`read`/:meth:`write`.
 
 The memfd is a live mirror: after every model step each register's current read value is
 written into it, so a client that maps it reads real values (the PL031 counter moves
-there once a second). Writes through a mapping to plain-storage registers (e.g. PL031
-``RTCMR``, PL011 ``UARTIBRD``) land in the memfd; the model takes them over at the next
-*event boundary* - any trapped access, an unmask, a timer or a host-side input. Writes
-through a mapping to read-only registers are undone at that boundary. Until then the
-mapping shows what was written, which is the one way the simulation differs from silicon.
+there once a second). Writes through a mapping to the model's ``storage_offsets`` land in
+the memfd; the backend takes them over at the next *event boundary* - any trapped access,
+an unmask, a timer or a host-side input - as one full-width register write each, *before*
+the step of that boundary runs. A storage register need not be plain storage: the PL031's
+``RTCLR`` (a new value loads the counter) and ``RTCICR`` (write-1-to-clear; mirrored as 0,
+so any set bit is a write) are taken over the same way, which is why its page has no
+side-effect range at all. Writes through a mapping to read-only registers and reserved
+space are undone at the boundary. Until then the mapping shows what was written, which is
+the one way the simulation differs from silicon (each model documents what that means for
+it).
+
+The take-over compares the mirrored words with what the backend last published; only when
+the page differs from that shadow (one 4 KiB comparison) is anything done, and then only
+the words that differ are rewritten, so a guest writing another word of the page at the
+same moment keeps its write.
 
 Interrupts
 ----------
@@ -202,7 +212,9 @@ class SimulatedBackend:
         try:
             restore = self._reconcile()
             result = step()
-            self._publish(force=restore)
+            self._publish()
+            if restore:
+                self._restore()
         finally:
             self._in_step = False
         self._deliver()
@@ -215,38 +227,73 @@ class SimulatedBackend:
         return mm is None or mm[: self._span] != self._shadow
 
     def _reconcile(self) -> bool:
-        """Take over writes made through a mapping; True when the memfd needs restoring."""
+        """Take over writes made through a mapping (before the boundary's step runs).
+
+        A mirrored storage register whose memfd word differs from what was last published
+        is written to the model with that value, and the value is adopted as published (the
+        memfd already holds it; it is rewritten only if the model reads back something
+        else, e.g. ``RTCICR`` going back to 0). Returns True when the page differed from
+        the shadow at all, so that :meth:`_restore` undoes the writes nobody took over.
+        """
         mm = self._mm
         assert mm is not None
         if mm[: self._span] == self._shadow:
             return False
         unpack = struct.unpack_from
+        pack = struct.pack_into
+        fmt = self._fmt
+        last = self._last
+        full = (1 << (8 * self.model.reg_width)) - 1
+        taken: list[tuple[int, int]] = []
         for index, offset in enumerate(self._offsets):
-            (current,) = unpack(self._fmt, mm, offset)
-            if current != self._last[index] and offset in self._storage:
-                full = (1 << (8 * self.model.reg_width)) - 1
-                self.model.write_reg(offset, current, full)
+            if offset not in self._storage:
+                continue
+            (current,) = unpack(fmt, mm, offset)
+            if current != last[index]:
+                last[index] = current
+                pack(fmt, self._shadow, offset, current)
+                taken.append((offset, current))
+        for offset, value in taken:  # in offset order, after every value has been read
+            self.model.write_reg(offset, value, full)
         return True
 
     def _publish(self, *, force: bool = False) -> None:
-        """Write every register's current read value into the memfd."""
+        """Write every mirrored register whose read value changed into the memfd (and the
+        shadow); ``force`` rewrites the whole page from the shadow (start-up)."""
         mm = self._mm
         assert mm is not None
         values = self.model.mirror_values()
         last = self._last
-        if values == last and not force:
-            return
-        pack = struct.pack_into
-        fmt = self._fmt
-        shadow = self._shadow
-        for index, value in enumerate(values):
-            if value != last[index]:
-                last[index] = value
-                pack(fmt, shadow, self._offsets[index], value)
-                if not force:
-                    pack(fmt, mm, self._offsets[index], value)
+        if values != last:
+            pack = struct.pack_into
+            fmt = self._fmt
+            shadow = self._shadow
+            for index, value in enumerate(values):
+                if value != last[index]:
+                    last[index] = value
+                    pack(fmt, shadow, self._offsets[index], value)
+                    if not force:
+                        pack(fmt, mm, self._offsets[index], value)
         if force:
-            mm[: self._span] = shadow
+            mm[: self._span] = self._shadow
+
+    def _restore(self) -> None:
+        """Undo mapped writes nobody took over (read-only registers, reserved space),
+        rewriting only the register-sized words that differ from the shadow."""
+        mm = self._mm
+        assert mm is not None
+        shadow = self._shadow
+        if mm[: self._span] == shadow:
+            return
+        width = self.model.reg_width
+        chunk = 64
+        for start in range(0, self._span, chunk):
+            end = start + chunk
+            if mm[start:end] == shadow[start:end]:
+                continue
+            for word in range(start, end, width):
+                if mm[word:word + width] != shadow[word:word + width]:
+                    mm[word:word + width] = shadow[word:word + width]
 
     def _deliver(self) -> None:
         """Report line events to the listener; safe against re-entry from the listener."""

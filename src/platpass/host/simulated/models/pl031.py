@@ -2,9 +2,49 @@
 
 A 32-bit counter incremented by the 1 Hz ``CLK1HZ`` once ``RTCCR`` bit 0 has started it
 (writes of 0 afterwards have no effect), ``RTCLR`` loading it, and a match interrupt raised
-when the counter reaches ``RTCMR``. The model ticks once a second while running - the tick
-is what moves the counter in the memfd mirror and checks the match - and computes the
-counter from the clock between ticks, so reads are exact whatever the tick latency.
+when the counter reaches ``RTCMR``. The model ticks once a second - the tick is what moves
+the counter in the memfd mirror and checks the match - and computes the counter from the
+clock between ticks, so trapped reads are exact whatever the tick latency.
+
+Mappable: no side-effect ranges
+-------------------------------
+Every PL031 register is either read-only (``RTCDR``, ``RTCRIS``, ``RTCMIS``, the IDs),
+read/write storage whose effect may wait for the next clock edge (``RTCMR``, ``RTCIMSC``,
+``RTCCR``), or a write whose effect the backend can infer from the value left behind
+(``RTCLR``: a new value loads the counter; ``RTCICR``: any set bit clears that interrupt).
+So the model declares no side-effect ranges and its whole page may be mapped into a guest.
+Writes through the mapping land in the memfd and are taken over by the backend at the next
+*event boundary* (:mod:`platpass.host.simulated.backend`): a trapped access, an unmask of the
+line (what the guest's EOI causes through the KVM resample eventfd), the 1 Hz tick, or a
+host-side input (:meth:`Pl031.set_time`). At a boundary, before anything else happens:
+
+* ``RTCLR`` different from the value last loaded -> the counter is loaded with it;
+* ``RTCICR`` non-zero -> those ``RTCRIS`` bits are cleared and ``RTCICR`` reads 0 again;
+* ``RTCMR``, ``RTCIMSC``, ``RTCCR`` -> applied (the line level is recomputed; the next tick
+  compares the counter with the new match value);
+* writes to ``RTCDR``, ``RTCRIS``, ``RTCMIS``, the IDs or reserved space -> undone.
+
+Because the reconcile runs before the step at the boundary, a guest ISR that acks with a
+mapped ``RTCICR`` write and then EOIs sees no spurious re-delivery: the unmask reconciles
+first, the line is already low when the re-fire check runs. The tick runs even while the
+counter is stopped, since with the page mapped the 1 Hz edge is the only boundary that
+sees a mapped ``RTCCR`` start.
+
+Fidelity limits of a mapped PL031 (silicon has none of these):
+
+* a mapped ``RTCLR`` write takes effect at the next boundary, at most one tick (1 s) later
+  when the guest makes no trapped access: until then ``RTCDR`` shows the old count, and the
+  counter is loaded at the boundary, so the RTC runs behind by the time between the write
+  and that boundary. A guest that must read the new time back at once has to make a
+  trapped access first (or assign the device on hardware, where this cannot happen);
+* a mapped ``RTCLR`` write of the value ``RTCLR`` already holds is invisible (the memfd
+  does not change), so it does not reload the counter;
+* a mapped ``RTCICR`` write clears ``RTCRIS``/``RTCMIS`` (and lowers the line) only at the
+  next boundary; a guest that reads ``RTCRIS`` right after acking still sees the bit. The
+  guest's EOI is a boundary, so the interrupt itself never fires twice;
+* two mapped writes to one register between boundaries count as the last one (harmless for
+  the write-1-to-clear ``RTCICR``; of two ``RTCLR`` values only the second is loaded).
+  ``RTCMR`` is only compared at ticks, which are boundaries, so no match is missed.
 """
 
 from __future__ import annotations
@@ -41,12 +81,9 @@ class Pl031(DeviceModel):
 
     kind = "pl031"
     size = 0x1000
-    side_effect_ranges = (
-        (Reg.LR, 8),       # LR loads the counter; CR starts it
-        (Reg.IMSC, 4),     # moves the interrupt line
-        (Reg.ICR, 4),      # write-1-to-clear
-    )
-    storage_offsets = frozenset({Reg.MR})
+    # No side-effect ranges: the whole page may be mapped (see the module docstring).
+    # Mapped writes to these are taken over at the next event boundary as register writes.
+    storage_offsets = frozenset({Reg.MR, Reg.LR, Reg.CR, Reg.IMSC, Reg.ICR})
 
     def __init__(self, clock: ModelClock, *, initial: int | None = None,
                  running: bool = True) -> None:
@@ -65,6 +102,8 @@ class Pl031(DeviceModel):
         self.started = False
         if running:
             self._start()
+        else:
+            self._schedule_tick()
 
     # -- host side ------------------------------------------------------------------------
 
@@ -100,8 +139,10 @@ class Pl031(DeviceModel):
         self._tick = self.call_later(next_second - elapsed, self._on_tick)
 
     def _on_tick(self) -> None:
-        self._tick = None
-        if self.counter == self.mr:
+        # The backend has taken over mapped writes before this step: a new RTCMR/RTCLR is
+        # compared here, at the right second. Rescheduling replaces any tick a mapped
+        # RTCLR load scheduled during that reconcile.
+        if self.started and self.counter == self.mr:
             self.ris = 1
             self._update_line()
         self._schedule_tick()
@@ -120,6 +161,9 @@ class Pl031(DeviceModel):
             Reg.IMSC: lambda: self.imsc,
             Reg.RIS: lambda: self.ris,
             Reg.MIS: lambda: self.ris & self.imsc,
+            # Write-only: reads as 0, and mirroring it is what lets the backend notice a
+            # mapped write-1-to-clear (and put the 0 back).
+            Reg.ICR: lambda: 0,
         }
         self.writers = {
             Reg.MR: self._write_mr,
