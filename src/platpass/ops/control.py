@@ -107,6 +107,11 @@ class ControlServer:
             raise OpsError(f"control socket {self.path}: {err}") from err
         reactor.add_reader(self.sock.fileno(), self._accept)
 
+    @property
+    def pending(self) -> int:
+        """Connections whose request has not been answered yet."""
+        return len(self._pending)
+
     def status(self) -> dict[str, Any]:
         """The whole process's status (the ``status`` reply)."""
         devices = [endpoint_status(e, self._describe(e) if self._describe else None)
