@@ -22,6 +22,14 @@ def test_demo_boots_a_guest_that_drives_the_devices(capsys: pytest.CaptureFixtur
     assert "taken 1x by the guest ISR" in out
     assert "through the KVM resample fd" in out
     assert "KVM exits:" in out
+    # the PL031 is mapped: its counter reads and alarm set-up/ack cost no exit
+    assert "mapped: the PL031 page, 4096 bytes, is a KVM memory slot" in out
+    assert "the guest read RTCDR 10000x and set up and acked its alarm with 0 MMIO exits " \
+        "(0 accesses forwarded)" in out
+    # the PL011 is trapped: one exit per access
+    trapped = next(line for line in out.splitlines() if "trapped: the PL011 page" in line)
+    exits, accesses = (int(w) for w in trapped.split(": ", 1)[1].split() if w.isdigit())
+    assert exits == accesses > 0
     assert (tmp_path / "guest-overlay.dtbo").read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
     assert '"platpass_guest_placement": 1' in (tmp_path / "placement.json").read_text()
 
