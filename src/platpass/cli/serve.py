@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
     devices: list[Any] = []
-    writer = TraceWriter(args.trace, reactor.time) if args.trace else None
+    writer = TraceWriter(args.trace, reactor.time, reactor=reactor) if args.trace else None
     control: ControlServer | None = None
     wake_r, wake_w = socket.socketpair()
     try:

@@ -174,7 +174,8 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
     devices: list[Any] = []
     assigned: list[DeviceConfig] = []
     control: ControlServer | None = None
-    writer = TraceWriter(config.trace, reactor.time) if config.trace else None
+    writer = (TraceWriter(config.trace, reactor.time, reactor=reactor) if config.trace
+              else None)
     wake_r, wake_w = socket.socketpair()
     configs: dict[str, DeviceConfig] = {}
     pid_written = False
