@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +143,23 @@ def test_status_errors(tmp_path: Path) -> None:
     result = platpass("status", "--control", str(tmp_path / "none.ctl"), check=False)
     assert result.returncode == 1
     assert f"{tmp_path}/none.ctl: no answer from the server" in result.stderr
+
+
+def test_down_after_the_server_was_killed_cleans_up(lab: Path) -> None:
+    tmp = lab.parent
+    platpass("up", str(lab))
+    config = load_config(lab)
+    pid = int(config.pid_path.read_text())
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+            break
+        time.sleep(0.01)
+    assert (tmp / "gpio.sock").is_socket()  # left behind by the dead server
+    assert platpass("down", str(lab)).stdout == "down: lab (was not running)\n"
+    assert sorted(p.name for p in tmp.iterdir()) == ["lab.toml", "run"]
+    assert sorted(p.name for p in (tmp / "run").iterdir()) == ["lab.log"]
+    # And it comes up again on the same paths.
+    platpass("up", str(lab))
+    with VfioUserClient.connect(tmp / "gpio.sock") as client:
+        assert client.read(0, 0xFE0, 4) == 0x61

@@ -363,8 +363,18 @@ def down(config: ServiceConfig, timeout: float = 10.0) -> list[str]:
             os.kill(pid, signal.SIGKILL)
             problems.append(f"server pid {pid} ignored SIGTERM for {timeout:.0f} s; killed")
             _reap(pid)
-    # Whatever a dead server left: its sockets, its pid file, kernel devices.
+    # Whatever a dead server left: its pid file, sockets nobody listens on (a live server
+    # of another configuration on the same path is left alone), kernel devices.
     config.pid_path.unlink(missing_ok=True)
+    for path in [config.control_path, *(d.socket for d in config.devices if not d.kernel)]:
+        try:
+            if stat.S_ISSOCK(path.lstat().st_mode) and not _socket_in_use(path):
+                path.unlink()
+                log.info("removed stale socket %s", path, extra={"socket": str(path)})
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            problems.append(f"cannot remove stale socket {path}: {err}")
     for device in config.devices:
         if device.kernel:
             try:
