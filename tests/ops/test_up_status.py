@@ -163,3 +163,43 @@ def test_down_after_the_server_was_killed_cleans_up(lab: Path) -> None:
     platpass("up", str(lab))
     with VfioUserClient.connect(tmp / "gpio.sock") as client:
         assert client.read(0, 0xFE0, 4) == 0x61
+
+
+def test_up_serves_unprivileged_and_cleans_up_as_root(tmp_path: Path) -> None:
+    """``user = "nobody"``: the serving child runs as nobody with no capabilities; the
+    parent (the recorded pid) keeps root, and removes the root-owned sockets at down."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    path = tmp_path / "lab.toml"
+    path.write_text(f'[service]\nrun_dir = "{tmp_path}/run"\nuser = "nobody"\n'
+                    f'[[device]]\nnode = "{GPIO}"\nsource = "sim"\n'
+                    f'socket = "{tmp_path}/gpio.sock"\n')
+    try:
+        platpass("up", str(path))
+        config = load_config(path)
+        parent = int(config.pid_path.read_text())
+        with VfioUserClient.connect(tmp_path / "gpio.sock") as client:
+            assert client.read(0, 0xFE0, 4) == 0x61
+            status = query(config.control_path)
+        child = status["pid"]
+        assert child != parent
+        fields = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{child}/status").read_text().splitlines())
+        assert fields["Uid"].split()[0] == str(config.user.uid)
+        assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"].strip() == "1"
+        assert Path(f"/proc/{parent}/status").read_text().count("Uid:\t0\t") == 1
+        assert platpass("down", str(path)).stdout == "down: lab\n"
+    finally:
+        platpass("down", str(path), check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.toml", "run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["lab.log"]
+
+
+def test_an_unknown_service_user_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(f'[service]\nuser = "no-such-user-pp"\n[[device]]\nnode = "{GPIO}"\n'
+                    f'source = "sim"\nsocket = "{tmp_path}/gpio.sock"\n')
+    result = platpass("up", "--check", str(path), check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"platpass: error: {path}: service.user: unknown user "
+                             "'no-such-user-pp'\n")

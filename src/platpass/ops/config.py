@@ -9,6 +9,7 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     log_format = "text"          # text | json
     log_level = "info"           # debug | info | warning | error
     trace = "/var/log/platpass/lab.trace"   # optional: trace every device
+    user = "platpass:kvm"        # optional: serve as this user (privilege separation)
 
     [[device]]
     node = "/soc@9000000/gpio@30000"
@@ -50,7 +51,7 @@ PAGE_SIZE = 4096
 #: Highest GIC SPI number (INTID 1019 - 32), as the guest layer allows.
 MAX_SPI = 987
 
-SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace")
+SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace", "user")
 DEVICE_KEYS = ("node", "source", "firmware", "backend", "socket", "owner", "group", "mode",
                "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis")
 
@@ -96,6 +97,8 @@ class ServiceConfig:
     log_level: str
     trace: Path | None
     devices: tuple[DeviceConfig, ...] = field(default=())
+    #: ``platpass.host.privilege.RunAs`` to serve as (None: stay root).
+    user: Any = None
 
     @property
     def control_path(self) -> Path:
@@ -195,6 +198,15 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
     trace = check.absolute("service.trace", check.string("service", service, "trace",
                                                          default=None),
                            must_exist=False, parent_must_exist=True)
+    user_text = check.string("service", service, "user", default=None)
+    user = None
+    if user_text is not None:
+        from platpass.host.privilege import PrivilegeError, parse_run_as
+
+        try:
+            user = parse_run_as(user_text)
+        except PrivilegeError as err:
+            check.fail("service.user", str(err))
     tables = data.get("device", [])
     if not isinstance(tables, list):
         check.fail("device", "must be an array of tables ([[device]])")
@@ -223,7 +235,8 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
         raise ConfigError("\n".join(check.problems))
     assert name is not None and run_dir is not None
     assert log_format is not None and log_level is not None
-    return ServiceConfig(path, name, run_dir, log_format, log_level, trace, tuple(devices))
+    return ServiceConfig(path, name, run_dir, log_format, log_level, trace, tuple(devices),
+                         user)
 
 
 def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:

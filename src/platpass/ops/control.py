@@ -184,11 +184,15 @@ class ControlServer:
         self.reactor.remove_reader(fd)
         conn.close()
 
-    def close(self) -> None:
+    def close(self, *, unlink: bool = True) -> None:
+        """Stop answering; ``unlink=False`` leaves the socket file to the process that
+        created it (an unprivileged child of ``up`` cannot remove it)."""
         for fd in list(self._pending):
             self._drop(fd)
         self.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
+        if not unlink:
+            return
         try:
             self.path.unlink(missing_ok=True)
         except OSError as err:  # a server that dropped privileges may not write the dir

@@ -245,7 +245,10 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
         activation.notify("READY=1")
         print(f"ready: {config.name} ({len(planned)} devices; control "
               f"{config.control_path})", flush=True)
-        reactor.run_forever()
+        if config.user is None:
+            reactor.run_forever()
+        else:
+            _serve_separated(config, reactor, server, devices, control, writer)
         activation.notify("STOPPING=1")
         log.info("stopping %s", config.name)
     finally:
@@ -273,6 +276,41 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
         if pid_written:
             config.pid_path.unlink(missing_ok=True)
     return 0
+
+
+def _serve_separated(config: ServiceConfig, reactor: Any, server: Any, devices: list[Any],
+                     control: Any, writer: Any) -> None:
+    """Serve in a child that drops to ``config.user``; this process keeps root, forwards
+    SIGTERM, and after the child exits does what needs root (unlinking sockets in root's
+    directories, ``platpass release``) in :func:`run_foreground`'s cleanup."""
+    from platpass.host.privilege import run_separated
+
+    if writer is not None:
+        writer.flush()  # the child must not write the parent's buffered records again
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def serve() -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # wake the loop, as in the parent
+            signal.signal(signum, lambda *_: None)
+        log.info("serving as %s (pid %d)", config.user.spec, os.getpid(),
+                 extra={"pid": os.getpid(), "uid": os.getuid()})
+        reactor.run_forever()
+        # The socket files are in root's directories: the parent removes them.
+        control.close(unlink=False)
+        for endpoint in server.endpoints:
+            endpoint.path = None
+        server.close()
+        for device in devices:
+            with contextlib.suppress(PlatpassError):
+                device.close()
+        if writer is not None:
+            writer.close()
+        return 0
+
+    code = run_separated(config.user, serve, lambda _code: None)
+    if code != 0:
+        log.error("the unprivileged server exited with %d", code, extra={"error": code})
 
 
 def _write_pid_file(path: Path) -> None:

@@ -84,6 +84,10 @@ class TraceWriter:
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out buffered records now (before a fork, at shutdown)."""
         if not self._file.closed:
             self._file.flush()
 
