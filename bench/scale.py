@@ -9,7 +9,11 @@ both figures see the same machine state:
 * **1 active client** (baseline): worker 0 reads through its first socket only, one
   REGION_READ after the other; the other 255 clients are connected and idle;
 * **256 active clients**: every worker reads through all its sockets in turn
-  (round-robin), so all 256 clients are active and W requests are in flight at once.
+  (round-robin), so all 256 clients are active and W requests are in flight at once;
+* control, **W active clients**: every worker reads through its first socket only - the
+  same concurrency as the 256 row with W clients. The 256 row against this one is what
+  the number of clients costs; this one against the baseline is what W requests in flight
+  cost (queueing in the one server thread, and wake-ups across CPUs).
 
 Each figure is the latency of one 4-byte REGION_READ of RTCDR (a trapped access the model
 computes on each read) as the client sees it, p50 and p99 over every sample. Target: p99
@@ -93,6 +97,12 @@ def generate_dts(count: int) -> str:
 
 # ---------------------------------------------------------------- workers
 
+def _cpu_ns(pid: int | str = "self") -> int:
+    """Nanoseconds ``pid`` has run on a CPU (first field of /proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def _worker(paths: list[str], cpu: int | None, conn: mp.connection.Connection) -> None:
     """Connect to every path, then run the commands the parent sends."""
     if cpu is not None:
@@ -113,12 +123,14 @@ def _worker(paths: list[str], cpu: int | None, conn: mp.connection.Connection) -
         samples = array.array("q", bytes(8 * count))
         for i in range(min(count, 200)):  # warm up this pattern
             active[i % n](0, RTCDR, 4)
+        cpu0 = _cpu_ns()
         for i in range(count):
             read = active[i % n]
             t0 = clock()
             read(0, RTCDR, 4)
             samples[i] = clock() - t0
         conn.send_bytes(samples.tobytes())
+        conn.send(_cpu_ns() - cpu0)
     for client in clients:
         client.close()
 
@@ -141,8 +153,9 @@ def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Po
                "--backend", "sim", "--socket-dir", str(socket_dir)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # stderr goes to a file: a pipe nobody reads would block a server that logs a lot.
+    errors = (socket_dir.parent / "serve.stderr").open("w+")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -151,11 +164,13 @@ def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Po
             continue
         line = proc.stdout.readline()
         if not line:
-            raise SystemExit(f"platpass serve exited: {proc.stderr.read()}")  # type: ignore[union-attr]
+            errors.seek(0)
+            raise SystemExit(f"platpass serve exited: {errors.read()[-2000:]}")
         if line.strip() == "ready":
             return proc
     proc.kill()
-    raise SystemExit("platpass serve did not get ready in 120 s")
+    errors.seek(0)
+    raise SystemExit(f"platpass serve did not get ready in 120 s: {errors.read()[-2000:]}")
 
 
 def _placement(pid: int) -> str:
@@ -171,8 +186,9 @@ def main() -> int:
                         help="reads per worker per chunk (default 4000)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of the two phases (default 3)")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="let the scheduler place server and workers")
+    parser.add_argument("--placement", choices=("split", "same", "free"), default="split",
+                        help="server on one CPU and workers on another (default), all on "
+                             "one CPU, or wherever the scheduler puts them")
     parser.add_argument("--profile", metavar="SVG",
                         help="record the server with py-spy during the 256-client phase")
     args = parser.parse_args()
@@ -180,8 +196,12 @@ def main() -> int:
         parser.error("--devices must be a multiple of --workers")
 
     cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 and not args.no_pin \
-        else (None, None)
+    if args.placement == "free":
+        server_cpu, client_cpu = None, None
+    elif args.placement == "same" or len(cpus) == 1:
+        server_cpu = client_cpu = cpus[0]
+    else:
+        server_cpu, client_cpu = cpus[0], cpus[1]
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="platpass-scale-") as tmp:
         dts = Path(tmp) / "scale.dts"
@@ -208,20 +228,30 @@ def main() -> int:
                     raise SystemExit("a worker did not connect")
             profiler = None
             one: list[int] = []
+            few: list[int] = []
             many: list[int] = []
+            #: phase -> [server CPU ns, client CPU ns]
+            cpu = {"one": [0, 0], "few": [0, 0], "many": [0, 0]}
+
+            def run_phase(name: str, mode: str, chosen: list, into: list[int]) -> None:
+                start = _cpu_ns(server.pid)
+                for _proc, pipe in chosen:
+                    pipe.send((mode, args.reads))
+                for _proc, pipe in chosen:
+                    into.extend(array.array("q", pipe.recv_bytes()))
+                    cpu[name][1] += pipe.recv()
+                cpu[name][0] += _cpu_ns(server.pid) - start
+
             for round_ in range(args.rounds):
-                workers[0][1].send(("one", args.reads))
-                one.extend(array.array("q", workers[0][1].recv_bytes()))
+                run_phase("one", "one", workers[:1], one)
+                run_phase("few", "one", workers, few)
                 if args.profile and round_ == args.rounds - 1:
                     profiler = subprocess.Popen(
                         ["py-spy", "record", "-p", str(server.pid), "-o", args.profile,
                          "-r", "500", "--nonblocking"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
-                for _proc, pipe in workers:
-                    pipe.send(("all", args.reads))
-                for _proc, pipe in workers:
-                    many.extend(array.array("q", pipe.recv_bytes()))
+                run_phase("many", "all", workers, many)
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(30)
@@ -238,20 +268,29 @@ def main() -> int:
             server.wait(30)
 
     p50_1, p90_1, p99_1, n_1 = _summary(one)
+    p50_w, p90_w, p99_w, n_w = _summary(few)
     p50_n, p90_n, p99_n, n_n = _summary(many)
     print(f"platpass serve: {args.devices} simulated PL031s in one process "
           f"(started in {startup:.1f} s); trapped 4-byte REGION_READ of RTCDR")
     print(f"CPU placement: server on CPU {placement_server}, {args.workers} client "
           f"workers on CPU {placement_workers} ({len(cpus)} CPUs available; load average "
           f"{os.getloadavg()[0]:.1f} from other processes shows in the p99)")
-    print(f"{'':32} {'p50':>9} {'p90':>9} {'p99':>9} {'samples':>8}")
+    def per_read(name: str, n: int) -> str:
+        return f"{cpu[name][0] / n / 1000:7.1f}us {cpu[name][1] / n / 1000:7.1f}us"
+
+    print(f"{'':32} {'p50':>9} {'p90':>9} {'p99':>9} {'samples':>8}   CPU per read: "
+          "server, client")
     print(f"{'1 active client (baseline)':32} {p50_1:7.1f}us {p90_1:7.1f}us {p99_1:7.1f}us "
-          f"{n_1:8d}")
+          f"{n_1:8d}   {per_read('one', n_1)}")
     print(f"{f'{args.devices} active clients':32} {p50_n:7.1f}us {p90_n:7.1f}us "
-          f"{p99_n:7.1f}us {n_n:8d}")
+          f"{p99_n:7.1f}us {n_n:8d}   {per_read('many', n_n)}")
+    print(f"{f'control: {args.workers} active clients':32} {p50_w:7.1f}us {p90_w:7.1f}us "
+          f"{p99_w:7.1f}us {n_w:8d}   {per_read('few', n_w)}")
     ratio = p99_n / p99_1
     print(f"ratio p99 {args.devices}/1: {ratio:.2f}x (p50 {p50_n / p50_1:.2f}x); "
           f"target <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
+    print(f"  of which the number of clients ({args.devices} vs {args.workers} at the same "
+          f"concurrency): p99 {p99_n / p99_w:.2f}x, p50 {p50_n / p50_w:.2f}x")
     return 0
 
 

@@ -189,21 +189,24 @@ def test_permissions_only_ever_narrow_to_the_requested_ones(
 def test_serve_takes_owner_and_group_by_name_or_number(open_dir: Path) -> None:
     for owner, group in (("nobody", "nogroup"), ("65534", "65534")):
         path = open_dir / f"rtc-{owner}.sock"
+        errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read if serve fails
         proc = subprocess.Popen(
             [sys.executable, "-m", "platpass", "serve", "--sim", "/soc@9000000/rtc@20000",
              "--socket", str(path), "--mode", "0660", "--owner", owner, "--group", group],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=errors, text=True)
         try:
             assert proc.stdout is not None
             lines = []
             while (line := proc.stdout.readline()) and line.strip() != "ready":
                 lines.append(line)
-            assert line.strip() == "ready", (lines, proc.stderr.read())  # type: ignore[union-attr]
+            errors.seek(0)
+            assert line.strip() == "ready", (lines, errors.read())
             st = os.lstat(path)
             assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, NOBODY, NOGROUP)
         finally:
             proc.terminate()
             assert proc.wait(10) == 0
+            errors.close()
 
 
 # ---------------------------------------------------------------- the allow-list

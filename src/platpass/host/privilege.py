@@ -362,12 +362,21 @@ def run_separated(run_as: RunAs, serve: Callable[[], int],
     killed (a killed child's code is ``-signal``). The parent's pid is the one to record
     and to signal: it outlives the server and always cleans up.
     """
-    pid = os.fork()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    # Blocked across the fork: a SIGTERM arriving before the parent's forwarding handler
+    # is in place must be forwarded, not kill the parent and orphan the server uncleaned.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
     if pid == 0:  # the server
         code = 70
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in signals:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             drop_privileges(run_as)
             code = int(serve() or 0)
         except SystemExit as exc:
@@ -383,8 +392,8 @@ def run_separated(run_as: RunAs, serve: Callable[[], int],
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    previous = {signum: signal.signal(signum, forward)
-                for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # pending ones are forwarded now
     try:
         while True:
             try:
