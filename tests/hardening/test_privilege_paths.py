@@ -134,10 +134,6 @@ def test_failure_before_the_rename_keeps_the_previous_state_whole(
     assert state.read() == {"9030000.pl061": entry()}
 
 
-@pytest.mark.xfail(strict=True, reason="gap reported to the kernel engineer (owner of "
-                   "host/binding.py): the temporary state file is opened without "
-                   "O_EXCL|O_NOFOLLOW, so a symlink planted at its predictable name "
-                   "(.assignments.json.<pid>) is followed")
 def test_a_symlink_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:
     state = StateFile(tmp_path / "run")
     state.directory.mkdir()

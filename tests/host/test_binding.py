@@ -144,3 +144,13 @@ def test_recover_stale_restores_devices_of_dead_servers(sysfs: Path, tmp_path: P
     finally:
         live.kill()
         live.wait()
+
+
+def test_state_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    os.symlink(real, tmp_path / "run")
+    with pytest.raises(HostError, match="not a directory owned by"), \
+            StateFile(tmp_path / "run").locked():
+        pass
+    assert list(real.iterdir()) == []

@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -110,7 +111,12 @@ class StateFile:
         """Hold the lock, yield the entries; whatever the block leaves in the dict is
         written back atomically when it exits normally."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        info = os.lstat(self.directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise HostError(f"{self.directory} is not a directory owned by uid "
+                            f"{os.geteuid()}; refusing to keep device state there")
+        fd = os.open(self.directory / ".lock",
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             entries = self.read()
@@ -134,15 +140,21 @@ class StateFile:
                             "after checking the devices it lists") from err
 
     def _write(self, entries: dict[str, Assignment]) -> None:
-        tmp = self.path.with_name(f".{STATE_NAME}.{os.getpid()}")
+        # mkstemp: an unpredictable name created with O_EXCL, so nothing planted in the
+        # directory can redirect the write; rename() then replaces the entry itself.
         data = {"devices": {name: asdict(e) for name, e in sorted(entries.items())}}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", dir=self.directory)
         try:
-            os.write(fd, json.dumps(data, indent=1).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                os.write(fd, json.dumps(data, indent=1).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _ensure_driver(device: SysfsDevice, driver: str) -> None:
