@@ -32,6 +32,7 @@ Transport decisions (the specification leaves them to the server):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -42,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from platpass.errors import HostError, RemoteProtocolError, VfioError
+from platpass.errors import HostError, PlatpassError, RemoteProtocolError, VfioError
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
@@ -53,7 +54,7 @@ from platpass.vfio_user.protocol.connection import (
     Message,
     Rejected,
 )
-from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, MessageType
+from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, HeaderFlags, MessageType
 from platpass.vfio_user.session import Limits, Reply, Session
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,15 @@ class ClientConnection:
                 return True
         except VfioError:
             return False  # the device refused before acting: the full path replies
+        except (HostError, OSError) as err:
+            # The backend failed (e.g. the device went away under UIO): answer EIO here
+            # rather than retry the access on the full path or drop the client.
+            log.warning("%s: %s of %d bytes at %#x failed in the backend: %s",
+                        self.endpoint.name, Command(command).name, count, offset, err)
+            _ACCESS.pack_into(self._reply, 0, msg_id, command, HEADER_SIZE,
+                              _REPLY_TYPE | HeaderFlags.ERROR, errno.EIO, 0, 0, 0)
+            self._send_now(self._reply_views[0][:HEADER_SIZE])
+            return True
         return False
 
     def _drain_events(self) -> None:
@@ -348,9 +358,12 @@ class ClientConnection:
             self.sock.close()
         try:
             self.endpoint.device.client_gone()
-        except VfioError as err:
+        except (PlatpassError, OSError) as err:
+            # A failing backend (device removed) must not keep the device's client slot
+            # taken, nor escape into the shared loop.
             log.warning("%s: client_gone failed: %s", self.endpoint.name, err)
-        self.endpoint.client = None
+        finally:
+            self.endpoint.client = None
         log.info("client of %s disconnected", self.endpoint.name,
                  extra={"device": self.endpoint.name, "event": "disconnected"})
 

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from platpass.errors import RemoteProtocolError, VfioError
+from platpass.errors import HostError, RemoteProtocolError, VfioError
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import IrqSetFlags, RegionFlags
 from platpass.vfio_user.protocol import messages as m
@@ -128,6 +128,8 @@ class Session:
         self.region_sizes = tuple(device.region_info(i).size for i in range(info.num_regions))
         self.region_flags = tuple(device.region_info(i).flags
                                    for i in range(info.num_regions))
+        #: Per IRQ index: how many interrupts it has (bounds SET_IRQS before decoding).
+        self._irq_counts = tuple(device.irq_info(i).count for i in range(info.num_irqs))
         self._handlers: dict[int, Callable[[Header, Any, tuple[int, ...]], Reply]] = {
             Command.VERSION: self._version,
             Command.DMA_MAP: self._dma_map,
@@ -165,6 +167,12 @@ class Session:
             if isinstance(event, Rejected):
                 return self._error(header, event.errno, event.reason)
             return self._dispatch(header, event.payload, fds)
+        except (HostError, OSError) as err:
+            # The backend failed (a UIO device removed under us, an I/O error): the client
+            # learns it as EIO, the operator from the log; the server carries on.
+            log.warning("command %d (id %d): backend failure: %s", header.command,
+                        header.msg_id, err)
+            return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
         except Exception:  # a bug must cost one reply, not every device of the server
             log.exception("command %d (id %d) failed unexpectedly", header.command,
                           header.msg_id)
@@ -326,6 +334,12 @@ class Session:
         if request.index >= self._num_irqs:
             raise RemoteProtocolError(errno.EINVAL, f"IRQ index {request.index} out of range")
         flags = int(request.flags)
+        if request.start + request.count > self._irq_counts[request.index]:
+            # Checked before anything is sized by ``count``: a 28-byte message must not
+            # make the server build a tuple of 2**32 "no fd" entries (found by fuzzing).
+            raise RemoteProtocolError(
+                errno.EINVAL, f"SET_IRQS start {request.start} count {request.count} "
+                f"outside index {request.index} of {self._irq_counts[request.index]}")
         if flags & IrqSetFlags.DATA_EVENTFD:
             if not fds:
                 eventfds: tuple[int, ...] = (-1,) * request.count
