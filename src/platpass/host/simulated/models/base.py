@@ -63,12 +63,16 @@ class DeviceModel:
     reg_width: int = 4
     #: Bytes of register space the model decodes.
     size: int = 0x1000
-    #: ``(offset, size)`` ranges whose accesses need the model (data/FIFO registers,
-    #: write-1-to-clear, registers that move interrupt lines or counters, masked
-    #: addressing). A memory mapping can never stand in for these.
+    #: ``(offset, size)`` ranges whose accesses need the model: registers whose effect
+    #: depends on each access (data/FIFO registers, clear-on-read, masked addressing,
+    #: registers that must move lines or counters at once). A memory mapping can never
+    #: stand in for these.
     side_effect_ranges: tuple[tuple[int, int], ...] = ()
-    #: Registers that are plain storage: a write through a memory mapping lands in the
-    #: memfd and is taken over by the model at the next event boundary.
+    #: Registers whose writes through a memory mapping the backend takes over at the next
+    #: event boundary, as one full-width register write (before that boundary's step):
+    #: plain storage, and writes whose effect can be read off the value they leave in the
+    #: memfd (the PL031's load and write-1-to-clear registers). They must be mirrored
+    #: (have a peeker), or the backend cannot tell that they were written.
     storage_offsets: frozenset[int] = frozenset()
     #: Interrupt lines, and which of them are level-sensitive (all of these IPs drive
     #: level outputs).

@@ -35,16 +35,22 @@ Fidelity limits of a mapped PL031 (silicon has none of these):
 * a mapped ``RTCLR`` write takes effect at the next boundary, at most one tick (1 s) later
   when the guest makes no trapped access: until then ``RTCDR`` shows the old count, and the
   counter is loaded at the boundary, so the RTC runs behind by the time between the write
-  and that boundary. A guest that must read the new time back at once has to make a
-  trapped access first (or assign the device on hardware, where this cannot happen);
+  and that boundary. The guest cannot force a boundary (every PL031 access is mapped);
+  a VMM that needs exact ``RTCLR`` timing declines the mapping (a vfio-user client that
+  takes no fds, ``attach_socket(..., map_regions=False)``) and every access is trapped;
 * a mapped ``RTCLR`` write of the value ``RTCLR`` already holds is invisible (the memfd
   does not change), so it does not reload the counter;
 * a mapped ``RTCICR`` write clears ``RTCRIS``/``RTCMIS`` (and lowers the line) only at the
   next boundary; a guest that reads ``RTCRIS`` right after acking still sees the bit. The
-  guest's EOI is a boundary, so the interrupt itself never fires twice;
-* two mapped writes to one register between boundaries count as the last one (harmless for
-  the write-1-to-clear ``RTCICR``; of two ``RTCLR`` values only the second is loaded).
-  ``RTCMR`` is only compared at ticks, which are boundaries, so no match is missed.
+  guest's EOI is a boundary, so the interrupt itself never fires twice - provided the
+  host's KVM signals the resample eventfd at the EOI. PVM signals it at injection, before
+  the ISR's ack: the unmask then still sees the line and re-fires (as it would with a
+  trapped ack), and the next tick takes the ack over;
+* mapped writes between two boundaries are applied together, in register order: two
+  writes to one register count as the last one (harmless for the write-1-to-clear
+  ``RTCICR``; of two ``RTCLR`` values only the second is loaded), and a line raised and
+  lowered again within the batch is never reported (interrupts coalesce). ``RTCMR`` is
+  only compared at ticks, which are boundaries, so no match is missed.
 """
 
 from __future__ import annotations
