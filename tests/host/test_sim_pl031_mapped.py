@@ -294,3 +294,25 @@ def test_mapped_and_trapped_drivers_agree_at_every_boundary(
     finally:
         trapped.close()
         mapped.close()
+
+
+def test_a_store_racing_the_reconcile_is_kept_for_the_next_boundary(rtc: MappedRtc) -> None:
+    """The vCPU runs while the backend reconciles: a store to a storage register landing
+    after the backend read it must not be overwritten by the restore pass."""
+    rtc[Reg.DR] = 0xDEAD                                 # something to restore
+    rtc[Reg.MR] = 10
+    model = rtc.model
+    original = model.write_reg
+
+    def write_reg_then_guest_stores(offset: int, value: int, mask: int) -> None:
+        original(offset, value, mask)
+        rtc[Reg.MR] = 20                                 # the guest, mid-reconcile
+
+    model.write_reg = write_reg_then_guest_stores        # type: ignore[method-assign]
+    rtc.trapped_read()
+    model.write_reg = original                           # type: ignore[method-assign]
+    assert model.mr == 10 and rtc[Reg.MR] == 20          # kept, not rolled back to 10
+    assert rtc[Reg.DR] == 1000                           # the read-only word was undone
+    assert rtc.backend.mapped_writes_pending
+    rtc.trapped_read()                                   # the next boundary takes it
+    assert model.mr == 20 and not rtc.backend.mapped_writes_pending

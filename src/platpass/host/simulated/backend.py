@@ -279,20 +279,26 @@ class SimulatedBackend:
 
     def _restore(self) -> None:
         """Undo mapped writes nobody took over (read-only registers, reserved space),
-        rewriting only the register-sized words that differ from the shadow."""
+        rewriting only the register-sized words that differ from the shadow.
+
+        A storage register that differs here was written by the guest after
+        :meth:`_reconcile` read it (the vCPU runs while we do): it is left for the next
+        boundary to take over, never overwritten with the older value.
+        """
         mm = self._mm
         assert mm is not None
         shadow = self._shadow
         if mm[: self._span] == shadow:
             return
         width = self.model.reg_width
+        storage = self._storage
         chunk = 64
         for start in range(0, self._span, chunk):
             end = start + chunk
             if mm[start:end] == shadow[start:end]:
                 continue
             for word in range(start, end, width):
-                if mm[word:word + width] != shadow[word:word + width]:
+                if word not in storage and mm[word:word + width] != shadow[word:word + width]:
                     mm[word:word + width] = shadow[word:word + width]
 
     def _deliver(self) -> None:
