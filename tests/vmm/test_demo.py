@@ -41,6 +41,9 @@ def test_demo_without_kvm_runs_the_driver_sequence_over_the_client(
     assert "client library" in out
     assert f"{MESSAGE.rstrip()!r} (matches what the guest sent)" in out
     assert "taken 1x by the client" in out
+    line = next(line for line in out.splitlines() if "RTC: RTCDR = " in line)
+    by_message, mapped = (int(w) for w in line.split() if w.isdigit())
+    assert abs(mapped - by_message) <= 1 and "through the mapped page" in line
 
 
 def test_missing_kvm_device_is_explained() -> None:

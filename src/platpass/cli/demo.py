@@ -247,7 +247,13 @@ def _run_client(board: Any) -> dict[str, Any]:
         results["uart_fr"] = u.read(0, UARTFR, 4)
         _say(f"    UART: sent {len(MESSAGE)} bytes; UARTFR reads back {results['uart_fr']:#x}")
         results["rtc_value"] = r.read(0, RTCDR, 4)
-        _say(f"    RTC: RTCDR = {results['rtc_value']}")
+        page = r.client.map_region(0)  # the PL031's page is offered whole
+        try:
+            results["rtc_mapped_value"] = page.read32(RTCDR)
+        finally:
+            page.close()
+        _say(f"    RTC: RTCDR = {results['rtc_value']} by REGION_READ, "
+             f"{results['rtc_mapped_value']} through the mapped page (no message)")
         r.set_irqs(0, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, 0, 1,
                    fds=(trigger,))
         r.write(0, RTCIMSC, 4, 1)
