@@ -165,3 +165,37 @@ def test_backend_failure_in_client_gone_still_frees_the_device(
         server.close()
         device.backend.removed = False  # type: ignore[attr-defined]
         device.close()
+
+
+def test_client_gone_on_a_failing_backend_closes_irq_fds_and_drops_dma_maps(
+        reactor: EpollReactor) -> None:
+    """Fault finding: when masking a line failed in the backend (device removed),
+    ``client_gone`` stopped at the first line: the client's trigger eventfd dup stayed
+    open for good and its DMA maps were kept. Now every fd is closed, every map dropped,
+    and the backend's error is still reported."""
+    import os
+
+    from fault_helpers import open_fds
+
+    from platpass.errors import HostError
+
+    device = sim_device(reactor, "arm,pl061", removable=True)
+    try:
+        baseline = open_fds()
+        efd = os.eventfd(0)
+        device.set_irqs(0, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, 0, 1,
+                        fds=(efd,))
+        os.close(efd)
+        device.dma_map(0x100000, 0x1000, 3)
+        assert len(open_fds()) == len(baseline) + 1  # the device's dup
+        backend = device.backend
+        assert isinstance(backend, RemovableBackend)
+        backend.remove()
+        with pytest.raises(HostError):
+            device.client_gone()
+        assert open_fds() == baseline
+        assert len(device.iommu) == 0
+        assert device.irqs.lines[0].trigger_fd is None
+    finally:
+        device.backend.removed = False  # type: ignore[attr-defined]
+        device.close()

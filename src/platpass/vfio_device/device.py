@@ -285,8 +285,11 @@ class VfioDevice:
         """The client vanished: close its IRQ fds and forget its DMA maps (returned), keep
         the device's register state for the next client."""
         self._check_open()
-        self.irqs.teardown()
-        return self.iommu.clear()
+        try:
+            self.irqs.teardown()
+        finally:
+            removed = self.iommu.clear()  # even when the backend failed to mask a line
+        return removed
 
     def close(self) -> None:
         """Give the device up: IRQ fds closed, DMA maps forgotten, device quiesced, backend

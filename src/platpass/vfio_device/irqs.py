@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from platpass.errors import VfioError
+from platpass.errors import HostError, VfioError
 from platpass.reactor import Reactor
 from platpass.vfio_device.uapi import IrqInfoFlags, IrqSetFlags
 
@@ -379,9 +379,13 @@ class IrqController:
         old, line.trigger_fd = line.trigger_fd, fd
         if fd is None:
             line.pending_edge = False
-        self._sync_source(line)
-        if old is not None:
-            os.close(old)
+        try:
+            self._sync_source(line)
+        finally:
+            # The replaced fd is ours to close even when the backend failed (a removed
+            # device must not leak the client's eventfds).
+            if old is not None:
+                os.close(old)
 
     def _set_watch(self, line: IrqLine, attr: str, fd: int | None, handler: object) -> None:
         old = getattr(line, attr)
@@ -405,13 +409,24 @@ class IrqController:
 
     def teardown(self) -> None:
         """Close every fd and return each line to its initial state (unmasked, no trigger,
-        disabled at the source). Used when a client goes away and on open/close."""
+        disabled at the source). Used when a client goes away and on open/close.
+
+        Every fd is closed and every line reset even if the backend fails to mask a
+        line (a device removed under us); the first such HostError/OSError is raised
+        afterwards.
+        """
+        failure: HostError | OSError | None = None
         for line in self.lines:
             self._set_watch(line, "unmask_fd", None, None)
             self._set_watch(line, "mask_fd", None, None)
-            self._set_trigger(line, None)
+            try:
+                self._set_trigger(line, None)
+            except (HostError, OSError) as err:
+                failure = failure or err
             line.masked = False
             line.pending_edge = False
+        if failure is not None:
+            raise failure
 
     def _line(self, index: int) -> IrqLine:
         if not 0 <= index < len(self.lines):
