@@ -146,7 +146,7 @@ def _summary(samples: list[int]) -> tuple[float, float, float, int]:
             _percentile(ordered, 0.99), len(ordered))
 
 
-def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Popen[str]:
+def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Popen[bytes]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 256 listeners + 256 clients
     command = [sys.executable, "-m", "platpass", "serve", "--dts", str(dts),
@@ -155,18 +155,22 @@ def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Po
         command = ["taskset", "-c", str(cpu), *command]
     # stderr goes to a file: a pipe nobody reads would block a server that logs a lot.
     errors = (socket_dir.parent / "serve.stderr").open("w+")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
     assert proc.stdout is not None
+    # Raw reads: select() on a buffered reader misses lines already in its buffer.
+    fd = proc.stdout.fileno()
+    output = b""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
+        ready, _, _ = select.select([fd], [], [], 1)
         if not ready:
             continue
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             errors.seek(0)
             raise SystemExit(f"platpass serve exited: {errors.read()[-2000:]}")
-        if line.strip() == "ready":
+        output += chunk
+        if b"\nready\n" in b"\n" + output:
             return proc
     proc.kill()
     errors.seek(0)

@@ -295,26 +295,29 @@ def test_separated_cleanup_runs_even_when_the_server_is_killed() -> None:
 
 # ---------------------------------------------------------------- platpass serve --user
 
-def start_serve(*args: str) -> subprocess.Popen[str]:
+def start_serve(*args: str) -> subprocess.Popen[bytes]:
+    """Start ``platpass serve`` and return once it printed ``ready`` (its output before
+    that is kept as ``proc.banner``)."""
     # stderr to a file: an unread pipe would block a server that logs much.
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=errors, text=True)
-    lines = []
+                            stdout=subprocess.PIPE, stderr=errors)
     assert proc.stdout is not None
-    while True:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        if not ready:
+    # Raw reads: select() on a buffered reader misses lines already in its buffer.
+    fd = proc.stdout.fileno()
+    output = b""
+    while b"\nready\n" not in b"\n" + output:
+        if not select.select([fd], [], [], 60)[0]:
             proc.kill()
-            raise AssertionError(f"serve not ready in 60 s: {lines}")
-        line = proc.stdout.readline()
-        if not line:
+            raise AssertionError(f"serve not ready in 60 s: {output!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
             proc.wait(5)
-            raise AssertionError(f"serve exited: {lines}")
-        lines.append(line)
-        if line.strip() == "ready":
-            proc.banner = lines  # type: ignore[attr-defined]
-            return proc
+            errors.seek(0)
+            raise AssertionError(f"serve exited: {output!r} {errors.read()}")
+        output += chunk
+    proc.banner = output.decode()  # type: ignore[attr-defined]
+    return proc
 
 
 def test_serve_drops_to_nobody_and_still_serves_end_to_end(open_dir: Path) -> None:
@@ -322,7 +325,7 @@ def test_serve_drops_to_nobody_and_still_serves_end_to_end(open_dir: Path) -> No
     proc = start_serve("--sim", "--socket-dir", str(socks), "--user", "nobody",
                        "--mode", "0600")
     try:
-        banner = "".join(proc.banner)  # type: ignore[attr-defined]
+        banner = proc.banner  # type: ignore[attr-defined]
         assert "running as uid 65534 gid 65534" in banner
         creds = Credentials.of(proc.pid)
         assert creds.uids == (NOBODY,) * 4 and creds.gids == (NOGROUP,) * 4
