@@ -102,3 +102,24 @@ def test_kernel_devices_go_through_assign_and_release(tmp_path: Path,
                                        "/pl061@9030000"]
     (planned,) = plan(config)  # judged on the dtb: assignable, nothing bound
     assert planned.export.node.path == "/pl061@9030000"
+
+
+def test_check_does_not_probe_sockets_systemd_already_holds(tmp_path: Path) -> None:
+    """ExecStartPre=up --check runs while platpass@.socket listens on the device's path;
+    a plain ``up`` (nothing passed) refuses the same path."""
+    config = tmp_path / "lab.toml"
+    config.write_text(f'[service]\nrun_dir = "{tmp_path}/run"\n'
+                      f'[[device]]\nnode = "{GPIO}"\nsource = "sim"\n'
+                      f'socket = "{tmp_path}/lab.sock"\n')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as held:
+        held.bind(str(tmp_path / "lab.sock"))
+        held.listen(1)
+        check = subprocess.run([sys.executable, "-m", "platpass", "up", "--check",
+                                str(config)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert check.stdout == f"{config}: 1 devices, valid\n"
+        up = subprocess.run([sys.executable, "-m", "platpass", "up", str(config)],
+                            capture_output=True, text=True, timeout=60)
+        assert up.returncode == 1
+        assert up.stderr == (f"platpass: error: {config}: device[0].socket: "
+                             f"{tmp_path}/lab.sock is in use by a running server\n")

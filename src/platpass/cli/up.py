@@ -20,7 +20,7 @@ from platpass.ops.config import load_config
 def _up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.check:
-        service.plan(config)
+        service.plan(config, probe_sockets=False)
         print(f"{config.path}: {len(config.devices)} devices, valid")
         return 0
     if args.foreground:
@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--foreground", action="store_true",
                         help="serve in this process until SIGTERM (systemd)")
     parser.add_argument("--check", action="store_true",
-                        help="validate the file and the nodes; start nothing")
+                        help="validate the file and the nodes' verdicts (sockets are not probed: "
+                             "systemd may hold them); start nothing")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for the background server (default 30)")
     parser.set_defaults(func=_up)

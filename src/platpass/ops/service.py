@@ -78,10 +78,13 @@ def _socket_in_use(path: Path) -> bool:
     return True
 
 
-def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = ()) -> list[PlannedDevice]:
-    """Assess every configured node and probe every socket; ConfigError listing every
-    problem. Nothing is started or changed. ``inherited``: socket paths passed by the
-    service manager (those are expected to be in use: by us)."""
+def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
+         probe_sockets: bool = True) -> list[PlannedDevice]:
+    """Assess every configured node and (``probe_sockets``) probe every socket;
+    ConfigError listing every problem. Nothing is started or changed. ``inherited``:
+    socket paths passed by the service manager (those are expected to be in use: by us).
+    ``up --check`` does not probe: under socket activation systemd already listens on the
+    configured paths when ExecStartPre runs."""
     from platpass.cli.serve import choose_exports
 
     problems: list[str] = []
@@ -103,11 +106,12 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = ()) -> list[Plan
         if refusals:
             problems.extend(f"{where}.node: {refusal}" for refusal in refusals)
             continue
-        if str(device.socket) not in inherited and _socket_in_use(device.socket):
+        if probe_sockets and str(device.socket) not in inherited and \
+                _socket_in_use(device.socket):
             problems.append(f"{where}.socket: {device.socket} is in use by a running server")
             continue
         planned.append(PlannedDevice(device, exports[0]))
-    if _socket_in_use(config.control_path):
+    if probe_sockets and _socket_in_use(config.control_path):
         problems.append(f"{config.path}: service {config.name!r} is already up (control "
                         f"socket {config.control_path} answers)")
     if problems:
