@@ -135,6 +135,59 @@ def _worker(paths: list[str], cpu: int | None, conn: mp.connection.Connection) -
         client.close()
 
 
+def server_handling(dts: Path, count: int, requests: int) -> dict[str, float]:
+    """The server's own cost per request, without scheduling: one process holds the
+    real VfioUserServer and one end of a socketpair per device; a request is sent, one
+    reactor pass is timed, the reply is read. Rotating over ``count`` connections against
+    staying on one shows what the number of connections costs the server's code."""
+    import socket
+    import struct
+
+    from platpass.drivers.registry import default_registry
+    from platpass.firmware.devicetree import load_dts
+    from platpass.host.simulated.board import open_sim_backend
+    from platpass.reactor import EpollReactor
+    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_user.protocol.header import Command
+    from platpass.vfio_user.server import DeviceEndpoint, SocketOptions, VfioUserServer
+
+    reactor = EpollReactor()
+    server = VfioUserServer(reactor)
+    ends: list[socket.socket] = []
+    version = b'{"capabilities":{}}\0'
+    rtcs = [n for n in load_dts(dts).devices() if "arm,pl031" in n.compatible]
+    for i, node in enumerate(rtcs[:count]):
+        driver = default_registry().match(node.compatible)
+        assert driver is not None
+        device = VfioDevice(node, driver(node), open_sim_backend(node, reactor), reactor)
+        device.open()
+        endpoint = DeviceEndpoint(server, f"d{i}", device, socket.socket(socket.AF_UNIX),
+                                  None, SocketOptions(), server.limits)
+        ours, theirs = socket.socketpair()
+        endpoint.adopt(ours)
+        theirs.send(struct.pack("=HHIIIHH", 1, 1, 20 + len(version), 0, 0, 0, 1) + version)
+        reactor.run_once(0)
+        header = theirs.recv(4096)
+        assert struct.unpack_from("=HHIII", header)[3:] == (1, 0), "VERSION refused"
+        ends.append(theirs)
+    request = struct.pack("=HHIIIQII", 2, Command.REGION_READ, 32, 0, 0, RTCDR, 0, 4)
+    reply = bytearray(64)
+    clock = time.perf_counter_ns
+    results: dict[str, float] = {"one": 0.0, "all": 0.0}
+    for name, n in (("one", 1), ("all", len(ends))) * 2:
+        spent = 0
+        for i in range(requests):
+            end = ends[i % n]
+            end.send(request)
+            t0 = clock()
+            reactor.run_once(0)
+            spent += clock() - t0
+            if end.recv_into(reply) != 36 or reply[12:16] != bytes(4):
+                raise SystemExit(f"in-process REGION_READ failed: {bytes(reply).hex()}")
+        results[name] += spent / requests / 2000  # two passes each, ns -> us
+    return results
+
+
 def _percentile(sorted_samples: array.array, q: float) -> float:
     return sorted_samples[min(len(sorted_samples) - 1, int(len(sorted_samples) * q))] / 1000
 
@@ -270,6 +323,9 @@ def main() -> int:
                     proc.kill()
             server.send_signal(signal.SIGTERM)
             server.wait(30)
+        if server_cpu is not None:
+            os.sched_setaffinity(0, {server_cpu})
+        handling = server_handling(dts, args.devices, 10000)
 
     p50_1, p90_1, p99_1, n_1 = _summary(one)
     p50_w, p90_w, p99_w, n_w = _summary(few)
@@ -279,6 +335,7 @@ def main() -> int:
     print(f"CPU placement: server on CPU {placement_server}, {args.workers} client "
           f"workers on CPU {placement_workers} ({len(cpus)} CPUs available; load average "
           f"{os.getloadavg()[0]:.1f} from other processes shows in the p99)")
+
     def per_read(name: str, n: int) -> str:
         return f"{cpu[name][0] / n / 1000:7.1f}us {cpu[name][1] / n / 1000:7.1f}us"
 
@@ -295,6 +352,9 @@ def main() -> int:
           f"target <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
     print(f"  of which the number of clients ({args.devices} vs {args.workers} at the same "
           f"concurrency): p99 {p99_n / p99_w:.2f}x, p50 {p50_n / p50_w:.2f}x")
+    print(f"server code per request, in-process (no scheduling): "
+          f"{handling['one']:.1f}us on 1 connection, {handling['all']:.1f}us rotating over "
+          f"{args.devices} ({handling['all'] / handling['one']:.2f}x)")
     return 0
 
 
