@@ -633,6 +633,9 @@ class ServerTarget:
                 sent_ok = self._send(sock, message, cuts, late, report)
                 self._pump()
                 replies, closed = _receive(sock, framer)
+                for reply in replies:  # fds the server sent us (a region's memfd) are ours
+                    for fd in reply.fds:
+                        os.close(fd)
                 report.messages += 1
                 header = Header(*HEADER.unpack_from(message.data))
                 if not sent_ok or closed:
@@ -647,8 +650,6 @@ class ServerTarget:
                     fail("bad reply", f"{why} ({message.origin})")
                 for reply in replies:
                     report.replies += 1
-                    for fd in reply.fds:
-                        os.close(fd)
                     if reply.header.is_error:
                         report.error_replies += 1
                         report.errnos[errno.errorcode.get(reply.header.error, "?")] += 1
@@ -664,8 +665,11 @@ class ServerTarget:
             sock.close()
             framer.discard()
             self._pump()
+            # The server sees the EOF asynchronously; give it a moment before calling a
+            # client that is still held a finding.
+            self.reactor.run_until(lambda: endpoint.client is None, 2.0)
             if endpoint.client is not None:
-                fail("client kept", "the server still holds a closed client")
+                fail("client kept", "the server still holds a closed client after 2 s")
 
     @staticmethod
     def _send(sock: socket.socket, message: WireMessage, cuts: list[int], late: bool,
@@ -1050,8 +1054,9 @@ def _await_replies(sock: socket.socket, framer: Connection, count: int
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python3 -m platpass.vfio_user.fuzz``: exit 1 if anything was found."""
+def main(argv: Sequence[str] | None = None, reports: list[FuzzReport] | None = None) -> int:
+    """``python3 -m platpass.vfio_user.fuzz``: exit 1 if anything was found. The reports
+    are appended to ``reports`` when given (bench/fuzz.py prints them beside a baseline)."""
     parser = argparse.ArgumentParser(
         prog="python3 -m platpass.vfio_user.fuzz",
         description="Structural fuzzing of the vfio-user server (see the module docstring).")
@@ -1068,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None or args.messages else 120.0
     names = ("direct", "server", "external") if args.target == "all" else (args.target,)
-    reports = []
+    reports = [] if reports is None else reports
     for name in names:
         if name == "external":
             if args.replay:
