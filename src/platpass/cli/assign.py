@@ -14,6 +14,16 @@ the server in the background. Any failing step rolls back what was done.
 ``release`` stops the server and waits for its cleanup; if the server died without cleaning
 up (``kill -9``), ``release`` resets and restores the device itself. Both commands first
 restore any device whose server is gone.
+
+The socket options are ``serve``'s (:mod:`platpass.cli.options`): ``--allow-uid`` and
+``--allow-gid`` (SO_PEERCRED allow-list), ``--control PATH`` (``platpass status``) and
+``--trace FILE``. ``--user USER[:GROUP]`` separates privileges
+(:func:`platpass.host.privilege.run_separated`): everything that needs root (the bind,
+opening ``/dev/uioN`` or the VFIO fds and mapping the registers, creating the sockets) is
+done first; then a child drops to USER and serves with the fds it inherited, while the
+recorded server process stays root, forwards SIGTERM/SIGINT, and once the child is gone
+(stopped, crashed or killed) resets the device, removes the sockets and puts the device
+back on its original driver, which an unprivileged process could not do.
 """
 
 from __future__ import annotations
@@ -26,12 +36,15 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.cli.options import add_access_arguments, add_ops_arguments, allow_lists
 from platpass.errors import HostError, PlatpassError
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
+from platpass.host.privilege import RunAs, add_privilege_arguments, run_as_from_args
 from platpass.host.sysfs import SysfsDevice, device_for_node
 
 log = logging.getLogger(__name__)
@@ -108,6 +121,14 @@ def _report_recovered(state: StateFile) -> None:
 
 def assign(args: argparse.Namespace) -> int:
     """Bind, serve, and on exit reset + restore; see the module docstring."""
+    # Names resolved before anything is touched: a typo changes nothing.
+    run_as = run_as_from_args(args)
+    try:
+        allow_uids, allow_gids = allow_lists(args)
+    except KeyError as err:
+        print(f"platpass assign: unknown user or group {err}", file=sys.stderr)
+        return 2
+    access = Access(run_as, allow_uids, allow_gids)
     state = StateFile(Path(args.state_dir))
     _report_recovered(state)
     device = device_for_node(args.node)
@@ -149,7 +170,7 @@ def assign(args: argparse.Namespace) -> int:
     try:
         # A region sharing a page with another device must never be mapped.
         force = any(e.rule in NO_MAP_RULES for e in assessment.evidence)
-        return _serve(args, state, device, assessment.node, driver_cls, force)
+        return _serve(args, access, state, device, assessment.node, driver_cls, force)
     except BaseException:
         _restore(state, device.name)
         raise
@@ -168,8 +189,19 @@ def _restore(state: StateFile, name: str) -> list[str]:
         return problems
 
 
-def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node: Any,
-           driver_cls: Any, force_trap_all: bool) -> int:
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may connect (SO_PEERCRED allow-list) and whom the server runs as."""
+
+    run_as: RunAs | None
+    allow_uids: frozenset[int]
+    allow_gids: frozenset[int]
+
+
+def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: SysfsDevice,
+           node: Any, driver_cls: Any, force_trap_all: bool) -> int:
+    from platpass.ops.control import ControlServer
+    from platpass.ops.trace import DeviceTracer, TraceWriter
     from platpass.reactor import EpollReactor
     from platpass.vfio_device.device import VfioDevice
     from platpass.vfio_device.iommu import EmulatedIommu
@@ -179,11 +211,23 @@ def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node
     server = VfioUserServer(reactor)
     backend = _open_backend(args.backend, node, device)
     vdev = None
+    writer: TraceWriter | None = None
+    control: ControlServer | None = None
+    code = 0
     wake_r, wake_w = socket.socketpair()
     try:
+        opened_at = reactor.time()
+        if args.trace:
+            writer = TraceWriter(args.trace, reactor.time, reactor=reactor)
         vdev = VfioDevice(node, driver_cls(node), backend, reactor, EmulatedIommu(),
-                          force_trap_all=force_trap_all)
-        server.serve(node.path, vdev, Path(args.socket), SocketOptions(mode=0o600))
+                          force_trap_all=force_trap_all or writer is not None)
+        if writer is not None:
+            DeviceTracer(writer, vdev, node.path, opened_at=opened_at)
+        server.serve(node.path, vdev, Path(args.socket),
+                     SocketOptions(mode=0o600, allow_uids=access.allow_uids,
+                                   allow_gids=access.allow_gids))
+        if args.control:
+            control = ControlServer(reactor, server, args.control, name="platpass assign")
         if not args.foreground:
             _daemonize(state, device.name, Path(args.state_dir) / f"{device.name}.log")
         wake_r.setblocking(False)
@@ -198,11 +242,17 @@ def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node
             reactor.stop()
 
         reactor.add_reader(wake_r.fileno(), on_signal)
-        print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
-              f"{os.getpid()})", flush=True)
-        reactor.run_forever()
+        if access.run_as is None:
+            print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
+                  f"{os.getpid()})", flush=True)
+            reactor.run_forever()
+        else:
+            code = _serve_separated(access.run_as, args, node, reactor, server, control,
+                                    writer)
     finally:
         signal.set_wakeup_fd(-1)
+        if control is not None:
+            control.close()
         server.close()
         if vdev is not None:
             try:
@@ -211,13 +261,54 @@ def _serve(args: argparse.Namespace, state: StateFile, device: SysfsDevice, node
                 log.warning("closing %s: %s", node.path, err)
         else:
             backend.close()
+        if writer is not None:
+            writer.close()
         wake_r.close()
         wake_w.close()
         reactor.close()
         problems = _restore(state, device.name)
         for problem in problems:
             print(f"platpass assign: restoring {device.name}: {problem}", file=sys.stderr)
-    return 0
+    return code
+
+
+def _serve_separated(run_as: RunAs, args: argparse.Namespace, node: Any, reactor: Any,
+                     server: Any, control: Any, writer: Any) -> int:
+    """Serve from a child that drops to ``run_as``; returns its exit code.
+
+    This process stays root and does nothing until the child is gone; :func:`_serve`'s
+    cleanup then runs here, with root: the device reset through the fds this process
+    still holds, the sockets unlinked from root's directory, the host driver swapped back.
+    """
+    from platpass.host.privilege import run_separated
+
+    if writer is not None:
+        writer.flush()  # the child must not write this process's buffered records again
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def serve() -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # wake the loop, as in the parent
+            signal.signal(signum, lambda *_: None)
+        print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
+              f"{os.getpid()}, as uid {os.getuid()} gid {os.getgid()}; root monitor pid "
+              f"{os.getppid()})", flush=True)
+        reactor.run_forever()
+        # The socket files are in root's directories: the root parent removes them.
+        if control is not None:
+            control.close(unlink=False)
+        for endpoint in server.endpoints:
+            endpoint.path = None
+        server.close()
+        if writer is not None:
+            writer.close()
+        return 0
+
+    code = run_separated(run_as, serve, lambda _code: None)
+    if code != 0:
+        print(f"platpass assign: the unprivileged server exited with {code}; resetting "
+              "and restoring the device", file=sys.stderr, flush=True)
+    return code
 
 
 def _daemonize(state: StateFile, name: str, log_path: Path) -> None:
@@ -285,6 +376,9 @@ def register(subparsers: Any) -> None:
                         help="serve in this process instead of the background")
     parser.add_argument("--dtb", metavar="FILE",
                         help="judge on this DTB instead of /sys/firmware/fdt")
+    add_access_arguments(parser)
+    add_privilege_arguments(parser)
+    add_ops_arguments(parser)
     parser.add_argument("--state-dir", default=str(binding.DEFAULT_STATE_DIR),
                         help=argparse.SUPPRESS)
     parser.set_defaults(func=assign)

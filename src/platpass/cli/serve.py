@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import grp
 import logging
 import os
-import pwd
 import signal
 import socket
 import sys
@@ -39,6 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.cli.options import (
+    add_access_arguments,
+    add_ops_arguments,
+    allow_lists,
+    gid_of,
+    uid_of,
+)
 from platpass.errors import HostError, PlatpassError
 from platpass.firmware.model import DeviceNode
 from platpass.host.backend import Backend
@@ -175,14 +180,6 @@ def _socket_name(node: DeviceNode, taken: set[str]) -> str:
     return f"{name}.sock"
 
 
-def _uid(value: str) -> int:
-    return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
-
-
-def _gid(value: str) -> int:
-    return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
-
-
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     from platpass.host.privilege import drop_from_args, run_as_from_args
@@ -217,12 +214,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"platpass serve: --socket/--fd serve one device, {len(exports)} chosen "
               "(name one node, or use --socket-dir)", file=sys.stderr)
         return 2
+    allow_uids, allow_gids = allow_lists(args)
     options = SocketOptions(
         mode=int(args.mode, 8),
-        owner=_uid(args.owner) if args.owner else None,
-        group=_gid(args.group) if args.group else None,
-        allow_uids=frozenset(_uid(u) for u in args.allow_uid),
-        allow_gids=frozenset(_gid(g) for g in args.allow_gid),
+        owner=uid_of(args.owner) if args.owner else None,
+        group=gid_of(args.group) if args.group else None,
+        allow_uids=allow_uids,
+        allow_gids=allow_gids,
     )
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
@@ -356,17 +354,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--owner", help="socket file owner (name or uid)")
     parser.add_argument("--group", help="socket file group (name or gid); the group the "
                         "server runs as is given with --user USER:GROUP")
-    parser.add_argument("--allow-uid", action="append", default=[], metavar="UID",
-                        help="only peers with this uid (repeatable; or an allowed gid)")
-    parser.add_argument("--allow-gid", action="append", default=[], metavar="GID",
-                        help="only peers with this gid (repeatable; or an allowed uid)")
+    add_access_arguments(parser)
     add_privilege_arguments(parser)
-    parser.add_argument("--control", metavar="PATH",
-                        help="serve platpass status on this 0600 socket (e.g. "
-                             "<socket-dir>/.control)")
-    parser.add_argument("--trace", metavar="FILE",
-                        help="append every register access and interrupt event (JSON "
-                             "lines) for platpass replay; traced devices map no pages")
+    add_ops_arguments(parser)
     add_logging_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log protocol events (same as --log-level info)")

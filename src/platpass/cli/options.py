@@ -1,0 +1,52 @@
+"""Command-line options shared by the serving commands (``serve`` and ``assign``).
+
+Both commands put a device on a vfio-user socket, so they take the same peer allow-list
+(``--allow-uid``/``--allow-gid``, checked with SO_PEERCRED) and the same operations
+options (``--control``, ``--trace``). Keeping one definition means one spelling, one help
+text and one way of turning names into ids, whichever command an operator (or ``up``)
+runs. ``--user`` lives with the privilege code (:mod:`platpass.host.privilege`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import pwd
+
+
+def uid_of(value: str) -> int:
+    """A user name or number as a uid (KeyError for an unknown name)."""
+    return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+
+
+def gid_of(value: str) -> int:
+    """A group name or number as a gid (KeyError for an unknown name)."""
+    return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+
+
+def add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--allow-uid``/``--allow-gid``: the SO_PEERCRED allow-list of a device socket."""
+    parser.add_argument("--allow-uid", action="append", default=[], metavar="UID",
+                        help="only peers with this uid (repeatable; or an allowed gid)")
+    parser.add_argument("--allow-gid", action="append", default=[], metavar="GID",
+                        help="only peers with this gid (repeatable; or an allowed uid)")
+
+
+def allow_lists(args: argparse.Namespace) -> tuple[frozenset[int], frozenset[int]]:
+    """The allowed uids and gids named on the command line (empty: the socket's file
+    permissions alone decide); KeyError for an unknown name."""
+    return (frozenset(uid_of(u) for u in args.allow_uid),
+            frozenset(gid_of(g) for g in args.allow_gid))
+
+
+def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--control PATH`` (status socket) and ``--trace FILE`` (access record)."""
+    parser.add_argument("--control", metavar="PATH",
+                        help="serve platpass status on this 0600 socket (e.g. "
+                             "<socket-dir>/.control)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="append every register access and interrupt event (JSON "
+                             "lines) for platpass replay; traced devices map no pages")
+
+
+__all__ = ["add_access_arguments", "add_ops_arguments", "allow_lists", "gid_of", "uid_of"]
