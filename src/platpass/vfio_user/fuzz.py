@@ -90,6 +90,12 @@ log = logging.getLogger(__name__)
 #: REGION_WRITE_MULTI reaches its handler).
 NEGOTIATE = m.Version(0, 1, {"max_msg_fds": 8, "max_data_xfer_size": 1 << 20,
                              "write_multiple": True, "max_dma_maps": 64, "pgsizes": 4096})
+#: What a case may negotiate: mostly the above; sometimes the specification's defaults
+#: (one fd per message, no write_multiple) or a client that takes no fds at all (regions
+#: are then reported without MMAP).
+HELLOS = (NEGOTIATE.encode(),) * 6 + (m.Version(0, 1, {}).encode(),
+                                     m.Version(0, 1, has_json=False).encode(),
+                                     m.Version(0, 1, {"max_msg_fds": 0}).encode())
 
 _U32_EDGES = (0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 20, 24, 31, 32, 33, 0x7F, 0x80, 0xFF, 0x100,
               0xFFF, 0x1000, 0x1001, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFE, 0xFFFF_FFFF)
@@ -205,6 +211,8 @@ class Case:
     stream, and whether to stop halfway through the last message."""
 
     negotiate: bool
+    #: The VERSION payload sent first when ``negotiate``.
+    hello: bytes
     messages: list[WireMessage]
     #: Per message: sizes of the chunks it is sent in (sum = its length).
     splits: list[list[int]]
@@ -291,7 +299,8 @@ def generate_case(rng: random.Random, corpus: Sequence[Seed], limits: Limits) ->
             cuts = [b - a for a, b in zip([0, *points], [*points, n], strict=True)]
         splits.append(cuts or [n])
         late.append(len(cuts) > 1 and bool(message.fds) and rng.random() < 0.3)
-    return Case(negotiate=rng.random() > 0.05, messages=messages, splits=splits,
+    return Case(negotiate=rng.random() > 0.05, hello=rng.choice(HELLOS),
+                messages=messages, splits=splits,
                 late_fds=late, cut_last=rng.random() < 0.05)
 
 
@@ -540,8 +549,8 @@ class DirectTarget:
         try:
             if case.negotiate:
                 framer.receive_data(Header(0, Command.VERSION,
-                                           HEADER_SIZE + len(NEGOTIATE.encode()), 0).encode()
-                                    + NEGOTIATE.encode())
+                                           HEADER_SIZE + len(case.hello), 0).encode()
+                                    + case.hello)
                 alive = drain()
             for data, kinds, _last in _chunks(case):
                 fds = [open_fd(kind) for kind in kinds]
@@ -622,7 +631,7 @@ class ServerTarget:
                 fail("not accepted", "the server did not take a client on a free device")
                 return
             if case.negotiate:
-                body = NEGOTIATE.encode()
+                body = case.hello
                 sock.sendall(Header(0, Command.VERSION, HEADER_SIZE + len(body), 0).encode()
                              + body)
                 self._pump()
@@ -968,7 +977,7 @@ def _external_case(path: Path, case: Case, report: FuzzReport) -> bool:
         sock.connect(str(path))
         sock.settimeout(2.0)
         if case.negotiate:
-            body = NEGOTIATE.encode()
+            body = case.hello
             sock.sendall(Header(0, Command.VERSION, HEADER_SIZE + len(body), 0).encode()
                          + body)
             if not _await_replies(sock, framer, 1):
