@@ -6,6 +6,10 @@ that cost per model and register kind, beside the baseline measured in the same 
 of the same memfd through an ``mmap`` (what a mapped page would cost the reading process),
 with ``struct.unpack_from`` and with ``memoryview.cast('I')``.
 
+A second table rotates the same reads over 256 backends (caches cold at each visit, as in a
+server with many devices: ``bench/scale.py``), beside the backend's previous page check in
+the same run (copy the 4 KiB page, then compare it with the shadow, on every device).
+
     python3 bench/sim_access.py [--number N]
 """
 
@@ -20,11 +24,40 @@ from collections.abc import Callable
 
 from platpass.host.simulated import ManualClock, SimulatedBackend
 from platpass.host.simulated.models import Ns16550, Pl011, Pl031, Pl061, Sp805
+from platpass.host.simulated.models.base import DeviceModel
 
 
 def best(fn: Callable[[], object], number: int) -> float:
     """Best of five runs, in microseconds per call."""
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+class CopyingCheck(SimulatedBackend):
+    """The baseline: the page check as it was before only mappable pages were watched
+    (copy the whole memfd page, compare it with the shadow, for every device)."""
+
+    def _mapped_differs(self) -> bool:
+        mm = self._mm
+        assert mm is not None
+        return mm[: self._span] != self._shadow
+
+
+def rotating(factory: Callable[[], DeviceModel], backend_class: type[SimulatedBackend],
+             offset: int, count: int, number: int) -> float:
+    """Microseconds per trapped read of ``offset``, rotating over ``count`` backends."""
+    backends = [backend_class(factory()) for _ in range(count)]
+    reads = [b.read for b in backends]
+    index = 0
+
+    def one() -> None:
+        nonlocal index
+        reads[index](0, offset, 4)
+        index = (index + 1) % count
+
+    cost = best(one, number)
+    for backend in backends:
+        backend.close()
+    return cost
 
 
 def main() -> None:
@@ -64,6 +97,19 @@ def main() -> None:
     view.close()
     for backend in (rtc, uart, gpio, wdt, ns):
         backend.close()
+
+    count = 256
+    print(f"\nrotating over {count} backends (cold caches); baseline: the previous "
+          "page check (copy + compare the page on every device), same run")
+    cold: list[tuple[str, Callable[[], DeviceModel], int]] = [
+        ("PL031 RTCDR read (page mappable)", lambda: Pl031(ManualClock(), initial=0), 0x000),
+        ("PL011 UARTFR read (never mappable)", lambda: Pl011(ManualClock()), 0x018),
+    ]
+    for name, factory, offset in cold:
+        before = rotating(factory, CopyingCheck, offset, count, number)
+        now = rotating(factory, SimulatedBackend, offset, count, number)
+        print(f"{name:38s} {now:6.2f} us   baseline {before:6.2f} us   "
+              f"{now / before:5.2f}x   saved {before - now:5.2f} us")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,19 @@ the page differs from that shadow (one 4 KiB comparison) is anything done, and t
 the words that differ are rewritten, so a guest writing another word of the page at the
 same moment keeps its write.
 
+Only pages a client can map are watched
+---------------------------------------
+That comparison runs at every event boundary, so it is on the hot path of every trapped
+access. It is paid only for the pages the VFIO layer may offer for mapping: host pages wholly
+inside the region that hold no byte of a side-effect range (:func:`mappable_pages`, the same
+rule the VFIO layer applies, minus driver traps, which only ever take pages away). A device
+whose every page carries a side-effect range (the PL011, PL061, SP805 and 16550 on their one
+page) compares nothing: no client is given the memfd for those pages, so nothing can store
+there, and a store made anyway (by someone mapping the memfd on their own) is neither taken
+over nor undone. The comparison itself is ``bytearray == memoryview`` over a view held open
+on the mapping, a ``memcmp`` without copying the page first (``mmap[a:b]`` would allocate and
+copy 4 KiB per access). :attr:`SimulatedBackend.page_checks` counts the comparisons.
+
 Interrupts
 ----------
 The model drives line levels. A level line is reported to the listener once when it is
@@ -57,6 +70,36 @@ _FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 def page_round_up(size: int) -> int:
     """``size`` rounded up to whole pages (the memfd must cover whole pages to be mapped)."""
     return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+def mappable_pages(size: int, side_effect_ranges: tuple[tuple[int, int], ...],
+                   page: int = PAGE_SIZE) -> tuple[tuple[int, int], ...]:
+    """The ``(offset, length)`` runs of whole ``page``-sized pages inside a ``size``-byte
+    region that hold no byte of a side-effect range: the only pages a client can be handed
+    for mapping, hence the only ones whose stores the backend must look for.
+
+    A superset of what the VFIO layer maps (it maps in granules of at least a host page and
+    also keeps pages with driver traps back), never a subset: a page it could offer is
+    always watched.
+    """
+    pages = size // page
+    free = [True] * pages
+    for offset, length in side_effect_ranges:
+        if length <= 0:
+            continue
+        for index in range(offset // page, (offset + length - 1) // page + 1):
+            if 0 <= index < pages:
+                free[index] = False
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for index in range(pages + 1):
+        if index < pages and free[index]:
+            if start is None:
+                start = index
+        elif start is not None:
+            runs.append((start * page, (index - start) * page))
+            start = None
+    return tuple(runs)
 
 
 class SimulatedBackend:
@@ -100,6 +143,19 @@ class SimulatedBackend:
             if offset + model.reg_width <= self._span:
                 struct.pack_into(self._fmt, self._shadow, offset, value)
         self._last: list[int] = [0] * len(self._offsets)
+        # What a client may map (see "Only pages a client can map are watched"): views on
+        # the mapping held open for a copy-free comparison, released in close().
+        self._mappable = mappable_pages(size, ranges)
+        self._view = memoryview(self._mm)
+        self._watch = tuple((start, self._view[start:start + length])
+                            for start, length in self._mappable)
+        self._whole = self._watch[0][1] if self._mappable == ((0, self._span),) else None
+        self._watched_storage = tuple(
+            (index, offset) for index, offset in enumerate(self._offsets)
+            if offset in self._storage
+            and any(start <= offset < start + length for start, length in self._mappable)
+        )
+        self._page_checks = 0
         self._listener: IrqListener | None = None
         count = model.irq_count
         self._masked = [False] * count
@@ -133,7 +189,7 @@ class SimulatedBackend:
         if offset >= model.size:
             return 0
         if (not model.read_has_side_effects(offset, size) and not self._in_step
-                and not self._closed and not self.mapped_writes_pending):
+                and not self._closed and not self._mapped_differs()):
             # A read without side effects changes no state: nothing to publish, no line
             # can move. Still an event boundary, but with no mapped writes to take over.
             return model.read(offset, size)
@@ -163,7 +219,7 @@ class SimulatedBackend:
         self._reported[index] = False
         # An unmask is an event boundary: writes through a mapping are taken over first.
         # With none pending the model state cannot have changed: only report the line.
-        if self._in_step or self._closed or self.mapped_writes_pending:
+        if self._in_step or self._closed or self._mapped_differs():
             self._run_step(lambda: None)
         else:
             self._deliver()
@@ -174,6 +230,9 @@ class SimulatedBackend:
         self._closed = True
         self.model.close()
         self._listener = None
+        for _, view in self._watch:
+            view.release()
+        self._view.release()
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -190,6 +249,18 @@ class SimulatedBackend:
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
+
+    @property
+    def mappable_pages(self) -> tuple[tuple[int, int], ...]:
+        """The ``(offset, length)`` runs of the region whose mapped stores are looked for
+        at event boundaries (empty: no page of this device can be mapped)."""
+        return self._mappable
+
+    @property
+    def page_checks(self) -> int:
+        """How many times an event boundary compared the mappable pages with what was last
+        published (stays 0 for a device none of whose pages can be mapped)."""
+        return self._page_checks
 
     def masked(self, index: int) -> bool:
         """True while line ``index`` is masked at the source."""
@@ -222,9 +293,20 @@ class SimulatedBackend:
 
     @property
     def mapped_writes_pending(self) -> bool:
-        """True when something wrote the memfd through a mapping since the last step."""
-        mm = self._mm
-        return mm is None or mm[: self._span] != self._shadow
+        """True when something wrote a mappable page of the memfd since the last step."""
+        return self._mm is None or self._mapped_differs()
+
+    def _mapped_differs(self) -> bool:
+        """Whether a mappable page differs from the shadow: one ``memcmp`` per run of pages,
+        over the views held on the mapping (no copy); nothing at all without such pages."""
+        watch = self._watch
+        if not watch:
+            return False
+        self._page_checks += 1
+        shadow = self._shadow
+        if self._whole is not None:
+            return shadow != self._whole
+        return not all(shadow.startswith(view, start) for start, view in watch)
 
     def _reconcile(self) -> bool:
         """Take over writes made through a mapping (before the boundary's step runs).
@@ -237,7 +319,7 @@ class SimulatedBackend:
         """
         mm = self._mm
         assert mm is not None
-        if mm[: self._span] == self._shadow:
+        if not self._mapped_differs():
             return False
         unpack = struct.unpack_from
         pack = struct.pack_into
@@ -245,9 +327,7 @@ class SimulatedBackend:
         last = self._last
         full = (1 << (8 * self.model.reg_width)) - 1
         taken: list[tuple[int, int]] = []
-        for index, offset in enumerate(self._offsets):
-            if offset not in self._storage:
-                continue
+        for index, offset in self._watched_storage:
             (current,) = unpack(fmt, mm, offset)
             if current != last[index]:
                 last[index] = current
@@ -288,12 +368,13 @@ class SimulatedBackend:
         mm = self._mm
         assert mm is not None
         shadow = self._shadow
-        if mm[: self._span] == shadow:
+        if not self._mapped_differs():
             return
         width = self.model.reg_width
         storage = self._storage
         chunk = 64
-        for start in range(0, self._span, chunk):
+        for start in (s for first, length in self._mappable
+                      for s in range(first, first + length, chunk)):
             end = start + chunk
             if mm[start:end] == shadow[start:end]:
                 continue
