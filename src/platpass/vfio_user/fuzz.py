@@ -636,8 +636,16 @@ class ServerTarget:
                              + body)
                 self._pump()
                 _receive(sock, framer)
-            for message, cuts, late in zip(case.messages, case.splits, case.late_fds,
-                                           strict=True):
+            last = len(case.messages) - 1
+            for index, (message, cuts, late) in enumerate(
+                    zip(case.messages, case.splits, case.late_fds, strict=True)):
+                if case.cut_last and index == last:  # half a message, then disconnect
+                    half = max(1, len(message.data) // 2)
+                    self._send(sock, WireMessage(message.data[:half], message.fds, False,
+                                                 message.origin), [half], False, report)
+                    report.messages += 1
+                    self._pump()
+                    break
                 before = device_state(device)
                 sent_ok = self._send(sock, message, cuts, late, report)
                 self._pump()
@@ -919,7 +927,10 @@ def run_external(*, seconds: float, seed: int = 0, socket_dir: Path | None = Non
             case = generate_case(random.Random(case_seed ^ 0x5EED), corpus, limits)
             try:
                 before = _snapshot(device)
-                all_refused = _external_case(device.path, case, report)
+                all_refused = _external_case(
+                    device.path, case, report,
+                    lambda what, detail, cs=case_seed: report.findings.append(
+                        Finding("external", cs, what, detail)))
                 report.cases += 1
                 after = _snapshot(device) if all_refused else before
             except RuntimeError as err:  # no well-behaved client got through
@@ -968,23 +979,52 @@ def run_external(*, seconds: float, seed: int = 0, socket_dir: Path | None = Non
     return report
 
 
-def _external_case(path: Path, case: Case, report: FuzzReport) -> bool:
-    """Run one case against the server; True when every reply was an error."""
+def _external_case(path: Path, case: Case, report: FuzzReport,
+                   fail: Callable[[str, str], None]) -> bool:
+    """Run one case against the server; True when every reply was an error.
+
+    The connection is first confirmed accepted (the server refuses a second client until
+    it has seen the last one's EOF): with the case's VERSION, or for a case that does not
+    negotiate, a DEVICE_GET_INFO that must be refused with EINVAL. From then on, an
+    honest command that asks for a reply and gets none is a finding (``fail``), unless
+    the server said it would close (VERSION refused).
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     framer = Connection(max_message_size=1 << 24, max_fds=16)
     all_refused = True
     try:
-        sock.connect(str(path))
-        sock.settimeout(2.0)
-        if case.negotiate:
-            body = case.hello
-            sock.sendall(Header(0, Command.VERSION, HEADER_SIZE + len(body), 0).encode()
-                         + body)
-            if not _await_replies(sock, framer, 1):
-                report.closes += 1
-                return False  # refused (the last client not yet gone): nothing was sent
+        deadline = time.monotonic() + 10.0
+        while True:
+            sock.connect(str(path))
+            sock.settimeout(2.0)
+            if case.negotiate:
+                probe = Header(0, Command.VERSION, HEADER_SIZE + len(case.hello), 0).encode() \
+                    + case.hello
+            else:
+                info = m.DeviceInfo(16).encode()
+                probe = Header(0, Command.DEVICE_GET_INFO, HEADER_SIZE + len(info),
+                               0).encode() + info
+            sock.sendall(probe)
+            answer = _await_replies(sock, framer, 1)
+            if answer is not None:
+                break
+            sock.close()  # refused: the server had not yet let go of the last client
+            framer = Connection(max_message_size=1 << 24, max_fds=16)
+            if time.monotonic() > deadline:
+                fail("never accepted", f"{path.name}: no reply to a first message in 10 s")
+                return False
+            time.sleep(0.005)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        for reply in answer:
+            for fd in reply.fds:
+                os.close(fd)
+        if not case.negotiate and answer[0].header.error != errno.EINVAL:
+            fail("unnegotiated command answered", f"{answer[0].header}")
+        if case.negotiate and answer[0].header.is_error:
+            return False  # VERSION refused: the server closes; nothing more to test
         sock.setblocking(False)
         last = len(case.messages) - 1
+        may_close = False
         for index, (message, cuts, late) in enumerate(
                 zip(case.messages, case.splits, case.late_fds, strict=True)):
             if case.cut_last and index == last:
@@ -992,33 +1032,50 @@ def _external_case(path: Path, case: Case, report: FuzzReport) -> bool:
                 message = WireMessage(message.data[:half], message.fds, False, message.origin)
                 cuts = [half]
             if not ServerTarget._send(sock, message, cuts, late, report):
+                # A dishonest size may end the stream while the message is still going out.
+                if message.honest and not may_close:
+                    fail("closed without reason", f"send failed ({message.origin})")
                 report.closes += 1
-                return all_refused
+                return False
             report.messages += 1
             header = Header(*HEADER.unpack_from(message.data)) \
                 if len(message.data) >= HEADER_SIZE else None
-            expect = (message.honest and header is not None and header.is_command
+            # The server answers everything but replies and no_reply messages (a message
+            # whose type is neither command nor reply gets EINVAL).
+            expect = (message.honest and header is not None and not header.is_reply
                       and not header.no_reply and len(message.data) <= limits_max())
             if not expect:
                 all_refused = False  # cannot tell what happened; no state comparison
                 if not message.honest:
                     return all_refused  # out of step: disconnect
+                # A refused VERSION closes even when no reply was asked for.
+                may_close = may_close or (header is not None
+                                          and header.command == Command.VERSION)
                 continue
+            assert header is not None
             replies = _await_replies(sock, framer, 1)
             if replies is None:
+                if not may_close:
+                    fail("no reply", f"{header} ({message.origin}) got no reply; "
+                         "the connection ended or timed out")
                 report.closes += 1
                 return False
             for reply in replies:
                 report.replies += 1
                 for fd in reply.fds:
                     os.close(fd)
+                why = check_reply(header, reply)
+                if why:
+                    fail("bad reply", f"{why} ({message.origin})")
                 if reply.header.is_error:
                     report.error_replies += 1
                     report.errnos[errno.errorcode.get(reply.header.error, "?")] += 1
+                    may_close = may_close or header.command == Command.VERSION
                 else:
                     all_refused = False
         return all_refused
-    except OSError:
+    except OSError as err:
+        fail("socket error", f"{path.name}: {err}")
         report.closes += 1
         return False
     finally:
