@@ -10,7 +10,7 @@ import pytest
 
 from platpass.errors import ConfigError
 from platpass.ops.config import load_config, parse_config
-from platpass.ops.service import plan
+from platpass.ops.service import assign_command, plan
 
 GPIO = "/soc@9000000/gpio@30000"
 
@@ -129,16 +129,32 @@ def test_duplicate_sockets_and_nodes(tmp_path: Path) -> None:
 
 
 def test_kernel_backends_refuse_what_assign_cannot_do(tmp_path: Path) -> None:
-    message = _error(f'[[device]]\nnode = "{GPIO}"\nsource = "live"\nbackend = "vfio"\n'
-                     f'socket = "{tmp_path}/g.sock"\nallow_uids = [1000]\n'
+    message = _error(f'[[device]]\nnode = "{GPIO}"\nsource = "dts"\nbackend = "vfio"\n'
+                     f'firmware = "{tmp_path}/b.dts"\nsocket = "{tmp_path}/g.sock"\n'
                      f'[[device]]\nnode = "/x"\nsource = "sim"\nbackend = "uio"\n'
                      f'socket = "{tmp_path}/h.sock"\n')
-    assert message.splitlines() == [
-        "/etc/platpass/lab.toml: device[0].allow_uids: not supported with backend 'vfio' "
-        "(platpass assign has no peer allow-list)",
+    assert [line for line in message.splitlines() if ".backend" in line] == [
+        "/etc/platpass/lab.toml: device[0].backend: 'vfio' judges the device on the live "
+        "tree or a dtb (platpass assign); source 'dts' is not supported",
         "/etc/platpass/lab.toml: device[1].backend: 'uio' drives real hardware; the "
         "simulated board needs backend 'sim'",
     ]
+
+
+def test_kernel_backends_take_the_peer_allow_list(tmp_path: Path) -> None:
+    """``platpass assign`` has ``--allow-uid``/``--allow-gid`` now: a kernel device keeps
+    its allow-list, and ``up`` passes it (and the service user) to assign."""
+    config = parse_config(f'[service]\nuser = "65534:65534"\n'
+                          f'[[device]]\nnode = "{GPIO}"\nsource = "live"\n'
+                          f'backend = "vfio"\nsocket = "{tmp_path}/g.sock"\n'
+                          f'allow_uids = [1000, 0]\nallow_gids = [0]\n',
+                          tmp_path / "lab.toml")
+    (device,) = config.devices
+    assert device.kernel and device.allow_uids == {0, 1000} and device.allow_gids == {0}
+    argv = assign_command(device, config.user)
+    assert argv[argv.index("--socket"):] == [
+        "--socket", f"{tmp_path}/g.sock", "--allow-uid", "0", "--allow-uid", "1000",
+        "--allow-gid", "0", "--user", "65534:65534"]
 
 
 def test_unknown_users_and_missing_keys(tmp_path: Path) -> None:

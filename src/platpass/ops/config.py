@@ -288,11 +288,6 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
                              "user")
     allow_gids = _identities(check, f"{where}.allow_gids", table.get("allow_gids", []), _gid,
                              "group")
-    if backend in ("uio", "vfio"):
-        for key in ("allow_uids", "allow_gids"):
-            if key in table:
-                check.fail(f"{where}.{key}", f"not supported with backend {backend!r} "
-                           "(platpass assign has no peer allow-list)")
     dma = check.string(where, table, "dma", default="allow", choices=DMA_POLICIES)
     guest_address = table.get("guest_address")
     if guest_address is not None and (

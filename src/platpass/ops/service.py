@@ -6,7 +6,9 @@ and probes every socket (a live server there is an error). Then one server proce
 every ``sim`` device on one reactor, with the control socket ``<run_dir>/<name>.ctl`` and a
 pid file ``<run_dir>/<name>.pid``; every ``uio``/``vfio`` device is handed to the kernel
 engineer's ``platpass assign`` (which binds the host driver, serves, and restores the
-driver when stopped). If any step fails, what was started is stopped again, in reverse.
+driver when stopped), with the device's ``allow_uids``/``allow_gids`` and the service's
+``user`` (assign serves from a child that drops to it). If any step fails, what was
+started is stopped again, in reverse.
 
 ``down`` sends SIGTERM to that process and waits: the process closes its sockets, resets
 its devices, and runs ``platpass release`` for each ``uio``/``vfio`` device. If the process
@@ -121,12 +123,20 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
 
 # -- the kernel backends, through platpass assign / release ------------------------------
 
-def assign_command(device: DeviceConfig) -> list[str]:
-    """The ``platpass assign`` command that serves a uio/vfio device in the background."""
+def assign_command(device: DeviceConfig, user: Any = None) -> list[str]:
+    """The ``platpass assign`` command that serves a uio/vfio device in the background:
+    with the device's SO_PEERCRED allow-list and, given the service's ``user`` (a
+    ``RunAs``), from a child that drops to it (assign's root process keeps the restore)."""
     argv = [sys.executable, "-m", "platpass", "assign", device.node, "--backend",
             device.backend, "--socket", str(device.socket)]
     if device.source == "dtb" and device.firmware is not None:
         argv += ["--dtb", str(device.firmware)]
+    for uid in sorted(device.allow_uids):
+        argv += ["--allow-uid", str(uid)]
+    for gid in sorted(device.allow_gids):
+        argv += ["--allow-gid", str(gid)]
+    if user is not None:
+        argv += ["--user", user.spec]
     return argv
 
 
@@ -187,7 +197,7 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
         for item in planned:
             device_config = item.config
             if device_config.kernel:
-                _run_tool(assign_command(device_config),
+                _run_tool(assign_command(device_config, config.user),
                           f"{device_config.label}: platpass assign {device_config.node}")
                 assigned.append(device_config)
                 _apply_socket_options(device_config)

@@ -29,7 +29,8 @@ def test_failed_bind_leaves_the_device_where_it_was(run) -> None:
     run.check("assign.failed_bind_leaves_device")
 
 
-E2E = ["pl031.assigned", "pl061.assigned", "bound_and_recorded",
+E2E = ["pl031.assigned", "pl061.assigned", "bound_and_recorded", "pl031.unprivileged",
+       "pl031.control",
        "pl031.ids_mapped_and_trapped", "pl031.counter_moves", "pl061.ids_trapped",
        "pl061.irq_on_client_eventfd", "pl061.automask_then_unmask",
        "pl061.next_edge_after_ack", "pl061.unmask_eventfd_refires", "release.pl031",

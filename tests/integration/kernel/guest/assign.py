@@ -127,14 +127,37 @@ def failed_bind_rolls_back() -> None:
     insmod("/lib/modules/platpass/vfio-platform.ko", "reset_required=0")
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (empty when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()
+            and proc_status(int(p)).get("PPid") == str(pid)]
+
+
+#: The PL031 is served unprivileged (the ops layer's ``up`` with a service user): a child
+#: of the recorded root process drops to nobody and serves; only root may connect.
+UNPRIVILEGED = ["--user", "65534:65534", "--allow-uid", "0"]
+
+
 def serve_and_check(backend: str) -> None:
+    from platpass.ops.control import query
     from platpass.vfio_user.client import VfioUserClient
 
     prefix = f"e2e.{backend}"
     socks = {"pl031": f"/run/{backend}-pl031.sock", "pl061": f"/run/{backend}-pl061.sock"}
+    control = f"/run/{backend}-pl031.ctl"
     for name, node in (("pl031", "/pl031@9010000"), ("pl061", "/pl061@9030000")):
+        extra = [*UNPRIVILEGED, "--control", control] if name == "pl031" else []
         out = platpass("assign", node, "--backend", backend, "--socket", socks[name],
-                       *FORCE[node])
+                       *FORCE[node], *extra)
         check(f"{prefix}.{name}.assigned", out.returncode == 0 and os.path.exists(socks[name]),
               rc=out.returncode, stdout=out.stdout, stderr=out.stderr)
     host_driver = "uio_pdrv_genirq" if backend == "uio" else "vfio-platform"
@@ -149,6 +172,25 @@ def serve_and_check(backend: str) -> None:
           and set(entries) == {"9010000.pl031", "9030000.pl061"}
           and all(e["original_driver"] is None for e in entries.values()),
           rtc=RTC.driver, gpio=GPIO.driver, state=entries)
+
+    # PL031 served by an unprivileged child of the recorded (root) process
+    monitor = entries.get("9010000.pl031", {}).get("pid")
+    kids = children(monitor) if monitor else []
+    served_by = proc_status(kids[0]) if len(kids) == 1 else {}
+    check(f"{prefix}.pl031.unprivileged", len(kids) == 1
+          and served_by.get("Uid", "").split() == ["65534"] * 4
+          and served_by.get("Gid", "").split() == ["65534"] * 4
+          and int(served_by.get("CapEff", "1"), 16) == 0
+          and served_by.get("NoNewPrivs") == "1"
+          and proc_status(monitor).get("Uid", "").split()[:1] == ["0"],
+          monitor=monitor, children=kids, status=served_by)
+    try:
+        status = query(control)
+    except Exception as err:  # reported as the check's evidence
+        status = {"error": repr(err)}
+    check(f"{prefix}.pl031.control", kids and status.get("pid") == kids[0]
+          and [d.get("name") for d in status.get("devices", [])] == ["/pl031@9010000"],
+          status=status)
 
     # PL031: the counter through the mapped page and through messages
     client = VfioUserClient.connect(socks["pl031"])
@@ -242,8 +284,11 @@ def serve_and_check(backend: str) -> None:
         check(f"{prefix}.release{node.split('@')[0].replace('/', '.')}", out.returncode == 0,
               rc=out.returncode, stdout=out.stdout, stderr=out.stderr)
     check(f"{prefix}.restored", RTC.driver is None and GPIO.driver is None
-          and RTC.driver_override is None and GPIO.driver_override is None and not state(),
-          rtc=RTC.driver, gpio=GPIO.driver, state=state())
+          and RTC.driver_override is None and GPIO.driver_override is None and not state()
+          and not any(os.path.exists(p) for p in (*socks.values(), control))
+          and not (kids and os.path.exists(f"/proc/{kids[0]}")),
+          rtc=RTC.driver, gpio=GPIO.driver, state=state(),
+          left=[p for p in (*socks.values(), control) if os.path.exists(p)])
 
 
 def uio() -> None:
