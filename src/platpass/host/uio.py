@@ -16,6 +16,7 @@ the backend right away (VFIO does not automask edges) unless the user masked it.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import re
@@ -34,6 +35,7 @@ _UIO_NAME = re.compile(r"uio\d+")
 _IRQ_ON = struct.pack("=I", 1)
 _IRQ_OFF = struct.pack("=I", 0)
 _FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_log = logging.getLogger(__name__)
 
 
 class MappedRegisters:
@@ -150,6 +152,8 @@ class UioBackend:
         self._masked = False
         self._enabled = True
         self.events = 0  # the kernel's event count at the last interrupt read
+        #: Why the interrupt line stopped working (the UIO device went away), or None.
+        self.irq_failure: OSError | None = None
 
     @classmethod
     def for_device(cls, device_dir: Path, *, level_triggered: Sequence[bool] = (True,),
@@ -196,6 +200,7 @@ class UioBackend:
 
     def mask_irq(self, index: int) -> None:
         self._check_index(index)
+        self._check_alive()
         self._masked = True
         if self._enabled:
             self._irqcontrol(_IRQ_OFF)
@@ -203,6 +208,7 @@ class UioBackend:
 
     def unmask_irq(self, index: int) -> None:
         self._check_index(index)
+        self._check_alive()
         self._masked = False
         # Always write: the kernel may have disabled the line since we last looked.
         self._irqcontrol(_IRQ_ON)
@@ -230,13 +236,25 @@ class UioBackend:
         except OSError as err:
             raise HostError(f"{self.name}: irqcontrol write failed: {err}") from err
 
+    def _check_alive(self) -> None:
+        if self.irq_failure is not None:
+            raise HostError(f"{self.name}: the interrupt line is gone: {self.irq_failure}")
+
     def _on_readable(self) -> None:
         try:
             data = os.read(self._fd, 4)
         except BlockingIOError:
             return  # another reader consumed it; the count did not move for us
         except OSError as err:
-            raise HostError(f"{self.name}: reading the event count failed: {err}") from err
+            # The device was removed under us (or the fd broke). Raising here would unwind
+            # the reactor and stop every other device of the process: retire this line
+            # instead, say so once, and let later mask/unmask calls report it as an error.
+            self.irq_failure = err
+            if self._reactor is not None:
+                self._reactor.remove_reader(self._fd)
+            _log.error("%s: reading the event count failed, interrupt line retired: %s",
+                       self.name, err, extra={"uio": self.name, "errno": err.errno})
+            return
         self.events = struct.unpack("=I", data)[0]
         self._enabled = False  # uio_pdrv_genirq disabled the line in its handler
         if not self._level and not self._masked:
