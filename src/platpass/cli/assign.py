@@ -49,6 +49,9 @@ from platpass.host.sysfs import SysfsDevice, device_for_node
 
 log = logging.getLogger(__name__)
 
+#: linux/prctl.h: signal this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
 #: Verdict evidence rules that forbid mapping any page of the device (as ``serve`` does).
 NO_MAP_RULES = frozenset({"sub-page-region", "shared-page"})
 
@@ -280,8 +283,9 @@ def _serve_separated(run_as: RunAs, args: argparse.Namespace, node: Any, reactor
     cleanup then runs here, with root: the device reset through the fds this process
     still holds, the sockets unlinked from root's directory, the host driver swapped back.
     """
-    from platpass.host.privilege import run_separated
+    from platpass.host.privilege import prctl, run_separated
 
+    monitor = os.getpid()
     if writer is not None:
         writer.flush()  # the child must not write this process's buffered records again
     sys.stdout.flush()
@@ -290,6 +294,12 @@ def _serve_separated(run_as: RunAs, args: argparse.Namespace, node: Any, reactor
     def serve() -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):  # wake the loop, as in the parent
             signal.signal(signum, lambda *_: None)
+        # A SIGKILLed root process cannot forward SIGTERM: the kernel sends it instead, so
+        # the server never outlives the process that would restore the device. Set after
+        # the drop (a credential change clears it), then the race with an early death.
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != monitor:
+            return 0
         print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
               f"{os.getpid()}, as uid {os.getuid()} gid {os.getgid()}; root monitor pid "
               f"{os.getppid()})", flush=True)

@@ -53,6 +53,7 @@ def test_foreground_server_restores_on_sigint(run) -> None:
 
 def test_release_after_kill9_restores(run) -> None:
     run.check("kill9.assigned")
+    run.check("kill9.unprivileged_child_stops")
     run.check("kill9.release_restores")
     run.check("kill9.release_resets_through_driver")
 

@@ -300,8 +300,10 @@ def vfio() -> None:
 
 
 def release_after_kill9() -> None:
+    """The recorded (root) process is SIGKILLed: its unprivileged serving child stops too
+    (parent-death signal), and ``release`` resets and restores the device."""
     out = platpass("assign", "/pl031@9010000", "--backend", "uio", "--socket", "/run/k.sock",
-                   *FORCE["/pl031@9010000"])
+                   *FORCE["/pl031@9010000"], *UNPRIVILEGED)
     pid = state().get("9010000.pl031", {}).get("pid")
     check("kill9.assigned", out.returncode == 0 and pid and RTC.driver == "uio_pdrv_genirq",
           rc=out.returncode, stderr=out.stderr, pid=pid)
@@ -315,7 +317,17 @@ def release_after_kill9() -> None:
     client.write(0, PL031_MR, 4, client.read(0, 0, 4) + 100_000)
     client.write(0, PL031_IMSC, 4, 1)
     client.close()
+    kids = children(pid)
     os.kill(pid, signal.SIGKILL)
+
+    def running(kid: int) -> bool:  # an exited orphan may stay a zombie until init reaps
+        return proc_status(kid).get("State", "Z").split()[0] not in ("Z", "X")
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(running(k) for k in kids):
+        time.sleep(0.1)
+    check("kill9.unprivileged_child_stops", len(kids) == 1 and not running(kids[0]),
+          children=kids)
     time.sleep(0.3)
     still = RTC.driver
     before = devmem(RTC_BASE + PL031_IMSC)
