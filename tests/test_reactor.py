@@ -63,3 +63,16 @@ def test_removing_a_closed_fd_is_harmless(reactor: EpollReactor) -> None:
 def test_run_forever_stops_from_callback(reactor: EpollReactor) -> None:
     reactor.call_later(0.0, reactor.stop)
     reactor.run_forever()
+
+
+def test_a_signal_stops_run_forever_and_close_restores_the_wakeup_fd() -> None:
+    import signal as _signal
+
+    loop = EpollReactor()
+    loop.stop_on_signals((_signal.SIGUSR1,))
+    loop.call_later(0.01, lambda: os.kill(os.getpid(), _signal.SIGUSR1))
+    loop.call_later(5.0, lambda: pytest.fail("SIGUSR1 did not stop the loop"))
+    loop.run_forever()
+    loop.close()
+    assert _signal.set_wakeup_fd(-1) == -1  # close() already gave the wakeup fd back
+    _signal.signal(_signal.SIGUSR1, _signal.SIG_DFL)

@@ -12,8 +12,10 @@ import contextlib
 import heapq
 import itertools
 import select
+import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,6 +64,7 @@ class EpollReactor:
         self._timers: list[TimerHandle] = []
         self._seq = itertools.count()
         self._stopping = False
+        self._signal_wakeup: tuple[socket.socket, socket.socket] | None = None
 
     def add_reader(self, fd: int, callback: ReadCallback) -> None:
         if fd in self._readers:
@@ -125,8 +128,41 @@ class EpollReactor:
         """Make :meth:`run_forever` return after the current dispatch."""
         self._stopping = True
 
+    def stop_on_signals(
+        self, signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Make ``signums`` stop :meth:`run_forever` (main thread only).
+
+        A Python signal handler alone cannot stop the loop: ``epoll.poll`` is retried after
+        the handler runs. So the signal's wakeup fd is a socket this loop watches, and its
+        reader stops the loop. The handlers stay no-ops until :meth:`close`, so a second
+        signal cannot interrupt the cleanup that follows the loop.
+        """
+        if self._signal_wakeup is not None:
+            return
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, lambda *_: None)
+
+        def on_signal() -> None:
+            with contextlib.suppress(BlockingIOError):
+                wake_r.recv(64)
+            self.stop()
+
+        self.add_reader(wake_r.fileno(), on_signal)
+        self._signal_wakeup = (wake_r, wake_w)
+
     def close(self) -> None:
-        """Release the epoll fd."""
+        """Release the epoll fd and the signal wakeup socket, if any."""
+        if self._signal_wakeup is not None:
+            signal.set_wakeup_fd(-1)
+            for sock in self._signal_wakeup:
+                self.remove_reader(sock.fileno())
+                sock.close()
+            self._signal_wakeup = None
         self._epoll.close()
 
     def _run_due_timers(self) -> int:

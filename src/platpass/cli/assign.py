@@ -29,11 +29,9 @@ back on its original driver, which an unprivileged process could not do.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -217,7 +215,6 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
     writer: TraceWriter | None = None
     control: ControlServer | None = None
     code = 0
-    wake_r, wake_w = socket.socketpair()
     try:
         opened_at = reactor.time()
         if args.trace:
@@ -233,18 +230,7 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
             control = ControlServer(reactor, server, args.control, name="platpass assign")
         if not args.foreground:
             _daemonize(state, device.name, Path(args.state_dir) / f"{device.name}.log")
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: None)
-
-        def on_signal() -> None:
-            with contextlib.suppress(BlockingIOError):
-                wake_r.recv(64)
-            reactor.stop()
-
-        reactor.add_reader(wake_r.fileno(), on_signal)
+        reactor.stop_on_signals()
         if access.run_as is None:
             print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
                   f"{os.getpid()})", flush=True)
@@ -266,8 +252,6 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
             backend.close()
         if writer is not None:
             writer.close()
-        wake_r.close()
-        wake_w.close()
         reactor.close()
         problems = _restore(state, device.name)
         for problem in problems:

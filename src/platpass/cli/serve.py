@@ -26,11 +26,9 @@ seen) for ``platpass replay``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,7 +225,6 @@ def run(args: argparse.Namespace) -> int:
     devices: list[Any] = []
     writer = TraceWriter(args.trace, reactor.time, reactor=reactor) if args.trace else None
     control: ControlServer | None = None
-    wake_r, wake_w = socket.socketpair()
     try:
         if args.socket_dir is not None:
             socket_dir = Path(args.socket_dir)
@@ -277,20 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 where = str(path)
             print(f"serving {export.node.path} ({', '.join(export.node.compatible)}; "
                   f"{export.verdict.name}; backend {backend_name}) on {where}", flush=True)
-        # Signals wake the loop through a socket the reactor watches (poll is retried
-        # after a handler runs, so the handler alone could not stop it).
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: None)
-
-        def on_signal() -> None:
-            with contextlib.suppress(BlockingIOError):
-                wake_r.recv(64)
-            reactor.stop()
-
-        reactor.add_reader(wake_r.fileno(), on_signal)
+        reactor.stop_on_signals()
         for unused in inherited:
             log.warning("passed socket fd %d (%s) matches no device", unused.fd,
                         unused.path or unused.name, extra={"socket": unused.path})
@@ -319,8 +303,6 @@ def run(args: argparse.Namespace) -> int:
                             extra={"device": device.node.path})
         if writer is not None:
             writer.close()
-        wake_r.close()
-        wake_w.close()
         reactor.close()
     return 0
 

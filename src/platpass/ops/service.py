@@ -190,7 +190,6 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
     control: ControlServer | None = None
     writer = (TraceWriter(config.trace, reactor.time, reactor=reactor) if config.trace
               else None)
-    wake_r, wake_w = socket.socketpair()
     configs: dict[str, DeviceConfig] = {}
     pid_written = False
     try:
@@ -255,7 +254,7 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                                 describe=describe, others=others)
         _write_pid_file(config.pid_path)
         pid_written = True
-        _wait_for_signal(reactor, wake_r, wake_w)
+        reactor.stop_on_signals()
         activation.notify("READY=1")
         print(f"ready: {config.name} ({len(planned)} devices; control "
               f"{config.control_path})", flush=True)
@@ -284,8 +283,6 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                 log.error("%s", err, extra={"device": device_config.node})
         if writer is not None:
             writer.close()
-        wake_r.close()
-        wake_w.close()
         reactor.close()
         if pid_written:
             config.pid_path.unlink(missing_ok=True)
@@ -331,22 +328,6 @@ def _write_pid_file(path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, path)
-
-
-def _wait_for_signal(reactor: Any, wake_r: socket.socket, wake_w: socket.socket) -> None:
-    """SIGTERM/SIGINT stop the reactor (through a wakeup socket it watches)."""
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno())
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-
-    def on_signal() -> None:
-        with contextlib.suppress(BlockingIOError):
-            wake_r.recv(64)
-        reactor.stop()
-
-    reactor.add_reader(wake_r.fileno(), on_signal)
 
 
 # -- background up / down ----------------------------------------------------------------
