@@ -22,12 +22,10 @@ unconnected.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
-from platpass.host.simulated.clock import Cancellable, ModelClock
-from platpass.host.simulated.models.base import DeviceModel
+from platpass.host.simulated.clock import ModelClock
+from platpass.host.simulated.models.uart_common import UartModel
 
 
 class Reg(IntEnum):
@@ -122,12 +120,14 @@ DEFAULT_CLOCK = 1_843_200
 DEFAULT_BAUD = 115_200
 
 
-class Ns16550(DeviceModel):
+class Ns16550(UartModel):
     """The 16550A model. Host side as for the PL011: :attr:`tx_output`, :attr:`on_tx`,
     :meth:`take_tx`, :meth:`inject_rx`, :meth:`inject_break`; plus
     :meth:`set_modem_inputs` for CTS/DSR/RI/DCD."""
 
     kind = "ns16550"
+    depth = FIFO_DEPTH
+    break_errors = Lsr.BI
 
     def __init__(self, clock: ModelClock, *, reg_shift: int = 0, reg_io_width: int = 1,
                  clock_rate: int | None = None) -> None:
@@ -146,23 +146,12 @@ class Ns16550(DeviceModel):
         self.clock_rate = clock_rate or DEFAULT_CLOCK
         self._offsets = tuple(index * stride for index in range(8))
         self._build_tables()
-        #: Every byte put on the wire (host side).
-        self.tx_output = bytearray()
-        #: Called with each transmitted byte (host side).
-        self.on_tx: Callable[[bytes], None] | None = None
         self._modem_inputs = 0
-        self._tx_timer: Cancellable | None = None
-        self._timeout_timer: Cancellable | None = None
         self.power_on_reset()
 
     def power_on_reset(self) -> None:
         """Master-reset values from the datasheet: IER/FCR/LCR/MCR 0, LSR 0x60, IIR 0x01."""
-        self.cancel(self._tx_timer)
-        self.cancel(self._timeout_timer)
-        self._tx_timer = self._timeout_timer = None
-        self.rx_fifo: deque[int] = deque()   # byte | (LSR error bits << 8)
-        self.tx_fifo: deque[int] = deque()
-        self._shifting = False
+        self._reset_fifos()    # rx_fifo entries: byte | (LSR error bits << 8)
         self.ier = 0
         self.lcr = 0
         self.mcr = 0
@@ -181,23 +170,13 @@ class Ns16550(DeviceModel):
 
     # -- host side ------------------------------------------------------------------------
 
-    def inject_rx(self, data: bytes) -> None:
-        """Characters arriving on SIN (ignored while in loopback, as the pin is cut off)."""
-        def receive_all() -> None:
-            if not self.mcr & _LOOP:
-                for byte in data:
-                    self._receive(byte)
-        self.run_step(receive_all)
+    # inject_rx / inject_break / take_tx come from UartModel; SIN is cut off in loopback.
 
-    def inject_break(self) -> None:
-        """A break on SIN: a NUL character with BI."""
-        self.run_step(lambda: None if self.mcr & _LOOP else self._receive(0, Lsr.BI))
+    def _rx_pin_connected(self) -> bool:
+        return not self.mcr & _LOOP
 
-    def take_tx(self) -> bytes:
-        """Transmitted bytes not yet taken (and forget them)."""
-        data = bytes(self.tx_output)
-        self.tx_output.clear()
-        return data
+    def _loopback(self) -> bool:
+        return bool(self.mcr & _LOOP)
 
     def set_modem_inputs(self, *, cts: bool = False, dsr: bool = False, ri: bool = False,
                          dcd: bool = False) -> None:
@@ -210,10 +189,6 @@ class Ns16550(DeviceModel):
         self.run_step(apply)
 
     # -- derived state ------------------------------------------------------------------------
-
-    @property
-    def capacity(self) -> int:
-        return FIFO_DEPTH if self.fifo_enabled else 1
 
     @property
     def divisor(self) -> int:
@@ -302,22 +277,9 @@ class Ns16550(DeviceModel):
         if self._shifting or not self.tx_fifo:
             return
         byte = self.tx_fifo.popleft()
-        self._shifting = True
         if not self.tx_fifo:
             self._thre_pending = True      # THR (FIFO) just became empty
-        self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
-
-    def _shift_done(self, byte: int) -> None:
-        self._tx_timer = None
-        self._shifting = False
-        if self.mcr & _LOOP:
-            self._receive(byte)
-        else:
-            self.tx_output.append(byte)
-            if self.on_tx is not None:
-                self.on_tx(bytes((byte,)))
-        self._kick_tx()
-        self._update_line()
+        self._start_shift(byte)
 
     # -- receiver ---------------------------------------------------------------------------------
 
@@ -333,16 +295,13 @@ class Ns16550(DeviceModel):
         self._update_line()
 
     def _restart_timeout(self) -> None:
-        self.cancel(self._timeout_timer)
-        self._timeout_timer = None
         if self.fifo_enabled and self.rx_fifo:
-            self._timeout_timer = self.call_later(4 * self.char_time(), self._timeout)
+            self._arm_rx_timeout(4 * self.char_time())
+        else:
+            self._disarm_rx_timeout()
 
-    def _timeout(self) -> None:
-        self._timeout_timer = None
-        if self.rx_fifo:
-            self._timeout_pending = True
-            self._update_line()
+    def _rx_timed_out(self) -> None:
+        self._timeout_pending = True
 
     def _read_rbr(self) -> int:
         if not self.rx_fifo:
@@ -367,8 +326,7 @@ class Ns16550(DeviceModel):
             self._thre_pending = True
         if not self.rx_fifo:
             self._timeout_pending = False
-            self.cancel(self._timeout_timer)
-            self._timeout_timer = None
+            self._disarm_rx_timeout()
         self.rx_trigger = RX_TRIGGERS[(value >> 6) & 3]
         self.dma_mode = bool(value & Fcr.DMA_MODE)
 

@@ -17,12 +17,11 @@ before unmasking TXIM for exactly this reason.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
-from platpass.host.simulated.clock import Cancellable, ModelClock
-from platpass.host.simulated.models.base import DeviceModel, merge, primecell_id_registers
+from platpass.host.simulated.clock import ModelClock
+from platpass.host.simulated.models.base import merge, primecell_id_registers
+from platpass.host.simulated.models.uart_common import UartModel
 
 
 class Reg(IntEnum):
@@ -129,7 +128,7 @@ DEFAULT_UARTCLK = 24_000_000
 DEFAULT_BAUD = 115_200
 
 
-class Pl011(DeviceModel):
+class Pl011(UartModel):
     """The PL011 model. Host side: :attr:`tx_output` / :attr:`on_tx` / :meth:`take_tx`
     observe what the UART transmits, :meth:`inject_rx` and :meth:`inject_break` feed its
     receiver."""
@@ -141,6 +140,7 @@ class Pl011(DeviceModel):
         (Reg.LCR_H, 0x20),    # LCR_H (FIFO enable flushes), CR, IFLS, IMSC, RIS/MIS, ICR, DMACR
     )
     storage_offsets = frozenset({Reg.ILPR, Reg.IBRD, Reg.FBRD})
+    break_errors = _DATA_BE
 
     def __init__(self, clock: ModelClock, *, uartclk: int | None = None,
                  revision: int = 3) -> None:
@@ -150,23 +150,12 @@ class Pl011(DeviceModel):
         #: FIFO depth: r1p5 (revision 3) and later have 32-entry FIFOs.
         self.depth = 32 if revision >= 3 else 16
         self.constants = primecell_id_registers((0x11, 0x10, (revision << 4) | 0x4, 0x00))
-        #: Every byte the UART has put on the wire (host side).
-        self.tx_output = bytearray()
-        #: Called with each transmitted byte (host side).
-        self.on_tx: Callable[[bytes], None] | None = None
-        self._tx_timer: Cancellable | None = None
-        self._rt_timer: Cancellable | None = None
         self._build_tables()
         self.power_on_reset()
 
     def power_on_reset(self) -> None:
         """The state after nPRESETn: registers at their TRM reset values, FIFOs empty."""
-        self.cancel(self._tx_timer)
-        self.cancel(self._rt_timer)
-        self._tx_timer = self._rt_timer = None
-        self.tx_fifo: deque[int] = deque()
-        self.rx_fifo: deque[int] = deque()
-        self._shifting = False
+        self._reset_fifos()
         self.rsr = 0
         self.ilpr = 0
         self.ibrd = 0
@@ -180,32 +169,17 @@ class Pl011(DeviceModel):
         self._overrun_pending = False
         self._update_line()
 
-    # -- host side ----------------------------------------------------------------------
+    # inject_rx / inject_break / take_tx come from UartModel; the RX pin stays connected
+    # in loopback (the receiver's own RXE/UARTEN gate decides).
 
-    def inject_rx(self, data: bytes) -> None:
-        """Characters arriving on the RX pin, all at once (each one is a model step)."""
-        self.run_step(lambda: [self._receive(byte) for byte in data])
-
-    def inject_break(self) -> None:
-        """A break condition on the RX pin: a NUL character carrying BE."""
-        self.run_step(lambda: self._receive(0, _DATA_BE))
-
-    def take_tx(self) -> bytes:
-        """Transmitted bytes not yet taken (and forget them)."""
-        data = bytes(self.tx_output)
-        self.tx_output.clear()
-        return data
+    def _loopback(self) -> bool:
+        return bool(self.cr & _LBE)
 
     # -- derived state ------------------------------------------------------------------
 
     @property
     def fifo_enabled(self) -> bool:
         return bool(self.lcr_h & _FEN)
-
-    @property
-    def capacity(self) -> int:
-        """Entries each FIFO holds now (1 in character mode)."""
-        return self.depth if self.fifo_enabled else 1
 
     def _tx_trigger(self) -> int:
         return self.depth * _IFLS_EIGHTHS.get(self.ifls & 0x7, 4) // 8
@@ -267,22 +241,9 @@ class Pl011(DeviceModel):
             return
         was_above = self._tx_level_above_trigger()
         byte = self.tx_fifo.popleft()
-        self._shifting = True
         if was_above and not self._tx_level_above_trigger():
             self.ris |= _INT_TX
-        self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
-
-    def _shift_done(self, byte: int) -> None:
-        self._tx_timer = None
-        self._shifting = False
-        if self.cr & _LBE:
-            self._receive(byte)
-        else:
-            self.tx_output.append(byte)
-            if self.on_tx is not None:
-                self.on_tx(bytes((byte,)))
-        self._kick_tx()
-        self._update_line()
+        self._start_shift(byte)
 
     # -- receiver -------------------------------------------------------------------------
 
@@ -304,18 +265,14 @@ class Pl011(DeviceModel):
             self.ris |= _INT_BE
         if below and len(self.rx_fifo) >= self._rx_level():
             self.ris |= _INT_RX
-        self.cancel(self._rt_timer)
-        self._rt_timer = self.call_later(32 * self._bit_time(), self._receive_timeout)
+        self._arm_rx_timeout(32 * self._bit_time())
         self._update_line()
 
     def _rx_level(self) -> int:
         return self._rx_trigger() if self.fifo_enabled else 1
 
-    def _receive_timeout(self) -> None:
-        self._rt_timer = None
-        if self.rx_fifo:
-            self.ris |= _INT_RT
-            self._update_line()
+    def _rx_timed_out(self) -> None:
+        self.ris |= _INT_RT
 
     def _pop_rx(self) -> int:
         if not self.rx_fifo:
@@ -326,8 +283,7 @@ class Pl011(DeviceModel):
             self.ris &= ~_INT_RX
         if not self.rx_fifo:
             self.ris &= ~_INT_RT
-            self.cancel(self._rt_timer)
-            self._rt_timer = None
+            self._disarm_rx_timeout()
         self._update_line()
         return entry
 

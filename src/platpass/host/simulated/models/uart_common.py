@@ -1,0 +1,133 @@
+"""What the two UART models (PL011, 16550A) share: the host-side port and the shifter.
+
+Both UARTs put one character on the wire per character time, feed it back to their own
+receiver in loopback, keep TX/RX FIFOs that shrink to a 1-byte holding register when FIFO
+mode is off, and arm a receive-timeout timer while characters wait. Which register bits say
+"loopback", when the timeout is armed and what it raises are register semantics, so they
+stay in each model; this base holds only the mechanics that are the same in both, so a fix
+to the host-side handles (:attr:`tx_output`, :attr:`on_tx`, :meth:`take_tx`,
+:meth:`inject_rx`, :meth:`inject_break`) lands once.
+
+The FIFOs stay plain :class:`collections.deque` objects: a wrapper class would cost a
+Python-level call on every ``len`` and pop in the trapped-access hot path.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import ClassVar
+
+from platpass.host.simulated.clock import Cancellable, ModelClock
+from platpass.host.simulated.models.base import DeviceModel
+
+
+class UartModel(DeviceModel):
+    """Base of the UART models. Subclasses set :attr:`depth` and :attr:`break_errors`,
+    provide ``fifo_enabled`` and implement the register-level hooks below."""
+
+    #: FIFO depth when FIFO mode is on.
+    depth: int
+    #: The error bits :meth:`_receive` gets for a break (each model's own encoding).
+    break_errors: ClassVar[int]
+    fifo_enabled: bool
+    rx_fifo: deque[int]
+    tx_fifo: deque[int]
+
+    def __init__(self, clock: ModelClock) -> None:
+        super().__init__(clock)
+        #: Every byte the UART has put on the wire (host side).
+        self.tx_output = bytearray()
+        #: Called with each transmitted byte (host side).
+        self.on_tx: Callable[[bytes], None] | None = None
+        self._tx_timer: Cancellable | None = None
+        self._rx_timeout_timer: Cancellable | None = None
+
+    # -- host side ------------------------------------------------------------------------
+
+    def inject_rx(self, data: bytes) -> None:
+        """Characters arriving on the RX pin, all at once (one model step)."""
+        def receive_all() -> None:
+            if self._rx_pin_connected():
+                for byte in data:
+                    self._receive(byte)
+        self.run_step(receive_all)
+
+    def inject_break(self) -> None:
+        """A break condition on the RX pin: a NUL character carrying the break error."""
+        def receive_break() -> None:
+            if self._rx_pin_connected():
+                self._receive(0, self.break_errors)
+        self.run_step(receive_break)
+
+    def take_tx(self) -> bytes:
+        """Transmitted bytes not yet taken (and forget them)."""
+        data = bytes(self.tx_output)
+        self.tx_output.clear()
+        return data
+
+    # -- shared mechanics -------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Entries each FIFO holds now (1 in character mode)."""
+        return self.depth if self.fifo_enabled else 1
+
+    def _reset_fifos(self) -> None:
+        """Cancel the shifter and the receive timeout and empty both FIFOs (reset)."""
+        self.cancel(self._tx_timer)
+        self.cancel(self._rx_timeout_timer)
+        self._tx_timer = self._rx_timeout_timer = None
+        self.tx_fifo = deque()
+        self.rx_fifo = deque()
+        self._shifting = False
+
+    def _start_shift(self, byte: int) -> None:
+        """Put ``byte`` in the shift register; it leaves one character time later."""
+        self._shifting = True
+        self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
+
+    def _shift_done(self, byte: int) -> None:
+        self._tx_timer = None
+        self._shifting = False
+        if self._loopback():
+            self._receive(byte)
+        else:
+            self.tx_output.append(byte)
+            if self.on_tx is not None:
+                self.on_tx(bytes((byte,)))
+        self._kick_tx()
+        self._update_line()
+
+    def _arm_rx_timeout(self, delay: float) -> None:
+        self.cancel(self._rx_timeout_timer)
+        self._rx_timeout_timer = self.call_later(delay, self._rx_timeout_expired)
+
+    def _disarm_rx_timeout(self) -> None:
+        self.cancel(self._rx_timeout_timer)
+        self._rx_timeout_timer = None
+
+    def _rx_timeout_expired(self) -> None:
+        self._rx_timeout_timer = None
+        if self.rx_fifo:
+            self._rx_timed_out()
+            self._update_line()
+
+    # -- register semantics, per model -------------------------------------------------------
+    # Declared here for type checkers; each model defines them as methods.
+    #: Seconds to shift one frame.
+    char_time: Callable[[], float]
+    #: Whether transmitted characters go back to the receiver instead of the wire.
+    _loopback: Callable[[], bool]
+    #: Take one character (with its error bits) into the receiver.
+    _receive: Callable[..., None]
+    #: Start shifting the next TX FIFO entry if the shifter is idle.
+    _kick_tx: Callable[[], None]
+    #: Raise the receive-timeout condition (characters waited too long).
+    _rx_timed_out: Callable[[], None]
+    #: Drive the interrupt line from the interrupt state.
+    _update_line: Callable[[], None]
+
+    def _rx_pin_connected(self) -> bool:
+        """Whether host-side input reaches the receiver (loopback may cut the pin off)."""
+        return True
