@@ -18,33 +18,7 @@
 .text
 .globl _start
 _start:
-    mov %ebx, bootinfo
-    # IDT: every vector -> `unexpected`, IRQ_VECTOR -> `isr`
-    xor %ecx, %ecx
-1:  mov $unexpected, %eax
-    call set_gate
-    inc %ecx
-    cmp $256, %ecx
-    jne 1b
-    mov $IRQ_VECTOR, %ecx
-    mov $isr, %eax
-    call set_gate
-    lidt idt_descriptor
-
-    # local APIC: software enable, spurious vector 0xFF
-    movl $0x1FF, LAPIC + LAPIC_SVR
-    # IOAPIC redirection entry for pin BI_GSI: high word = destination APIC 0
-    mov BI_GSI(%ebx), %ecx
-    lea 0x11(,%ecx,2), %eax
-    movl %eax, IOAPIC
-    movl $0, IOAPIC + 0x10
-    lea 0x10(,%ecx,2), %eax
-    movl %eax, IOAPIC
-    mov $IRQ_VECTOR, %eax
-    cmpl $0, BI_LEVEL(%ebx)
-    je 2f
-    or $(1 << 15), %eax                  # level-triggered, active high
-2:  movl %eax, IOAPIC + 0x10
+    IRQ_SETUP                            # IDT, LAPIC, IOAPIC pin BI_GSI (common.inc)
 
     mov BI_SETUP1_ADDR(%ebx), %esi
     test %esi, %esi
@@ -104,20 +78,10 @@ finish:
     REPORT %eax
     FINISH $0
 
-# set_gate: %ecx = vector, %eax = handler; 32-bit interrupt gate, selector 0x08
-set_gate:
-    lea idt(,%ecx,8), %edx
-    mov %ax, (%edx)
-    movw $0x08, 2(%edx)
-    movw $0x8E00, 4(%edx)
-    shr $16, %eax
-    mov %ax, 6(%edx)
-    ret
+    IRQ_SUPPORT                          # set_gate, unexpected (common.inc)
 
 isr:
-    push %eax
-    push %edx
-    push %esi
+    ISR_ENTRY
     cmpl $0, irq_count
     jne 5f
     rdtsc
@@ -129,32 +93,15 @@ isr:
     cmpl $0, eoi_done
     je out                               # delayed mode, first entry: no ack, no EOI
 ack:
-    mov BI_ACK_ADDR(%edx), %esi
-    test %esi, %esi
-    jz 6f
-    mov BI_ACK_VALUE(%edx), %eax
-    mov %eax, (%esi)
-6:  movl $0, LAPIC + LAPIC_EOI
+    ACK_EOI
 out:
-    pop %esi
-    pop %edx
-    pop %eax
-    IRET_SOFT
-
-unexpected:
-    REPORT $0xDEAD
-    FINISH $2
+    ISR_RETURN
 
 .data
 .align 8
-idt_descriptor:
-    .word 256 * 8 - 1
-    .long idt
 bootinfo:   .long 0
 irq_count:  .long 0
 eoi_done:   .long 0
 armed_tsc:  .long 0
 first_tsc:  .long 0
-.align 8
-idt:
-    .fill 256 * 8, 1, 0
+    IDT_DATA
