@@ -16,8 +16,10 @@ from __future__ import annotations
 import errno
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from operator import attrgetter
+from typing import Any, ClassVar, Self, TypeVar
 
 from platpass.errors import LocalProtocolError, RemoteProtocolError
 from platpass.vfio_device.uapi import (
@@ -45,6 +47,7 @@ IRQ_SET = struct.Struct("=IIIII")  # argsz flags index start count
 REGION_ACCESS = struct.Struct("=QII")  # offset region count
 DMA_ACCESS = struct.Struct("=QQ")  # address count
 DMA_WRITE_REPLY = struct.Struct("=QI")  # address count(u32)
+NO_PAYLOAD = struct.Struct("=")  # nothing after the header
 
 #: Sparse-mmap capability version (linux/vfio.h VFIO_REGION_INFO_CAP_SPARSE_MMAP).
 SPARSE_MMAP_VERSION = 1
@@ -64,6 +67,95 @@ def _exact(payload: bytes | memoryview, size: int, what: str) -> None:
 def _check_uint(value: int, limit: int, what: str) -> None:
     if not 0 <= value <= limit:
         raise LocalProtocolError(f"{what}={value} does not fit its field")
+
+
+# --------------------------------------------------------------------------- shared codecs
+
+
+class _FixedStruct:
+    """A payload that is exactly one fixed layout whose fields are the dataclass's
+    leading fields, in order.
+
+    Most messages are just that, so they share one encode/decode here and state only what
+    differs (layout, the name in error messages) through :func:`_layout`. A class with
+    checks of its own overrides ``decode`` and still shares ``encode``.
+    """
+
+    __slots__ = ()
+    _LAYOUT: ClassVar[struct.Struct]
+    #: The message's name in error messages (tests compare them).
+    _NAME: ClassVar[str]
+    #: The values of the fields the layout holds, as a tuple (an attrgetter: C speed,
+    #: as REGION_READ/WRITE go through here on the client and the server's full path).
+    _HEAD: ClassVar[Callable[[Any], tuple[Any, ...]]]
+
+    def encode(self) -> bytes:
+        return self._LAYOUT.pack(*self._HEAD(self))
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Self:
+        # Inline rather than via _unpack: one call less on REGION_READ/WRITE.
+        _exact(payload, cls._LAYOUT.size, cls._NAME)
+        return cls(*cls._LAYOUT.unpack_from(payload))
+
+    @classmethod
+    def _unpack(cls, payload: bytes | memoryview) -> tuple[Any, ...]:
+        """The layout's values, once the payload is checked to be exactly its size (for
+        a ``decode`` that checks the values too)."""
+        _exact(payload, cls._LAYOUT.size, cls._NAME)
+        return cls._LAYOUT.unpack_from(payload)
+
+
+class _WithData(_FixedStruct):
+    """A fixed layout followed by the bytes of ``data``, whose length the layout's last
+    field (``count``) states: DMA_WRITE, REGION_READ's reply, REGION_WRITE. SET_IRQS shares
+    the encode only (its data length depends on its flags)."""
+
+    __slots__ = ()
+    #: The payload's name in the "shorter than" error.
+    _WHOLE: ClassVar[str]
+
+    def encode(self) -> bytes:
+        return self._LAYOUT.pack(*self._HEAD(self)) + self.data  # type: ignore[attr-defined]
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> Self:
+        layout = cls._LAYOUT
+        if len(payload) < layout.size:
+            raise _reject(f"{cls._WHOLE} shorter than {layout.size} bytes")
+        head = layout.unpack_from(payload)
+        data = bytes(payload[layout.size:])
+        if len(data) != head[-1]:
+            raise _reject(f"{cls._NAME} count {head[-1]} but {len(data)} data bytes")
+        return cls(*head, data)
+
+
+_C = TypeVar("_C", bound=type[_FixedStruct])
+
+
+def _layout(layout: struct.Struct, name: str, whole: str | None = None
+            ) -> Callable[[_C], _C]:
+    """Class decorator (outside ``@dataclass``): bind ``layout`` and the error-message
+    ``name`` (``whole``: the name of the entire payload, default ``name``) and derive which
+    fields the layout holds from the dataclass's field order, so nothing is said twice."""
+
+    def bind(cls: _C) -> _C:
+        fields = len(layout.unpack(bytes(layout.size)))
+        names: tuple[str, ...] = cls.__match_args__[:fields]  # type: ignore[attr-defined]
+        # attrgetter is no descriptor, but a function would be bound: staticmethod.
+        if len(names) > 1:
+            cls._HEAD = attrgetter(*names)
+        elif names:
+            (only,) = names
+            cls._HEAD = staticmethod(lambda m: (getattr(m, only),))  # type: ignore[assignment]
+        else:
+            cls._HEAD = staticmethod(lambda _m: ())  # type: ignore[assignment]
+        cls._LAYOUT = layout
+        cls._NAME = name
+        cls._WHOLE = whole or name  # type: ignore[attr-defined]
+        return cls
+
+    return bind
 
 
 # --------------------------------------------------------------------------- VERSION
@@ -143,8 +235,9 @@ class Version:
 # --------------------------------------------------------------------------- DMA
 
 
+@_layout(DMA_MAP, "DMA_MAP")
 @dataclass(frozen=True, slots=True)
-class DmaMap:
+class DmaMap(_FixedStruct):
     """DMA_MAP request (the reply has no payload). A mappable region's fd travels with it."""
 
     COMMAND: ClassVar[Command] = Command.DMA_MAP
@@ -154,13 +247,9 @@ class DmaMap:
     address: int
     size: int
 
-    def encode(self) -> bytes:
-        return DMA_MAP.pack(self.argsz, self.flags, self.offset, self.address, self.size)
-
     @classmethod
     def decode(cls, payload: bytes | memoryview) -> DmaMap:
-        _exact(payload, DMA_MAP.size, "DMA_MAP")
-        argsz, flags, offset, address, size = DMA_MAP.unpack_from(payload)
+        argsz, flags, offset, address, size = cls._unpack(payload)
         if argsz < DMA_MAP.size:
             raise _reject(f"DMA_MAP argsz {argsz} < {DMA_MAP.size}")
         if flags & ~int(DmaMapFlags.READ | DmaMapFlags.WRITE):
@@ -170,8 +259,9 @@ class DmaMap:
         return cls(argsz, DmaMapFlags(flags), offset, address, size)
 
 
+@_layout(DMA_UNMAP, "DMA_UNMAP")
 @dataclass(frozen=True, slots=True)
-class DmaUnmap:
+class DmaUnmap(_FixedStruct):
     """DMA_UNMAP request, and its reply (the server echoes the entry, argsz set to 24)."""
 
     COMMAND: ClassVar[Command] = Command.DMA_UNMAP
@@ -184,13 +274,9 @@ class DmaUnmap:
     def unmap_all(self) -> bool:
         return bool(self.flags & DMA_UNMAP_FLAG_ALL)
 
-    def encode(self) -> bytes:
-        return DMA_UNMAP.pack(self.argsz, self.flags, self.address, self.size)
-
     @classmethod
     def decode(cls, payload: bytes | memoryview) -> DmaUnmap:
-        _exact(payload, DMA_UNMAP.size, "DMA_UNMAP")
-        argsz, flags, address, size = DMA_UNMAP.unpack_from(payload)
+        argsz, flags, address, size = cls._unpack(payload)
         if flags & ~DMA_UNMAP_FLAG_ALL:
             raise _reject(f"DMA_UNMAP has unsupported flags {flags:#x}")
         if flags & DMA_UNMAP_FLAG_ALL:
@@ -201,25 +287,19 @@ class DmaUnmap:
         return cls(argsz, flags, address, size)
 
 
+@_layout(DMA_ACCESS, "DMA_READ")
 @dataclass(frozen=True, slots=True)
-class DmaRead:
+class DmaRead(_FixedStruct):
     """DMA_READ request (server -> client); platpass never sends it."""
 
     COMMAND: ClassVar[Command] = Command.DMA_READ
     address: int
     count: int
 
-    def encode(self) -> bytes:
-        return DMA_ACCESS.pack(self.address, self.count)
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> DmaRead:
-        _exact(payload, DMA_ACCESS.size, "DMA_READ")
-        return cls(*DMA_ACCESS.unpack_from(payload))
-
-
+@_layout(DMA_ACCESS, "DMA_WRITE", "DMA_WRITE payload")
 @dataclass(frozen=True, slots=True)
-class DmaWrite:
+class DmaWrite(_WithData):
     """DMA_WRITE request (server -> client); platpass never sends it."""
 
     COMMAND: ClassVar[Command] = Command.DMA_WRITE
@@ -227,25 +307,13 @@ class DmaWrite:
     count: int
     data: bytes
 
-    def encode(self) -> bytes:
-        return DMA_ACCESS.pack(self.address, self.count) + self.data
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> DmaWrite:
-        if len(payload) < DMA_ACCESS.size:
-            raise _reject("DMA_WRITE payload shorter than 16 bytes")
-        address, count = DMA_ACCESS.unpack_from(payload)
-        data = bytes(payload[DMA_ACCESS.size:])
-        if len(data) != count:
-            raise _reject(f"DMA_WRITE count {count} but {len(data)} data bytes")
-        return cls(address, count, data)
-
 
 # --------------------------------------------------------------------------- device info
 
 
+@_layout(DEVICE_INFO, "DEVICE_GET_INFO")
 @dataclass(frozen=True, slots=True)
-class DeviceInfo:
+class DeviceInfo(_FixedStruct):
     """DEVICE_GET_INFO request (argsz, other fields zero) and reply."""
 
     COMMAND: ClassVar[Command] = Command.DEVICE_GET_INFO
@@ -253,14 +321,6 @@ class DeviceInfo:
     flags: int = 0
     num_regions: int = 0
     num_irqs: int = 0
-
-    def encode(self) -> bytes:
-        return DEVICE_INFO.pack(self.argsz, self.flags, self.num_regions, self.num_irqs)
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> DeviceInfo:
-        _exact(payload, DEVICE_INFO.size, "DEVICE_GET_INFO")
-        return cls(*DEVICE_INFO.unpack_from(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,8 +414,9 @@ class RegionInfo:
         return cls(argsz, flags, index, cap_offset, size, offset, areas)
 
 
+@_layout(IO_FDS, "DEVICE_GET_REGION_IO_FDS")
 @dataclass(frozen=True, slots=True)
-class RegionIoFdsRequest:
+class RegionIoFdsRequest(_FixedStruct):
     """DEVICE_GET_REGION_IO_FDS request (platpass answers ENOTSUP: no ioeventfds)."""
 
     COMMAND: ClassVar[Command] = Command.DEVICE_GET_REGION_IO_FDS
@@ -364,17 +425,10 @@ class RegionIoFdsRequest:
     index: int
     count: int
 
-    def encode(self) -> bytes:
-        return IO_FDS.pack(self.argsz, self.flags, self.index, self.count)
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionIoFdsRequest:
-        _exact(payload, IO_FDS.size, "DEVICE_GET_REGION_IO_FDS")
-        return cls(*IO_FDS.unpack_from(payload))
-
-
+@_layout(IRQ_INFO, "DEVICE_GET_IRQ_INFO")
 @dataclass(frozen=True, slots=True)
-class IrqInfo:
+class IrqInfo(_FixedStruct):
     """DEVICE_GET_IRQ_INFO request (argsz, index) and reply (flags, count)."""
 
     COMMAND: ClassVar[Command] = Command.DEVICE_GET_IRQ_INFO
@@ -383,17 +437,10 @@ class IrqInfo:
     index: int
     count: int
 
-    def encode(self) -> bytes:
-        return IRQ_INFO.pack(self.argsz, self.flags, self.index, self.count)
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> IrqInfo:
-        _exact(payload, IRQ_INFO.size, "DEVICE_GET_IRQ_INFO")
-        return cls(*IRQ_INFO.unpack_from(payload))
-
-
+@_layout(IRQ_SET, "SET_IRQS")
 @dataclass(frozen=True, slots=True)
-class SetIrqs:
+class SetIrqs(_WithData):
     """DEVICE_SET_IRQS request (the reply has no payload).
 
     ``data`` is the bool array for DATA_BOOL (one byte per sub-index); eventfds travel as
@@ -408,10 +455,6 @@ class SetIrqs:
     start: int
     count: int
     data: bytes = b""
-
-    def encode(self) -> bytes:
-        return IRQ_SET.pack(self.argsz, self.flags, self.index, self.start,
-                            self.count) + self.data
 
     @property
     def bools(self) -> tuple[bool, ...]:
@@ -454,87 +497,47 @@ class SetIrqs:
 
 
 @dataclass(frozen=True, slots=True)
-class RegionRead:
+class _RegionAccess(_FixedStruct):
+    """The access every REGION_READ/REGION_WRITE request and reply names (REGION_ACCESS),
+    declared once; the subclasses add ``data`` where the message carries it."""
+
+    offset: int
+    region: int
+    count: int
+
+
+@_layout(REGION_ACCESS, "REGION_READ")
+@dataclass(frozen=True, slots=True)
+class RegionRead(_RegionAccess):
     """REGION_READ request."""
 
     COMMAND: ClassVar[Command] = Command.REGION_READ
-    offset: int
-    region: int
-    count: int
-
-    def encode(self) -> bytes:
-        return REGION_ACCESS.pack(self.offset, self.region, self.count)
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionRead:
-        _exact(payload, REGION_ACCESS.size, "REGION_READ")
-        return cls(*REGION_ACCESS.unpack_from(payload))
 
 
+@_layout(REGION_ACCESS, "REGION_READ reply")
 @dataclass(frozen=True, slots=True)
-class RegionReadReply:
+class RegionReadReply(_RegionAccess, _WithData):
     """REGION_READ reply: the access echoed, then the data read."""
 
     COMMAND: ClassVar[Command] = Command.REGION_READ
-    offset: int
-    region: int
-    count: int
     data: bytes
 
-    def encode(self) -> bytes:
-        return REGION_ACCESS.pack(self.offset, self.region, self.count) + self.data
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionReadReply:
-        if len(payload) < REGION_ACCESS.size:
-            raise _reject("REGION_READ reply shorter than 16 bytes")
-        offset, region, count = REGION_ACCESS.unpack_from(payload)
-        data = bytes(payload[REGION_ACCESS.size:])
-        if len(data) != count:
-            raise _reject(f"REGION_READ reply count {count} but {len(data)} data bytes")
-        return cls(offset, region, count, data)
-
-
+@_layout(REGION_ACCESS, "REGION_WRITE", "REGION_WRITE payload")
 @dataclass(frozen=True, slots=True)
-class RegionWrite:
+class RegionWrite(_RegionAccess, _WithData):
     """REGION_WRITE request: the access and its data."""
 
     COMMAND: ClassVar[Command] = Command.REGION_WRITE
-    offset: int
-    region: int
-    count: int
     data: bytes
 
-    def encode(self) -> bytes:
-        return REGION_ACCESS.pack(self.offset, self.region, self.count) + self.data
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionWrite:
-        if len(payload) < REGION_ACCESS.size:
-            raise _reject("REGION_WRITE payload shorter than 16 bytes")
-        offset, region, count = REGION_ACCESS.unpack_from(payload)
-        data = bytes(payload[REGION_ACCESS.size:])
-        if len(data) != count:
-            raise _reject(f"REGION_WRITE count {count} but {len(data)} data bytes")
-        return cls(offset, region, count, data)
-
-
+@_layout(REGION_ACCESS, "REGION_WRITE reply")
 @dataclass(frozen=True, slots=True)
-class RegionWriteReply:
+class RegionWriteReply(_RegionAccess):
     """REGION_WRITE reply: the access echoed, no data."""
 
     COMMAND: ClassVar[Command] = Command.REGION_WRITE
-    offset: int
-    region: int
-    count: int
-
-    def encode(self) -> bytes:
-        return REGION_ACCESS.pack(self.offset, self.region, self.count)
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionWriteReply:
-        _exact(payload, REGION_ACCESS.size, "REGION_WRITE reply")
-        return cls(*REGION_ACCESS.unpack_from(payload))
 
 
 WRITE_MULTI_COUNT = struct.Struct("=Q")  # wr_cnt
@@ -586,48 +589,27 @@ class RegionWriteMulti:
         return cls(tuple(writes))
 
 
+@_layout(WRITE_MULTI_COUNT, "REGION_WRITE_MULTI reply")
 @dataclass(frozen=True, slots=True)
-class RegionWriteMultiReply:
+class RegionWriteMultiReply(_FixedStruct):
     """REGION_WRITE_MULTI reply: how many writes were completed."""
 
     COMMAND: ClassVar[Command] = Command.REGION_WRITE_MULTI
     wr_cnt: int
 
-    def encode(self) -> bytes:
-        return WRITE_MULTI_COUNT.pack(self.wr_cnt)
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> RegionWriteMultiReply:
-        _exact(payload, WRITE_MULTI_COUNT.size, "REGION_WRITE_MULTI reply")
-        return cls(*WRITE_MULTI_COUNT.unpack_from(payload))
-
-
+@_layout(NO_PAYLOAD, "DEVICE_RESET")
 @dataclass(frozen=True, slots=True)
-class DeviceReset:
+class DeviceReset(_FixedStruct):
     """DEVICE_RESET request and reply: no payload."""
 
     COMMAND: ClassVar[Command] = Command.DEVICE_RESET
 
-    def encode(self) -> bytes:
-        return b""
 
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> DeviceReset:
-        _exact(payload, 0, "DEVICE_RESET")
-        return cls()
-
-
+@_layout(NO_PAYLOAD, "empty reply")
 @dataclass(frozen=True, slots=True)
-class Empty:
+class Empty(_FixedStruct):
     """A reply without payload (DMA_MAP, SET_IRQS)."""
-
-    def encode(self) -> bytes:
-        return b""
-
-    @classmethod
-    def decode(cls, payload: bytes | memoryview) -> Empty:
-        _exact(payload, 0, "empty reply")
-        return cls()
 
 
 Request = (
