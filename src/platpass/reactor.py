@@ -136,24 +136,24 @@ class EpollReactor:
         A Python signal handler alone cannot stop the loop: ``epoll.poll`` is retried after
         the handler runs. So the signal's wakeup fd is a socket this loop watches, and its
         reader stops the loop. The handlers stay no-ops until :meth:`close`, so a second
-        signal cannot interrupt the cleanup that follows the loop.
+        signal cannot interrupt the cleanup that follows the loop. Calling it again (in a
+        forked child whose handlers were reset) re-arms the same wakeup socket.
         """
-        if self._signal_wakeup is not None:
-            return
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        if self._signal_wakeup is None:
+            wake_r, wake_w = socket.socketpair()
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+
+            def on_signal() -> None:
+                with contextlib.suppress(BlockingIOError):
+                    wake_r.recv(64)
+                self.stop()
+
+            self.add_reader(wake_r.fileno(), on_signal)
+            self._signal_wakeup = (wake_r, wake_w)
+        signal.set_wakeup_fd(self._signal_wakeup[1].fileno(), warn_on_full_buffer=False)
         for signum in signums:
             signal.signal(signum, lambda *_: None)
-
-        def on_signal() -> None:
-            with contextlib.suppress(BlockingIOError):
-                wake_r.recv(64)
-            self.stop()
-
-        self.add_reader(wake_r.fileno(), on_signal)
-        self._signal_wakeup = (wake_r, wake_w)
 
     def close(self) -> None:
         """Release the epoll fd and the signal wakeup socket, if any."""

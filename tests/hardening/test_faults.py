@@ -372,3 +372,30 @@ def test_a_client_that_never_reads_does_not_slow_another_device(
         hog.close()
     assert serve.poll() is None
     assert _settled_fds(serve.pid, baseline_fds) == baseline_fds
+
+
+def test_close_devices_resets_the_rest_when_one_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """Shutdown (serve, up, assign) closes every device even when one was pulled out."""
+    import logging
+
+    from platpass.reactor import EpollReactor
+    from platpass.vfio_device.device import close_devices
+
+    reactor = EpollReactor()
+    try:
+        gone = sim_device(reactor, "arm,pl031", removable=True)
+        uart = sim_device(reactor, "arm,pl011")
+        gone.open()
+        uart.open()
+        uart.write(0, 0x038, 4, 0x10)  # UARTIMSC: RX interrupt unmasked by the guest
+        gone.backend.remove()
+        log = logging.getLogger("platpass.test.close")
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            close_devices([gone, uart], log)
+        assert "closing /soc@9000000/rtc@20000" in caplog.text
+        for device in (gone, uart):  # both closed, the one after the failure too
+            with pytest.raises(VfioError) as exc:
+                device.read(0, 0x038, 4)
+            assert exc.value.errno == errno.ENODEV
+    finally:
+        reactor.close()

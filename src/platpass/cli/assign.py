@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from platpass.cli.options import add_access_arguments, add_ops_arguments, allow_lists
-from platpass.errors import HostError, PlatpassError
+from platpass.errors import HostError
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
 from platpass.host.privilege import RunAs, add_privilege_arguments, run_as_from_args
@@ -204,7 +204,7 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
     from platpass.ops.control import ControlServer
     from platpass.ops.trace import DeviceTracer, TraceWriter
     from platpass.reactor import EpollReactor
-    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_device.device import VfioDevice, close_devices
     from platpass.vfio_device.iommu import EmulatedIommu
     from platpass.vfio_user.server import SocketOptions, VfioUserServer
 
@@ -239,15 +239,11 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
             code = _serve_separated(access.run_as, args, node, reactor, server, control,
                                     writer)
     finally:
-        signal.set_wakeup_fd(-1)
         if control is not None:
             control.close()
         server.close()
         if vdev is not None:
-            try:
-                vdev.close()  # driver reset, then the backend lets go of the device
-            except PlatpassError as err:
-                log.warning("closing %s: %s", node.path, err)
+            close_devices([vdev], log)  # driver reset, then the backend lets go of it
         else:
             backend.close()
         if writer is not None:
@@ -276,8 +272,7 @@ def _serve_separated(run_as: RunAs, args: argparse.Namespace, node: Any, reactor
     sys.stderr.flush()
 
     def serve() -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):  # wake the loop, as in the parent
-            signal.signal(signum, lambda *_: None)
+        reactor.stop_on_signals()  # run_separated reset the handlers in this child
         # A SIGKILLed root process cannot forward SIGTERM: the kernel sends it instead, so
         # the server never outlives the process that would restore the device. Set after
         # the drop (a credential change clears it), then the race with an early death.

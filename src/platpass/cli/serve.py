@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from platpass.cli.options import (
     gid_of,
     uid_of,
 )
-from platpass.errors import HostError, PlatpassError
+from platpass.errors import HostError
 from platpass.firmware.model import DeviceNode
 from platpass.host.backend import Backend
 from platpass.host.privilege import add_privilege_arguments
@@ -184,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from platpass.ops import activation
     from platpass.ops.control import ControlServer
     from platpass.ops.trace import DeviceTracer, TraceWriter
-    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_device.device import VfioDevice, close_devices
     from platpass.vfio_device.iommu import EmulatedIommu
     from platpass.vfio_user.server import SocketOptions, VfioUserServer
 
@@ -291,16 +290,10 @@ def run(args: argparse.Namespace) -> int:
         reactor.run_forever()
         print("platpass serve: stopping", flush=True)
     finally:
-        signal.set_wakeup_fd(-1)
         if control is not None:
             control.close()
         server.close()
-        for device in devices:
-            try:
-                device.close()
-            except PlatpassError as err:
-                log.warning("closing %s: %s", device.node.path, err,
-                            extra={"device": device.node.path})
+        close_devices(devices, log)
         if writer is not None:
             writer.close()
         reactor.close()

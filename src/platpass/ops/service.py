@@ -176,7 +176,7 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
     from platpass.ops.logs import configure_logging
     from platpass.ops.trace import DeviceTracer, TraceWriter
     from platpass.reactor import EpollReactor
-    from platpass.vfio_device.device import VfioDevice
+    from platpass.vfio_device.device import VfioDevice, close_devices
     from platpass.vfio_device.iommu import EmulatedIommu
     from platpass.vfio_user.server import SocketOptions, VfioUserServer
 
@@ -265,16 +265,10 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
         activation.notify("STOPPING=1")
         log.info("stopping %s", config.name)
     finally:
-        signal.set_wakeup_fd(-1)
         if control is not None:
             control.close()
         server.close()
-        for device in devices:
-            try:
-                device.close()
-            except PlatpassError as err:
-                log.warning("closing %s: %s", device.node.path, err,
-                            extra={"device": device.node.path})
+        close_devices(devices, log)
         for device_config in reversed(assigned):
             try:
                 _run_tool(release_command(device_config),
@@ -302,8 +296,7 @@ def _serve_separated(config: ServiceConfig, reactor: Any, server: Any, devices: 
     sys.stderr.flush()
 
     def serve() -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):  # wake the loop, as in the parent
-            signal.signal(signum, lambda *_: None)
+        reactor.stop_on_signals()  # run_separated reset the handlers in this child
         log.info("serving as %s (pid %d)", config.user.spec, os.getpid(),
                  extra={"pid": os.getpid(), "uid": os.getuid()})
         reactor.run_forever()

@@ -25,10 +25,12 @@ driver reset, backend closed; later calls get ENODEV).
 from __future__ import annotations
 
 import errno
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from platpass.drivers.common import PlatformDriver, Trap
-from platpass.errors import VfioError
+from platpass.errors import PlatpassError, VfioError
 from platpass.firmware.model import DeviceNode, Trigger
 from platpass.host.backend import Backend
 from platpass.reactor import Reactor
@@ -332,3 +334,20 @@ class VfioDevice:
         removed = self.iommu.unmap(iova, size)
         self._stats.dma_unmaps += len(removed)
         return removed
+
+
+def close_devices(devices: Iterable[VfioDevice], log: logging.Logger) -> None:
+    """Close every device (driver reset, backend released), logging what fails.
+
+    Shutdown paths call this: one device that fails to reset must not keep the others from
+    being reset and handed back, so a failure is a warning, not an exception. A backend
+    whose device was removed fails the driver's reset with a plain ``OSError`` (EIO from
+    the mapping or the UIO fd); :meth:`VfioDevice.close` has released the backend anyway.
+    """
+    for device in devices:
+        try:
+            device.close()
+        except (PlatpassError, OSError) as err:
+            log.warning("closing %s: %s", device.node.path, err,
+                        extra={"device": device.node.path})
+
