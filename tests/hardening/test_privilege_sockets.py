@@ -158,32 +158,28 @@ def test_default_socket_is_root_only(served: Callable[[SocketOptions], DeviceEnd
     assert endpoint.refused == 0 and endpoint.client is None  # never even reached accept
 
 
-def test_permissions_only_ever_narrow_to_the_requested_ones(
+def test_the_name_appears_only_with_the_final_mode_owner_and_group(
         served: Callable[[SocketOptions], DeviceEndpoint], open_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Observe the real file at each step: born 0000 by root, chown, then chmod."""
-    steps: list[tuple[str, int, int, int]] = []
-    real_chmod, real_chown = os.chmod, os.chown
+    """The public name is created by one link() of a socket that already listens with
+    exactly the requested permissions: nothing is ever chmod'ed or chown'ed by name in a
+    directory another user may write."""
+    steps: list[tuple[int, int, int]] = []
+    real_link = os.link
 
-    def seen(name: str, path: object) -> None:
-        st = os.lstat(path)  # type: ignore[arg-type]
-        steps.append((name, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+    def link(src: str, dst: str, **kwargs: int) -> None:
+        st = os.stat(src, dir_fd=kwargs["src_dir_fd"], follow_symlinks=False)
+        steps.append((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        assert not (open_dir / dst).exists()
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
 
-    def chmod(path: object, mode: int, *args: object, **kwargs: object) -> None:
-        seen("chmod", path)
-        real_chmod(path, mode, *args, **kwargs)  # type: ignore[arg-type]
-
-    def chown(path: object, uid: int, gid: int, *args: object, **kwargs: object) -> None:
-        seen("chown", path)
-        real_chown(path, uid, gid, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "chmod", chmod)
-    monkeypatch.setattr(os, "chown", chown)
+    monkeypatch.setattr(os, "link", link)
     served(SocketOptions(mode=0o660, owner=NOBODY, group=NOGROUP))
     monkeypatch.undo()
-    assert steps == [("chown", 0o000, 0, 0), ("chmod", 0o000, NOBODY, NOGROUP)]
+    assert steps == [(0o660, NOBODY, NOGROUP)]
     st = os.lstat(open_dir / "rtc.sock")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, NOBODY, NOGROUP)
+    assert sorted(p.name for p in open_dir.iterdir()) == ["rtc.sock"]  # no private dir left
 
 
 def test_serve_takes_owner_and_group_by_name_or_number(open_dir: Path) -> None:

@@ -153,7 +153,8 @@ def test_kernel_backends_take_the_peer_allow_list(tmp_path: Path) -> None:
     assert device.kernel and device.allow_uids == {0, 1000} and device.allow_gids == {0}
     argv = assign_command(device, config.user)
     assert argv[argv.index("--socket"):] == [
-        "--socket", f"{tmp_path}/g.sock", "--allow-uid", "0", "--allow-uid", "1000",
+        "--socket", f"{tmp_path}/g.sock", "--mode", "600", "--allow-uid", "0",
+        "--allow-uid", "1000",
         "--allow-gid", "0", "--user", "65534:65534"]
 
 

@@ -97,7 +97,7 @@ def test_kernel_devices_go_through_assign_and_release(tmp_path: Path,
     assert device.kernel
     assert assign_command(device) == [
         sys.executable, "-m", "platpass", "assign", "/pl061@9030000", "--backend", "vfio",
-        "--socket", f"{tmp_path}/gpio.sock", "--dtb", str(qemu_virt_dtb)]
+        "--socket", f"{tmp_path}/gpio.sock", "--mode", "660", "--dtb", str(qemu_virt_dtb)]
     assert release_command(device) == [sys.executable, "-m", "platpass", "release",
                                        "/pl061@9030000"]
     (planned,) = plan(config)  # judged on the dtb: assignable, nothing bound

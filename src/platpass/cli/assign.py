@@ -38,12 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from platpass.cli.options import add_access_arguments, add_ops_arguments, allow_lists
+from platpass.cli.options import (
+    add_access_arguments,
+    add_ops_arguments,
+    add_socket_file_arguments,
+    socket_options,
+)
 from platpass.errors import HostError
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
 from platpass.host.privilege import RunAs, add_privilege_arguments, run_as_from_args
+from platpass.host.safepath import open_append
 from platpass.host.sysfs import SysfsDevice, device_for_node
+from platpass.vfio_user.server import SocketOptions
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +132,14 @@ def assign(args: argparse.Namespace) -> int:
     # Names resolved before anything is touched: a typo changes nothing.
     run_as = run_as_from_args(args)
     try:
-        allow_uids, allow_gids = allow_lists(args)
+        options = socket_options(args, None if run_as is None else run_as.uid)
     except KeyError as err:
         print(f"platpass assign: unknown user or group {err}", file=sys.stderr)
         return 2
-    access = Access(run_as, allow_uids, allow_gids)
+    except ValueError:
+        print(f"platpass assign: --mode {args.mode!r} is not octal", file=sys.stderr)
+        return 2
+    access = Access(run_as, options)
     state = StateFile(Path(args.state_dir))
     _report_recovered(state)
     device = device_for_node(args.node)
@@ -192,11 +202,11 @@ def _restore(state: StateFile, name: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Who may connect (SO_PEERCRED allow-list) and whom the server runs as."""
+    """Who may connect (socket file permissions, SO_PEERCRED allow-list) and whom the
+    server runs as."""
 
     run_as: RunAs | None
-    allow_uids: frozenset[int]
-    allow_gids: frozenset[int]
+    socket: SocketOptions
 
 
 def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: SysfsDevice,
@@ -206,7 +216,7 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
     from platpass.reactor import EpollReactor
     from platpass.vfio_device.device import VfioDevice, close_devices
     from platpass.vfio_device.iommu import EmulatedIommu
-    from platpass.vfio_user.server import SocketOptions, VfioUserServer
+    from platpass.vfio_user.server import VfioUserServer
 
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
@@ -223,9 +233,7 @@ def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: S
                           force_trap_all=force_trap_all or writer is not None)
         if writer is not None:
             DeviceTracer(writer, vdev, node.path, opened_at=opened_at)
-        server.serve(node.path, vdev, Path(args.socket),
-                     SocketOptions(mode=0o600, allow_uids=access.allow_uids,
-                                   allow_gids=access.allow_gids))
+        server.serve(node.path, vdev, Path(args.socket), access.socket)
         if args.control:
             control = ControlServer(reactor, server, args.control, name="platpass assign")
         if not args.foreground:
@@ -316,7 +324,7 @@ def _daemonize(state: StateFile, name: str, log_path: Path) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    out = open_append(log_path)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -365,6 +373,7 @@ def register(subparsers: Any) -> None:
                         help="serve in this process instead of the background")
     parser.add_argument("--dtb", metavar="FILE",
                         help="judge on this DTB instead of /sys/firmware/fdt")
+    add_socket_file_arguments(parser)
     add_access_arguments(parser)
     add_privilege_arguments(parser)
     add_ops_arguments(parser)

@@ -13,6 +13,8 @@ import argparse
 import grp
 import pwd
 
+from platpass.vfio_user.server import SocketOptions
+
 
 def uid_of(value: str) -> int:
     """A user name or number as a uid (KeyError for an unknown name)."""
@@ -39,6 +41,30 @@ def allow_lists(args: argparse.Namespace) -> tuple[frozenset[int], frozenset[int
             frozenset(gid_of(g) for g in args.allow_gid))
 
 
+def add_socket_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--mode``/``--owner``/``--group`` of the socket file; the file is born with them
+    (see :func:`platpass.host.safepath.bind_unix_socket`), never changed afterwards."""
+    parser.add_argument("--mode", default="0600", help="socket file mode (octal)")
+    parser.add_argument("--owner", help="socket file owner (name or uid)")
+    parser.add_argument("--group", help="socket file group (name or gid); the group the "
+                        "server runs as is given with --user USER:GROUP")
+
+
+def socket_options(args: argparse.Namespace, server_uid: int | None = None) -> SocketOptions:
+    """The socket file's mode/owner/group and the peer allow-list from the command line;
+    ``server_uid`` is the user a ``--user`` server runs as (ValueError for a mode that is
+    not octal, KeyError for an unknown name)."""
+    allow_uids, allow_gids = allow_lists(args)
+    return SocketOptions(
+        mode=int(args.mode, 8),
+        owner=uid_of(args.owner) if args.owner else None,
+        group=gid_of(args.group) if args.group else None,
+        allow_uids=allow_uids,
+        allow_gids=allow_gids,
+        server_uid=server_uid,
+    )
+
+
 def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
     """``--control PATH`` (status socket) and ``--trace FILE`` (access record)."""
     parser.add_argument("--control", metavar="PATH",
@@ -49,4 +75,5 @@ def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
                              "lines) for platpass replay; traced devices map no pages")
 
 
-__all__ = ["add_access_arguments", "add_ops_arguments", "allow_lists", "gid_of", "uid_of"]
+__all__ = ["add_access_arguments", "add_ops_arguments", "add_socket_file_arguments",
+           "allow_lists", "gid_of", "socket_options", "uid_of"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,14 +36,14 @@ from typing import Any
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
-    allow_lists,
-    gid_of,
-    uid_of,
+    add_socket_file_arguments,
+    socket_options,
 )
 from platpass.errors import HostError
 from platpass.firmware.model import DeviceNode
 from platpass.host.backend import Backend
 from platpass.host.privilege import add_privilege_arguments
+from platpass.host.safepath import make_owned_directory
 from platpass.ops.logs import add_logging_options, configure_logging
 from platpass.reactor import EpollReactor, Reactor
 
@@ -185,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from platpass.ops.trace import DeviceTracer, TraceWriter
     from platpass.vfio_device.device import VfioDevice, close_devices
     from platpass.vfio_device.iommu import EmulatedIommu
-    from platpass.vfio_user.server import SocketOptions, VfioUserServer
+    from platpass.vfio_user.server import VfioUserServer
 
     socket_path = args.socket or args.socket_path
     targets = [socket_path is not None, args.socket_dir is not None, args.fd is not None]
@@ -211,14 +210,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"platpass serve: --socket/--fd serve one device, {len(exports)} chosen "
               "(name one node, or use --socket-dir)", file=sys.stderr)
         return 2
-    allow_uids, allow_gids = allow_lists(args)
-    options = SocketOptions(
-        mode=int(args.mode, 8),
-        owner=uid_of(args.owner) if args.owner else None,
-        group=gid_of(args.group) if args.group else None,
-        allow_uids=allow_uids,
-        allow_gids=allow_gids,
-    )
+    options = socket_options(args, None if run_as is None else run_as.uid)
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
     devices: list[Any] = []
@@ -231,8 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 # A directory we create belongs to the user we become (as systemd's
                 # RuntimeDirectory= with User=), so the server can remove its sockets on
                 # exit; an existing directory is left as it is.
-                socket_dir.mkdir(parents=True, mode=0o755)
-                os.chown(socket_dir, run_as.uid, run_as.gid)
+                make_owned_directory(socket_dir, run_as.uid, run_as.gid)
             socket_dir.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
         for export in exports:
@@ -325,10 +316,7 @@ def register(subparsers: Any) -> None:
                         help="how the device is reached (default: sim with --sim, else uio)")
     parser.add_argument("--dma", choices=("allow", "deny"), default="allow",
                         help="accept DMA_MAP into the emulated IOMMU, or refuse (ENOTSUP)")
-    parser.add_argument("--mode", default="0600", help="socket file mode (octal)")
-    parser.add_argument("--owner", help="socket file owner (name or uid)")
-    parser.add_argument("--group", help="socket file group (name or gid); the group the "
-                        "server runs as is given with --user USER:GROUP")
+    add_socket_file_arguments(parser)
     add_access_arguments(parser)
     add_privilege_arguments(parser)
     add_ops_arguments(parser)

@@ -115,6 +115,10 @@ class StateFile:
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             raise HostError(f"{self.directory} is not a directory owned by uid "
                             f"{os.geteuid()}; refusing to keep device state there")
+        if stat.S_IMODE(info.st_mode) & 0o022:
+            raise HostError(f"{self.directory} is writable by other users (mode "
+                            f"{stat.S_IMODE(info.st_mode):04o}); refusing to keep device "
+                            "state there")
         fd = os.open(self.directory / ".lock",
                      os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from platpass.errors import OpsError
+from platpass.errors import OpsError, PlatpassError
+from platpass.host.safepath import bind_unix_socket
 from platpass.reactor import EpollReactor
 from platpass.vfio_user.server import DeviceEndpoint, VfioUserServer
 
@@ -91,8 +92,6 @@ class ControlServer:
                  name: str = "", describe: Callable[[DeviceEndpoint], dict[str, Any]]
                  | None = None, others: Callable[[], list[dict[str, Any]]] | None = None
                  ) -> None:
-        from platpass.vfio_user.server import SocketOptions, _create_listening_socket
-
         self.reactor = reactor
         self.server = server
         self.path = Path(path)
@@ -102,8 +101,8 @@ class ControlServer:
         self._others = others
         self._pending: dict[int, tuple[socket.socket, bytearray, Any]] = {}
         try:
-            self.sock = _create_listening_socket(self.path, SocketOptions(mode=0o600))
-        except Exception as err:
+            self.sock, self._socket_file = bind_unix_socket(self.path, mode=0o600)
+        except PlatpassError as err:
             raise OpsError(f"control socket {self.path}: {err}") from err
         reactor.add_reader(self.sock.fileno(), self._accept)
 
@@ -191,13 +190,13 @@ class ControlServer:
             self._drop(fd)
         self.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
-        if not unlink:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as err:  # a server that dropped privileges may not write the dir
-            log.warning("cannot remove control socket %s: %s", self.path, err,
-                        extra={"errno": err.errno})
+        if unlink:
+            try:
+                self._socket_file.unlink()
+            except OSError as err:  # a server that dropped privileges may not write the dir
+                log.warning("cannot remove control socket %s: %s", self.path, err,
+                            extra={"errno": err.errno})
+        self._socket_file.close()
 
 
 def query(path: str | Path, request: str = "status", timeout: float = 5.0) -> dict[str, Any]:

@@ -37,6 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from platpass.errors import ConfigError, OpsError, PlatpassError
+from platpass.host.safepath import (
+    check_trusted_directory,
+    open_append,
+    open_directory,
+    write_file_replacing,
+)
 from platpass.ops import activation
 from platpass.ops.config import DeviceConfig, ServiceConfig
 
@@ -128,7 +134,11 @@ def assign_command(device: DeviceConfig, user: Any = None) -> list[str]:
     with the device's SO_PEERCRED allow-list and, given the service's ``user`` (a
     ``RunAs``), from a child that drops to it (assign's root process keeps the restore)."""
     argv = [sys.executable, "-m", "platpass", "assign", device.node, "--backend",
-            device.backend, "--socket", str(device.socket)]
+            device.backend, "--socket", str(device.socket), "--mode", f"{device.mode:o}"]
+    if device.owner is not None:
+        argv += ["--owner", str(device.owner)]
+    if device.group is not None:
+        argv += ["--group", str(device.group)]
     if device.source == "dtb" and device.firmware is not None:
         argv += ["--dtb", str(device.firmware)]
     for uid in sorted(device.allow_uids):
@@ -154,17 +164,6 @@ def _run_tool(argv: list[str], what: str) -> None:
     if result.returncode != 0:
         raise OpsError(f"{what} failed ({result.returncode}): "
                        f"{(result.stderr or result.stdout).strip()}")
-
-
-def _apply_socket_options(device: DeviceConfig) -> None:
-    """Mode/owner/group for a socket created by ``platpass assign`` (always 0600)."""
-    try:
-        os.chmod(device.socket, device.mode)
-        if device.owner is not None or device.group is not None:
-            os.chown(device.socket, -1 if device.owner is None else device.owner,
-                     -1 if device.group is None else device.group)
-    except OSError as err:
-        raise OpsError(f"{device.label}: cannot set up {device.socket}: {err}") from err
 
 
 # -- the foreground server -------------------------------------------------------------
@@ -199,7 +198,6 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                 _run_tool(assign_command(device_config, config.user),
                           f"{device_config.label}: platpass assign {device_config.node}")
                 assigned.append(device_config)
-                _apply_socket_options(device_config)
                 log.info("%s served by platpass assign on %s", device_config.node,
                          device_config.socket, extra={"device": device_config.node,
                                                       "socket": str(device_config.socket)})
@@ -221,7 +219,9 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
             options = SocketOptions(mode=device_config.mode, owner=device_config.owner,
                                     group=device_config.group,
                                     allow_uids=device_config.allow_uids,
-                                    allow_gids=device_config.allow_gids)
+                                    allow_gids=device_config.allow_gids,
+                                    server_uid=None if config.user is None
+                                    else config.user.uid)
             passed = activation.match_inherited(inherited, path=str(device_config.socket),
                                                 name=f"device{device_config.index}")
             if passed is not None:
@@ -249,7 +249,7 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                      "served_by": "platpass assign", "guest_address": cfg.guest_address,
                      "guest_spis": list(cfg.guest_spis)} for cfg in assigned]
 
-        config.run_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_run_dir(config.run_dir)
         control = ControlServer(reactor, server, config.control_path, name=config.name,
                                 describe=describe, others=others)
         _write_pid_file(config.pid_path)
@@ -318,9 +318,21 @@ def _serve_separated(config: ServiceConfig, reactor: Any, server: Any, devices: 
 
 
 def _write_pid_file(path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    write_file_replacing(path, f"{os.getpid()}\n".encode())
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` if needed and refuse one another user could write (root puts
+    its pid file, log and control socket there)."""
+    try:
+        run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as err:
+        raise OpsError(f"cannot create run_dir {run_dir}: {err.strerror}") from err
+    fd = open_directory(run_dir)
+    try:
+        check_trusted_directory(fd, run_dir)
+    finally:
+        os.close(fd)
 
 
 # -- background up / down ----------------------------------------------------------------
@@ -346,13 +358,16 @@ def up_background(config: ServiceConfig, config_arg: str, timeout: float = 30.0)
     from platpass.ops.control import query
 
     plan(config)  # every error here, before a process is started
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(config.run_dir)
     log_path = config.run_dir / f"{config.name}.log"
-    with open(log_path, "ab") as log_file:
+    log_fd = open_append(log_path)
+    try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "platpass", "up", "--foreground", str(config.path)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
             start_new_session=True)
+    finally:
+        os.close(log_fd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import errno as errno_module
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from platpass.errors import OpsError, VfioError
+from platpass.errors import HostError, OpsError, VfioError
+from platpass.host.safepath import open_append
 from platpass.reactor import Reactor
 from platpass.vfio_device.device import VfioDevice
 
@@ -57,9 +59,11 @@ class TraceWriter:
                  reactor: Reactor | None = None, flush_delay: float = 0.05) -> None:
         self.path = Path(path)
         try:
-            self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        except OSError as err:
-            raise OpsError(f"cannot open trace file {self.path}: {err}") from err
+            # Never through a symlink, never a FIFO: the server may run as root.
+            fd = open_append(self.path, 0o640)
+        except HostError as err:
+            raise OpsError(f"cannot open trace file: {err}") from err
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
         self.clock = clock
         self.records = 0
         self._reactor = reactor

@@ -10,10 +10,11 @@ Transport decisions (the specification leaves them to the server):
   device and its current client are not disturbed.
 * **Peer check before any message.** With an allow-list (uids and/or gids), a peer whose
   SO_PEERCRED uid is not listed and whose gid is not listed is closed right after accept.
-* **Sockets are created 0600**, owner/group/mode configurable: the file is bound with mode
-  0000 (umask held around bind), then chown, then chmod, then listen, so its permissions
-  never exceed the requested ones. A stale socket file (nobody listening) is replaced; a
-  live one is an error.
+* **Sockets are created 0600**, owner/group/mode configurable, without ever acting on a
+  path another user could swap (:func:`platpass.host.safepath.bind_unix_socket`): bound
+  and given its owner inside a private directory, listening before its name appears, and
+  unlinked on exit only while the name still holds that socket. A stale socket file
+  (nobody listening) is replaced; a live one is an error.
 * **Non-blocking everywhere.** Replies that do not fit in the socket buffer are queued and
   flushed when the socket becomes writable; while a client has unsent output, its input is
   not read (so a client that never reads cannot make the server buffer without bound). A
@@ -37,13 +38,13 @@ import logging
 import os
 import select
 import socket
-import stat
 import struct
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from platpass.errors import HostError, PlatpassError, RemoteProtocolError, VfioError
+from platpass.host.safepath import SocketFile, bind_unix_socket
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
@@ -83,53 +84,13 @@ class SocketOptions:
     group: int | None = None
     allow_uids: frozenset[int] = frozenset()
     allow_gids: frozenset[int] = frozenset()
+    #: The user a privilege-separated server runs as: its socket directory may be theirs.
+    server_uid: int | None = None
 
     def allows(self, uid: int, gid: int) -> bool:
         if not self.allow_uids and not self.allow_gids:
             return True
         return uid in self.allow_uids or gid in self.allow_gids
-
-
-def _create_listening_socket(path: Path, options: SocketOptions) -> socket.socket:
-    """Bind and listen at ``path`` with the requested mode/owner (HostError on failure)."""
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise HostError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            path.unlink()  # stale socket left by a dead server
-        except OSError as err:
-            raise HostError(f"{path}: cannot probe existing socket: {err}") from err
-        else:
-            raise HostError(f"{path} is in use by a running server")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    # The file is born 0000 (umask held around bind) and only ever narrows to the final
-    # owner, group and mode: chown before chmod, listen last, so at no moment can anyone
-    # the options do not name connect.
-    old_umask = os.umask(0o777)
-    try:
-        sock.bind(str(path))
-    except OSError as err:
-        sock.close()
-        raise HostError(f"cannot bind {path}: {err}") from err
-    finally:
-        os.umask(old_umask)
-    try:
-        if options.owner is not None or options.group is not None:
-            os.chown(path, -1 if options.owner is None else options.owner,
-                     -1 if options.group is None else options.group)
-        os.chmod(path, options.mode)
-        sock.listen(4)
-        sock.setblocking(False)
-    except OSError as err:
-        sock.close()
-        path.unlink(missing_ok=True)
-        raise HostError(f"cannot set up {path}: {err}") from err
-    return sock
 
 
 class ClientConnection:
@@ -373,12 +334,14 @@ class DeviceEndpoint:
 
     def __init__(self, server: VfioUserServer, name: str, device: VfioDevice,
                  sock: socket.socket, path: Path | None, options: SocketOptions,
-                 limits: Limits) -> None:
+                 limits: Limits, socket_file: SocketFile | None = None) -> None:
         self.server = server
         self.name = name
         self.device = device
         self.sock = sock
+        #: Where clients connect; None when the socket file is not ours to remove.
         self.path = path
+        self.socket_file = socket_file
         self.options = options
         self.limits = limits
         self.client: ClientConnection | None = None
@@ -442,13 +405,16 @@ class DeviceEndpoint:
             self.client.close()
         self.server.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
+        if self.socket_file is None:
+            return
         if self.path is not None:
             try:
-                self.path.unlink(missing_ok=True)
+                self.socket_file.unlink()
             except OSError as err:
                 # A server that dropped its privileges may not write the socket's
                 # directory; the next server replaces the stale socket.
                 log.warning("%s: cannot remove %s: %s", self.name, self.path, err)
+        self.socket_file.close()
 
 
 class VfioUserServer:
@@ -473,8 +439,16 @@ class VfioUserServer:
         """Listen for clients of ``device`` at ``path`` (HostError if it cannot)."""
         options = options or SocketOptions()
         path = Path(path)
-        sock = _create_listening_socket(path, options)
-        return self._add_endpoint(name, device, sock, path, options)
+        sock, socket_file = bind_unix_socket(path, mode=options.mode, owner=options.owner,
+                                             group=options.group,
+                                             server_uid=options.server_uid)
+        try:
+            return self._add_endpoint(name, device, sock, path, options, socket_file)
+        except BaseException:
+            sock.close()
+            socket_file.unlink()
+            socket_file.close()
+            raise
 
     def serve_fd(self, name: str, device: VfioDevice, fd: int,
                  options: SocketOptions | None = None) -> DeviceEndpoint:
@@ -496,9 +470,11 @@ class VfioUserServer:
         return self._add_endpoint(name, device, sock, None, options or SocketOptions())
 
     def _add_endpoint(self, name: str, device: VfioDevice, sock: socket.socket,
-                      path: Path | None, options: SocketOptions) -> DeviceEndpoint:
+                      path: Path | None, options: SocketOptions,
+                      socket_file: SocketFile | None = None) -> DeviceEndpoint:
         device.open()  # quiesce once when serving starts; reconnects keep the state
-        endpoint = DeviceEndpoint(self, name, device, sock, path, options, self.limits)
+        endpoint = DeviceEndpoint(self, name, device, sock, path, options, self.limits,
+                                  socket_file)
         self.endpoints.append(endpoint)
         self.reactor.add_reader(sock.fileno(), endpoint.on_acceptable)
         return endpoint
