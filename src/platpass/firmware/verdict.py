@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUS_MASTER_FAMILIES",
+    "NO_MAP_RULES",
     "PAGE_SIZE",
     "Assessment",
     "Evidence",
@@ -57,6 +58,10 @@ __all__ = [
 
 #: Granule of the mappings a guest gets; a region smaller or misaligned is trapped.
 PAGE_SIZE = 4096
+
+#: Evidence rules after which no page of the device may be mapped
+#: (:attr:`Assessment.may_map`): the one list every consumer of a verdict honours.
+NO_MAP_RULES = frozenset({"sub-page-region", "shared-page"})
 
 
 class Verdict(StrEnum):
@@ -98,6 +103,19 @@ class Assessment:
     def __post_init__(self) -> None:
         if not self.evidence:
             raise ValueError(f"{self.node.path}: a verdict needs evidence")
+
+    @property
+    def may_assign(self) -> bool:
+        """Whether the device may go to a guest at all. Everyone asks this; nobody looks
+        at verdict names or evidence rules to decide it."""
+        return self.verdict.assignable
+
+    @property
+    def may_map(self) -> bool:
+        """Whether any page of the device may be mapped into a guest. False when a rule
+        found a region that is sub-page or shares its page with another device: then
+        every register is trapped (the guest sees only the device's own bytes)."""
+        return self.may_assign and not any(e.rule in NO_MAP_RULES for e in self.evidence)
 
     @property
     def reasons(self) -> tuple[str, ...]:
