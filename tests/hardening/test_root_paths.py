@@ -192,3 +192,19 @@ def test_files_root_writes_never_follow_symlinks_or_open_fifos(
     write_file_replacing(pid, b"123\n")  # replaces the link itself
     assert pid.read_bytes() == b"123\n" and not pid.is_symlink()
     assert _state(victim) == before
+
+
+def test_guest_program_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """Assembled guest programs are cached in the user's own cache, never under a fixed
+    name in /tmp; a cache directory others may write is refused, not used."""
+    from platpass.vmm import guest_programs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    guest_programs.build_program("hello")
+    cache = tmp_path / "platpass" / "guests"
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+    assert any(cache.glob("hello-*.bin"))
+    cache.chmod(0o777)
+    with pytest.raises(HostError, match="writable by other users"):
+        guest_programs.build_program("hello")

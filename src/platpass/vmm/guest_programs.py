@@ -14,6 +14,7 @@ the message string at 0x6100, the program at 0x10000, the stack growing down fro
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import struct
 import subprocess
@@ -24,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from platpass.errors import VmmError
+from platpass.host.safepath import check_trusted_directory, open_directory
 from platpass.vmm.kvm import RunStopped, Vm
 
 LOAD_ADDRESS = 0x10000
@@ -87,7 +89,19 @@ def _tool(name: str) -> str:
     return path
 
 
-_CACHE = Path(tempfile.gettempdir()) / "platpass-guests"
+def _cache_dir() -> Path:
+    """The user's own cache (``$XDG_CACHE_HOME/platpass/guests``): never a fixed name in
+    a shared directory such as /tmp, where another user could plant binaries or links
+    for a root process to load."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "platpass" / "guests"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = open_directory(path)
+    try:
+        check_trusted_directory(fd, path)
+    finally:
+        os.close(fd)
+    return path
 
 
 def build_program(name: str) -> bytes:
@@ -101,11 +115,11 @@ def build_program(name: str) -> bytes:
     source = (pkg / f"{name}.S").read_bytes()
     common = (pkg / "common.inc").read_bytes()
     digest = hashlib.sha256(source + b"\0" + common).hexdigest()[:16]
-    out = _CACHE / f"{name}-{digest}.bin"
+    cache = _cache_dir()
+    out = cache / f"{name}-{digest}.bin"
     if out.exists():
         return out.read_bytes()
-    _CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=_CACHE) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         work = Path(tmp)
         (work / f"{name}.S").write_bytes(source)
         (work / "common.inc").write_bytes(common)
