@@ -60,7 +60,7 @@ def test_unknown_keys_are_named_with_the_known_ones(tmp_path: Path) -> None:
     assert message == (
         "/etc/platpass/lab.toml: device[0]: unknown key 'sockt' (known: node, source, "
         "firmware, backend, socket, owner, group, mode, allow_uids, allow_gids, dma, "
-        "guest_address, guest_spis)")
+        "guest_address, guest_spis, pci)")
     assert _error('[services]\nname = "x"\n[[device]]\n').splitlines()[0] == (
         "/etc/platpass/lab.toml: top level: unknown key 'services' (known: service, device)")
 
@@ -212,3 +212,12 @@ socket = "{tmp_path}/none.sock"
     assert result.returncode == 1
     assert "REFUSED_BUS_MASTER" in result.stderr and "nothing@0" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.toml"]
+
+
+def test_pci_personality_key(tmp_path: Path) -> None:
+    base = f'[[device]]\nnode = "{GPIO}"\nsource = "sim"\nsocket = "{tmp_path}/g.sock"\n'
+    assert parse_config(base, "/x.toml").devices[0].pci is None
+    assert parse_config(base + 'pci = "auto"\n', "/x.toml").devices[0].pci == "auto"
+    assert parse_config(base + 'pci = "115d:0101"\n', "/x.toml").devices[0].pci == "115d:0101"
+    assert _error(base + 'pci = "115d"\n') == (
+        "/etc/platpass/lab.toml: device[0].pci: PCI ID '115d': want auto or VVVV:DDDD (hex)")

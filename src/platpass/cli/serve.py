@@ -168,6 +168,16 @@ def _driver_instance(driver: Any, node: DeviceNode) -> Any:
     return driver(node) if isinstance(driver, type) else driver
 
 
+def _pci_view(device: Any, export: Export, requested: str) -> Any:
+    """The device as a PCI function (``--pci``); PciIdError/PciPersonalityError say why
+    not."""
+    from platpass.vfio_device.pci.device import as_pci_function
+
+    pci, why = as_pci_function(device, requested)
+    print(f"{export.node.path}: PCI personality {why}", flush=True)
+    return pci
+
+
 def _socket_name(node: DeviceNode, taken: set[str]) -> str:
     name = node.name
     if name in taken:
@@ -235,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
             devices.append(device)
             if writer is not None:
                 DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
+            if args.pci is not None:
+                device = devices[-1] = _pci_view(device, export, args.pci)
             passed = None
             if inherited:
                 want = Path(socket_path) if socket_path is not None else \
@@ -314,6 +326,11 @@ def register(subparsers: Any) -> None:
                         help="inherited listening AF_UNIX socket for the one device")
     parser.add_argument("--backend", choices=("sim", "uio", "vfio"),
                         help="how the device is reached (default: sim with --sim, else uio)")
+    parser.add_argument("--pci", metavar="auto|VVVV:DDDD",
+                        help="present each device as a PCI function (for vfio-user-pci "
+                             "clients such as QEMU >= 10.1): auto picks the PCI ID that "
+                             "unmodified Linux drivers bind for the device's family and "
+                             "register layout, or name one")
     parser.add_argument("--dma", choices=("allow", "deny"), default="allow",
                         help="accept DMA_MAP into the emulated IOMMU, or refuse (ENOTSUP)")
     add_socket_file_arguments(parser)

@@ -22,6 +22,8 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     dma = "deny"                 # allow | deny
     guest_address = 0x9030000    # page-aligned
     guest_spis = [7]             # one GIC SPI per interrupt
+    pci = "auto"                 # optional: a PCI function for vfio-user-pci clients
+                                 # (auto | "VVVV:DDDD"; see platpass serve --pci)
 
 Validation is complete and pure (:func:`parse_config` touches nothing but the names it
 resolves: users, groups, the paths it checks for existence); every problem is reported
@@ -53,7 +55,7 @@ MAX_SPI = 987
 
 SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace", "user")
 DEVICE_KEYS = ("node", "source", "firmware", "backend", "socket", "owner", "group", "mode",
-               "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis")
+               "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis", "pci")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class DeviceConfig:
     dma: str = "allow"
     guest_address: int | None = None
     guest_spis: tuple[int, ...] = ()
+    #: PCI personality: None (platform device), "auto" or "VVVV:DDDD".
+    pci: str | None = None
 
     @property
     def label(self) -> str:
@@ -304,12 +308,23 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
         spis = []
     elif len(set(spis)) != len(spis):
         check.fail(f"{where}.guest_spis", f"SPIs repeat: {spis!r}")
+    pci = check.string(where, table, "pci", default=None)
+    if pci is not None:
+        from platpass.vfio_device.pci.ids import parse_pci_id
+
+        try:
+            parse_pci_id(pci)
+        except ValueError as err:
+            check.fail(f"{where}.pci", str(err))
+        if backend in ("uio", "vfio"):
+            check.fail(f"{where}.pci", f"backend {backend!r} devices are served by platpass "
+                       "assign, which has no PCI personality yet (use platpass serve --pci)")
     if len(check.problems) != before:
         return None
     assert node is not None and source is not None and backend is not None
     assert socket is not None and dma is not None and mode is not None
     return DeviceConfig(index, node, source, firmware, backend, socket, mode, owner, group,
-                        allow_uids, allow_gids, dma, guest_address, tuple(spis))
+                        allow_uids, allow_gids, dma, guest_address, tuple(spis), pci)
 
 
 def _mode(check: _Checker, where: str, value: object) -> int | None:

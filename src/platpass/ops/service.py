@@ -216,6 +216,13 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
             devices.append(device)
             if writer is not None:
                 DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
+            if device_config.pci is not None:
+                from platpass.vfio_device.pci.device import as_pci_function
+
+                device, why = as_pci_function(device, device_config.pci)
+                devices[-1] = device
+                log.info("%s: PCI personality %s", export.node.path, why,
+                         extra={"device": export.node.path})
             options = SocketOptions(mode=device_config.mode, owner=device_config.owner,
                                     group=device_config.group,
                                     allow_uids=device_config.allow_uids,

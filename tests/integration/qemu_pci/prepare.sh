@@ -1,0 +1,49 @@
+#!/bin/bash
+# Build what the QEMU vfio-user-pci tests need into OUT (argument 1), as root:
+#   OUT/root/               a minbase Debian trixie chroot with QEMU from trixie-backports
+#                           (vfio-user-pci needs QEMU >= 10.1; bookworm has 7.2, trixie 10.0)
+#   OUT/vmlinuz             Debian's stock amd64 kernel (8250_pci built in), unchanged
+#   OUT/busybox             busybox-static (amd64) for the initramfs the harness writes
+#   OUT/qemu-version        `qemu-system-x86_64 --version`, first line
+# The harness runs QEMU through the chroot's own dynamic loader (no chroot(2) at run time,
+# so sockets and files keep their host paths). Cached by the harness on a hash of this file.
+set -euo pipefail
+OUT=$(realpath -m "$1")
+MIRROR=${PLATPASS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+T0=$(date +%s.%N)
+say() { printf '[prepare %6.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*"; }
+rm -rf "$OUT" && mkdir -p "$OUT/debs"
+
+debootstrap --variant=minbase trixie "$OUT/root" "$MIRROR" >"$OUT/debootstrap.log" 2>&1 \
+  || { tail -30 "$OUT/debootstrap.log"; exit 1; }
+say "debootstrap trixie: $(du -sh "$OUT/root" | cut -f1)"
+echo "deb $MIRROR trixie-backports main" > "$OUT/root/etc/apt/sources.list.d/backports.list"
+cp /etc/resolv.conf "$OUT/root/etc/resolv.conf"
+chroot "$OUT/root" apt-get update -qq
+chroot "$OUT/root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+  --no-install-recommends -t trixie-backports qemu-system-x86 >/dev/null
+chroot "$OUT/root" apt-get clean
+say "qemu installed: $(du -sh "$OUT/root" | cut -f1)"
+# Firmware links are absolute (/usr/share/qemu/x -> /usr/share/seabios/x): make them
+# relative so they resolve inside OUT/root when QEMU runs outside the chroot.
+for link in "$OUT"/root/usr/share/qemu/*; do
+  [ -L "$link" ] || continue
+  target=$(readlink "$link")
+  case $target in /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$OUT/root$target")" "$link";; esac
+done
+LD=$(ls "$OUT"/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
+"$LD" --library-path "$OUT/root/usr/lib/x86_64-linux-gnu" \
+  "$OUT/root/usr/bin/qemu-system-x86_64" --version | head -1 > "$OUT/qemu-version"
+say "$(cat "$OUT/qemu-version")"
+
+# The guest kernel and busybox come from the host's own (bookworm) archive.
+cd "$OUT/debs"
+KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/{print $2; exit}')
+apt-get download -q "$KPKG" busybox-static 2>&1 | grep -v -e unsandboxed -e '^Get:' || true
+dpkg-deb -x ${KPKG}_*.deb k
+cp k/boot/vmlinuz-* "$OUT/vmlinuz"
+ls k/lib/modules > "$OUT/kernel-release"
+dpkg-deb -x busybox-static_*.deb b
+cp b/bin/busybox "$OUT/busybox"
+cd "$OUT" && rm -rf debs
+say "kernel $(cat kernel-release); total $(du -sh "$OUT" | cut -f1)"
