@@ -120,24 +120,62 @@ def test_sub_page_region_is_trapped() -> None:
         "0x10100+0x100 is not 4096-byte aligned: trapped, not mapped"),)
 
 
-def test_page_shared_with_an_enabled_device_is_trapped_but_not_with_a_disabled_one() -> None:
+def test_page_shared_with_another_device_is_trapped_even_a_disabled_one() -> None:
     result = assess("""
-        gpio@10000 { compatible = "test,gpio"; reg = <0x10000 0x1000>; interrupts = <0 5 4>; };
+        gpio@10000 { compatible = "test,gpio"; reg = <0x10000 0x800>; interrupts = <0 5 4>; };
         gpio@10800 { compatible = "test,gpio"; reg = <0x10800 0x800>; interrupts = <0 6 4>; };
-        gpio@20000 { compatible = "test,gpio"; reg = <0x20000 0x1000>; interrupts = <0 7 4>; };
+        gpio@20000 { compatible = "test,gpio"; reg = <0x20000 0x800>; interrupts = <0 7 4>; };
         gpio@20800 { compatible = "test,gpio"; reg = <0x20800 0x800>; interrupts = <0 8 4>;
                      status = "disabled"; };
+        gpio@30000 { compatible = "test,gpio"; reg = <0x30000 0x1000>; interrupts = <0 9 4>; };
     """)
     shared = result["/gpio@10000"]
     assert shared.verdict is Verdict.ASSIGNABLE_WITH_TRAPS
-    assert shared.evidence[1:] == (Evidence(
+    assert shared.evidence[2:] == (Evidence(
         "shared-page", "reg[0]", "shares a 4096-byte page with /gpio@10800"),)
-    assert result["/gpio@20000"].verdict is Verdict.ASSIGNABLE
-    # the disabled node is judged too, and sees its enabled neighbour
-    disabled = result["/gpio@20800"]
-    assert disabled.verdict is Verdict.ASSIGNABLE_WITH_TRAPS
+    # a disabled node's registers are still there: its page is never mapped
+    beside_disabled = result["/gpio@20000"]
+    assert beside_disabled.verdict is Verdict.ASSIGNABLE_WITH_TRAPS
+    assert not beside_disabled.may_map
+    assert Evidence("shared-page", "reg[0]", "shares a 4096-byte page with /gpio@20800") \
+        in beside_disabled.evidence
     assert Evidence("shared-page", "reg[0]", "shares a 4096-byte page with /gpio@20000") \
-        in disabled.evidence
+        in result["/gpio@20800"].evidence
+    assert result["/gpio@30000"].verdict is Verdict.ASSIGNABLE
+
+
+def test_a_bus_is_not_a_page_sharer_of_the_devices_on_it() -> None:
+    result = assess("""
+        bus@100000 { compatible = "simple-bus"; reg = <0x100000 0x400000>;
+                     #address-cells = <1>; #size-cells = <1>; ranges;
+            gpio@110000 { compatible = "test,gpio"; reg = <0x110000 0x1000>;
+                          interrupts = <0 5 4>; };
+            gpio@120000 { compatible = "test,gpio"; reg = <0x120000 0x1000>;
+                          interrupts = <0 6 4>; };
+        };
+    """)
+    for path in ("/bus@100000/gpio@110000", "/bus@100000/gpio@120000"):
+        assert result[path].verdict is Verdict.ASSIGNABLE, result[path].reasons
+        assert result[path].may_map
+
+
+def test_overlapping_registers_are_shared_not_trapped() -> None:
+    result = assess("""
+        clock-controller@12010 { compatible = "test,uart-clock"; reg = <0x12010 0x4>; };
+        serial@12000 { compatible = "test,uart"; reg = <0x12000 0x18>; interrupts = <0 5 4>; };
+        serial@12200 { compatible = "test,uart"; reg = <0x12200 0x30>; interrupts = <0 6 4>; };
+        serial@12220 { compatible = "test,uart"; reg = <0x12220 0x10>; interrupts = <0 7 4>;
+                       status = "disabled"; };
+    """)
+    uart = result["/serial@12000"]
+    assert uart.verdict is Verdict.REFUSED_SHARED
+    assert uart.evidence == (Evidence(
+        "overlapping-region", "reg[0]",
+        "overlaps the registers of /clock-controller@12010"),)
+    assert not uart.may_assign
+    # a disabled node overlapping still claims the same registers
+    assert result["/serial@12200"].verdict is Verdict.REFUSED_SHARED
+    assert result["/serial@12220"].verdict is Verdict.REFUSED_SHARED
 
 
 def test_shared_interrupt_is_refused_and_disabled_nodes_do_not_share() -> None:
@@ -272,12 +310,12 @@ def test_assessment_refuses_empty_evidence() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 64), st.integers(0, 0x3000), st.booleans()),
+@given(st.lists(st.tuples(st.integers(0, 64), st.integers(0, 0x3000)),
                 min_size=1, max_size=12))
-def test_shared_pages_matches_brute_force(spec: list[tuple[int, int, bool]]) -> None:
+def test_shared_pages_matches_brute_force(spec: list[tuple[int, int]]) -> None:
     """The sweep finds exactly the pairs a page-by-page comparison finds."""
-    users = [(f"/d{i}", enabled, (MmioRange(slot * 0x800, size),))
-             for i, (slot, size, enabled) in enumerate(spec)]
+    users = [(f"/d{i}", (MmioRange(slot * 0x800, size),))
+             for i, (slot, size) in enumerate(spec)]
 
     def pages(r: MmioRange) -> set[int]:
         if not r.size:
@@ -285,9 +323,9 @@ def test_shared_pages_matches_brute_force(spec: list[tuple[int, int, bool]]) -> 
         return set(range(r.address // 4096, (r.end - 1) // 4096 + 1))
 
     expected: dict[str, set[str]] = {}
-    for path, _enabled, (region,) in users:
-        for other, other_enabled, (oregion,) in users:
-            if other != path and other_enabled and pages(region) & pages(oregion):
+    for path, (region,) in users:
+        for other, (oregion,) in users:
+            if other != path and pages(region) & pages(oregion):
                 expected.setdefault(path, set()).add(other)
     found = shared_pages(users)
     got = {path: {o for e in evidence for o in e.value.split(" with ", 1)[1].split(", ")}

@@ -10,25 +10,29 @@ safety model itself:
    ``dma-ranges`` on the device, ``memory-region``, ``device_type`` ``pci``/``network``, a
    compatible of a family known to master the bus, or a driver declaring the IP a master.
    Nothing outranks this rule, not even a driver claiming the device.
-2. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO.
-3. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
+2. **Shared** (``REFUSED_SHARED``): another enabled device uses the same interrupt line
+   (controller, type, number), or another device's registers overlap this one's (enabled
+   or not: a disabled node's registers are still there; a bus is not a peer of the
+   devices on it).
+3. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO.
+4. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
    nothing; only a driver's declaration does. A claimed device whose firmware could not be
    fully resolved is refused the same way (we cannot prove what we could not read).
-4. **Shared interrupt** (``REFUSED_SHARED``): another enabled device uses the same line
-   (controller, type, number).
 5. **Traps** (``ASSIGNABLE_WITH_TRAPS``): slave DMA (``dmas``: the guest's node drops it and
    the driver's ``dma_traps`` apply), a region that is not page-aligned or shares a page with
-   another enabled device (trapped, never mapped), registers the driver always traps.
+   another device, enabled or not (trapped, never mapped), registers the driver always
+   traps.
 6. Otherwise ``ASSIGNABLE``.
 
-Disabled devices are judged too, but never count as sharers.
+Disabled devices are judged too. They never share an interrupt line (they do not use it),
+but their registers count for pages and overlaps.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -51,6 +55,7 @@ __all__ = [
     "assess_node",
     "assess_tree",
     "bus_master_evidence",
+    "overlapping_regions",
     "region_trap_evidence",
     "shared_interrupts",
     "shared_pages",
@@ -287,53 +292,90 @@ def shared_interrupts(
     return out
 
 
-def shared_pages(
-        users: Iterable[tuple[str, bool, Sequence[MmioRange]]],
-        page_size: int = PAGE_SIZE,
-) -> dict[str, list[Evidence]]:
-    """For each node, its regions that share a page with another *enabled* node's region.
+def _related(path: str, other: str) -> bool:
+    """One node is an ancestor of the other (a bus and a device on it)."""
+    return other.startswith(path + "/") or path.startswith(other + "/")
 
-    ``users`` are ``(path, enabled, regions)``. A sweep over page-rounded intervals sorted
-    by start: O(n log n) however large the regions (a 1 GiB window is one interval).
+
+def _overlapping_spans(
+        spans: list[tuple[int, int, str, int]],
+) -> Iterator[tuple[str, int, str, int]]:
+    """Pairs ``(path, index, other, other_index)`` of spans ``[start, end)`` that overlap,
+    each pair once, between different nodes that are not ancestor and descendant.
+
+    A sweep over spans sorted by start: O(n log n) however large the spans (a 1 GiB window
+    is one span).
     """
-    mask = page_size - 1
-    spans = []
-    for path, enabled, regions in users:
-        for index, region in enumerate(regions):
-            start = region.address & ~mask
-            end = (region.address + region.size + mask) & ~mask if region.size \
-                else start + page_size
-            spans.append((start, end, path, index, enabled))
     spans.sort()
-    found: dict[str, dict[int, list[str]]] = {}
-    # spans whose page range is still open when the sweep reaches ``start``
-    active: list[tuple[int, int, str, int, bool]] = []
+    # spans still open when the sweep reaches ``start``
+    active: list[tuple[int, int, str, int]] = []
     reach = -1  # the furthest end among them
     for span in spans:
-        start, end, path, index, enabled = span
+        start, end, path, index = span
         if start >= reach:
-            # the common case: nothing before this span reaches its first page
+            # the common case: nothing before this span reaches it
             active = [span]
             reach = end
             continue
         active = [a for a in active if a[1] > start]
-        for _ostart, _oend, opath, oindex, oenabled in active:
-            if opath == path:
-                continue
-            if oenabled:
-                found.setdefault(path, {}).setdefault(index, []).append(opath)
-            if enabled:
-                found.setdefault(opath, {}).setdefault(oindex, []).append(path)
+        for _ostart, _oend, opath, oindex in active:
+            if opath != path and not _related(path, opath):
+                yield path, index, opath, oindex
         active.append(span)
         reach = max(reach, end)
+
+
+def _pairs_evidence(pairs: Iterable[tuple[str, int, str, int]], rule: str,
+                    what: Callable[[str], str]) -> dict[str, list[Evidence]]:
+    found: dict[str, dict[int, list[str]]] = {}
+    for path, index, opath, oindex in pairs:
+        found.setdefault(path, {}).setdefault(index, []).append(opath)
+        found.setdefault(opath, {}).setdefault(oindex, []).append(path)
     out: dict[str, list[Evidence]] = {}
     for path, by_index in found.items():
         for index, others in sorted(by_index.items()):
-            unique = list(dict.fromkeys(others))
-            out.setdefault(path, []).append(Evidence(
-                "shared-page", f"reg[{index}]",
-                f"shares a {page_size}-byte page with {', '.join(unique)}"))
+            unique = ", ".join(dict.fromkeys(others))
+            out.setdefault(path, []).append(Evidence(rule, f"reg[{index}]", what(unique)))
     return out
+
+
+def shared_pages(
+        users: Iterable[tuple[str, Sequence[MmioRange]]],
+        page_size: int = PAGE_SIZE,
+) -> dict[str, list[Evidence]]:
+    """For each node, its regions that share a page with another node's region.
+
+    ``users`` are ``(path, regions)`` of every node with registers, enabled or not: a
+    disabled node's registers are still there, and a page it shares is never mapped. A bus
+    and the devices on it are not peers: a bus whose ``reg`` spans its children's window
+    shares nothing with them.
+    """
+    mask = page_size - 1
+    spans = []
+    for path, regions in users:
+        for index, region in enumerate(regions):
+            start = region.address & ~mask
+            end = (region.address + region.size + mask) & ~mask if region.size \
+                else start + page_size
+            spans.append((start, end, path, index))
+    return _pairs_evidence(_overlapping_spans(spans), "shared-page",
+                           lambda others: f"shares a {page_size}-byte page with {others}")
+
+
+def overlapping_regions(
+        users: Iterable[tuple[str, Sequence[MmioRange]]],
+) -> dict[str, list[Evidence]]:
+    """For each node, its regions whose bytes overlap another node's region.
+
+    Two peers claiming the same registers cannot be told apart by trapping: the guest would
+    drive registers the other node's driver (or the host) still owns. Enabled or not, as for
+    :func:`shared_pages`; a bus and the devices on it are not peers.
+    """
+    spans = [(region.address, region.end, path, index)
+             for path, regions in users
+             for index, region in enumerate(regions) if region.size]
+    return _pairs_evidence(_overlapping_spans(spans), "overlapping-region",
+                           lambda others: f"overlaps the registers of {others}")
 
 
 def region_trap_evidence(node: DeviceNode, page_size: int = PAGE_SIZE) -> list[Evidence]:
@@ -366,6 +408,7 @@ def assess_node(
         ancestor_evidence: Sequence[Evidence] = (),
         shared_irq: Sequence[Evidence] = (),
         shared_page: Sequence[Evidence] = (),
+        overlaps: Sequence[Evidence] = (),
 ) -> Assessment:
     """The verdict of one node given its driver and the sharing facts about it."""
     master = bus_master_evidence(node, ancestors, ancestor_evidence)
@@ -375,6 +418,8 @@ def assess_node(
                                f"{driver.evidence}"))
     if master:
         return Assessment(node, Verdict.REFUSED_BUS_MASTER, tuple(master), driver)
+    if shared_irq or overlaps:
+        return Assessment(node, Verdict.REFUSED_SHARED, (*shared_irq, *overlaps), driver)
     if not node.is_mmio or not node.regions:
         reg = node.properties.get("reg")
         why = "no reg" if reg is None else "reg does not reach the CPU's address space"
@@ -387,8 +432,6 @@ def assess_node(
         return Assessment(node, Verdict.REFUSED_UNKNOWN,
                           tuple(Evidence("firmware-problem", "node", p)
                                 for p in node.problems), driver)
-    if shared_irq:
-        return Assessment(node, Verdict.REFUSED_SHARED, tuple(shared_irq), driver)
     traps: list[Evidence] = []
     dmas = node.properties.get("dmas")
     if dmas is not None:
@@ -429,10 +472,10 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     """A verdict for every device of ``tree`` (every node but the root with ``all``)."""
     nodes = tree.devices(all=all)
     by_path = tree.raw.by_path
-    enabled = tree.effectively_enabled
     irq_shares = shared_interrupts(tree.interrupt_users())
-    page_shares = shared_pages((n.path, enabled(n.path), n.regions)
-                               for n in nodes if n.is_mmio)
+    mmio = [(n.path, n.regions) for n in nodes if n.is_mmio]
+    page_shares = shared_pages(mmio)
+    overlaps = overlapping_regions(mmio)
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
     out = []
@@ -443,5 +486,6 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
             ancestor_evidence=_ancestor_evidence(raw.parent, memo),
             shared_irq=irq_shares.get(node.path, ()),
             shared_page=page_shares.get(node.path, ()),
+            overlaps=overlaps.get(node.path, ()),
         ))
     return out
