@@ -169,9 +169,44 @@ def test_most_specific_compatible_wins() -> None:
     # A Rockchip UART lists its SoC string first; the DW fallback claims it.
     assert registry.match(["rockchip,rk3568-uart", "snps,dw-apb-uart"]).name == (
         "snps-dw-apb-uart")
-    # The SBSA UART is a PL011 subset without DMACR: its own declaration wins.
-    assert registry.match(["arm,sbsa-uart", "arm,pl011"]).name == "arm-sbsa-uart"
+    # The SBSA UART is a PL011 subset without DMACR: its own declaration wins...
+    lx2160a = registry.match(["arm,sbsa-uart", "arm,pl011"])
+    assert lx2160a.name == "arm-sbsa-uart"
+    # ...but the node also says PL011, so the PL011's UARTDMACR trap is never lost (LX2160A)
+    assert [t.name for t in lx2160a.traps] == ["UARTDMACR"]
+    assert "whose traps are kept: UARTDMACR" in lx2160a.evidence
+    assert registry.match(["arm,sbsa-uart"]).traps == ()
+    assert registry.match(["arm,sbsa-uart", "arm,pl011"]) is lx2160a  # built once
     assert registry.match(["vendor,unknown-thing"]) is None
+
+
+def test_a_less_specific_bus_master_declaration_wins() -> None:
+    class Slave(PlatformDriver):
+        name = "slave"
+        compatibles = ("vendor,slave",)
+        family = "uart"
+        evidence = "registers only"
+
+    class Master(PlatformDriver):
+        name = "master"
+        compatibles = ("vendor,master",)
+        family = "uart"
+        evidence = "has its own DMA"
+        cannot_master_bus = False
+
+    registry = DriverRegistry([Slave, Master])
+    assert registry.match(["vendor,slave"]) is Slave
+    combined = registry.match(["vendor,slave", "vendor,master"])
+    assert combined.name == "slave" and not combined.cannot_master_bus
+
+
+def test_armada_3700_spi_masks_dma_rd_en() -> None:
+    from platpass.drivers.marvell import A3700_SPI_DMA_RD_EN, A3700_SPI_IF_CFG
+
+    driver = default_registry(plugins=False).match(["marvell,armada-3700-spi"])
+    (trap,) = driver.traps
+    assert (trap.region, trap.offset, trap.name) == (0, A3700_SPI_IF_CFG, "IF_CFG")
+    assert driver.masked_bits == {"IF_CFG": 1 << 18} and A3700_SPI_DMA_RD_EN == 1 << 18
 
 
 def test_registry_refuses_a_clash_and_an_incomplete_declaration() -> None:

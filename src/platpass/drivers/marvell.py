@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from platpass.drivers.common import PlatformDriver, RegisterWrite
+from platpass.drivers.common import MaskedRegisterDriver, PlatformDriver, RegisterWrite, Trap
 
 
 # Evidence: drivers/rtc/rtc-armada38x.c: region "rtc" (STATUS, IRQ1/IRQ2_CONF, TIME, ALARM1/2)
@@ -121,10 +121,22 @@ class OrionGpio(PlatformDriver):
     )
 
 
+#: ``A3700_SPI_IF_CFG_REG`` and its bit 18, ``A3700_SPI_DMA_RD_EN``: defined in
+#: drivers/spi/spi-armada-3700.c but never used by it, so nothing public says what it does.
+A3700_SPI_IF_CFG = 0x04
+A3700_SPI_DMA_RD_EN = 1 << 18
+
+
 # Evidence: drivers/spi/spi-armada-3700.c: IF_CTRL/IF_CFG/DATA_OUT/DATA_IN/INT_* registers,
 # PIO only; binding Documentation/devicetree/bindings/spi/spi-armada-3700.txt.
-class Armada3700Spi(PlatformDriver):
-    """Armada 3700 SPI controller (PIO)."""
+class Armada3700Spi(MaskedRegisterDriver):
+    """Armada 3700 SPI controller (PIO).
+
+    ``IF_CFG`` holds the clock, FIFO and pin settings the guest driver needs beside bit 18,
+    ``A3700_SPI_DMA_RD_EN``, which Linux defines and never sets: a name that says DMA and no
+    public description of what it enables. It is masked (cleared from every write, read as
+    zero) until someone shows it harmless.
+    """
 
     name = "marvell-armada3700-spi"
     compatibles = ("marvell,armada-3700-spi",)
@@ -133,6 +145,12 @@ class Armada3700Spi(PlatformDriver):
         "Linux drivers/spi/spi-armada-3700.c: PIO data registers only, no DMA; binding "
         "Documentation/devicetree/bindings/spi/spi-armada-3700.txt"
     )
+    traps = (
+        Trap(0, A3700_SPI_IF_CFG, 4, "IF_CFG",
+             "bit 18 (A3700_SPI_DMA_RD_EN, unused by Linux, undocumented) masked: cleared "
+             "from writes, reads as zero; the other bits pass through"),
+    )
+    masked_bits = {"IF_CFG": A3700_SPI_DMA_RD_EN}
     # INT_MASK (0x2c) = 0: interrupts off; IF_CTRL (0x00) = 0: chip selects released.
     reset_sequence = (
         RegisterWrite(0, 0x2C, 4, 0),

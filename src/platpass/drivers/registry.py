@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from platpass.drivers.common import PlatformDriver
+from platpass.drivers.common import PlatformDriver, Trap
 from platpass.errors import DriverError
 
 ENTRY_POINT_GROUP = "platpass.drivers"
@@ -23,6 +23,7 @@ class DriverRegistry:
 
     def __init__(self, drivers: Iterable[type[PlatformDriver]] = ()) -> None:
         self._by_compatible: dict[str, type[PlatformDriver]] = {}
+        self._combined: dict[tuple[type[PlatformDriver], ...], type[PlatformDriver]] = {}
         for driver in drivers:
             self.register(driver)
 
@@ -40,12 +41,32 @@ class DriverRegistry:
             self._by_compatible[compatible] = driver
 
     def match(self, compatible: Sequence[str]) -> type[PlatformDriver] | None:
-        """The driver for the most specific (first-listed) compatible that has one."""
+        """The driver for the most specific (first-listed) compatible that has one.
+
+        A node's full list is honoured: when a less specific compatible has a driver of its
+        own (LX2160A's ``"arm,sbsa-uart", "arm,pl011"``), every trap that driver would set
+        is kept (a subclass of the first driver with the extra traps, read-as-zero and
+        writes ignored unless the first driver handles a trap of that name), and a driver
+        declaring the IP a bus master wins. A node never loses a trap by being described
+        more precisely.
+        """
+        primary: type[PlatformDriver] | None = None
+        others: list[type[PlatformDriver]] = []
         for entry in compatible:
             driver = self._by_compatible.get(entry)
-            if driver is not None:
-                return driver
-        return None
+            if driver is None:
+                continue
+            if primary is None:
+                primary = driver
+            elif driver is not primary and driver not in others:
+                others.append(driver)
+        if primary is None or not others:
+            return primary
+        key = (primary, *others)
+        combined = self._combined.get(key)
+        if combined is None:
+            combined = self._combined[key] = _with_fallback_traps(primary, others)
+        return combined
 
     @property
     def drivers(self) -> tuple[type[PlatformDriver], ...]:
@@ -56,6 +77,43 @@ class DriverRegistry:
     def compatibles(self) -> tuple[str, ...]:
         """Every claimed compatible string."""
         return tuple(self._by_compatible)
+
+
+def _with_fallback_traps(primary: type[PlatformDriver],
+                         others: Sequence[type[PlatformDriver]]) -> type[PlatformDriver]:
+    """``primary``, or a subclass of it that also holds the traps (and the bus-master
+    declaration) of the drivers of a node's less specific compatibles."""
+
+    def missing(have: tuple[Trap, ...], extra: Iterable[Trap]) -> tuple[Trap, ...]:
+        out: list[Trap] = []
+        for trap in extra:
+            if not any(h.region == trap.region and h.offset <= trap.offset
+                       and trap.offset + trap.size <= h.offset + h.size
+                       for h in (*have, *out)):
+                out.append(trap)
+        return tuple(out)
+
+    traps = missing(primary.traps, (t for o in others for t in o.traps))
+    dma_traps = missing(primary.traps + primary.dma_traps + traps,
+                        (t for o in others for t in o.dma_traps))
+    masters = [o for o in others if not o.cannot_master_bus]
+    if not (traps or dma_traps or masters):
+        return primary
+    names = ", ".join(o.name for o in others)
+    evidence = primary.evidence + f"; the node also lists compatibles of {names}"
+    if traps or dma_traps:
+        evidence += ", whose traps are kept: " + ", ".join(t.name for t in traps + dma_traps)
+    if masters:
+        evidence += "; " + ", ".join(o.name for o in masters) + " declares a bus master"
+    return type(primary.__name__, (primary,), {
+        "__module__": primary.__module__,
+        "__qualname__": f"{primary.__qualname__}[+{names}]",
+        "__doc__": primary.__doc__,
+        "traps": primary.traps + traps,
+        "dma_traps": primary.dma_traps + dma_traps,
+        "cannot_master_bus": primary.cannot_master_bus and not masters,
+        "evidence": evidence,
+    })
 
 
 def drivers_of_module(module: ModuleType) -> tuple[type[PlatformDriver], ...]:
