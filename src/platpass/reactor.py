@@ -9,8 +9,10 @@ refuses SOCK_SEQPACKET and its plain protocols add ~28 us per round trip (DESIGN
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
+import logging
 import select
 import signal
 import socket
@@ -20,6 +22,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 ReadCallback = Callable[[], None]
+
+log = logging.getLogger(__name__)
+
+#: accept() failures that mean the process (or system) is out of a resource. Retrying at
+#: once cannot succeed and the listening socket stays readable, so a level-triggered loop
+#: would spin (and log) at full speed.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Reactor(Protocol):
@@ -175,3 +184,71 @@ class EpollReactor:
                 callback()
                 ran += 1
         return ran
+
+
+class ListenerBackoff:
+    """Takes a listening socket out of the loop for a while when accept() runs out of a
+    resource (EMFILE, ENFILE, ENOBUFS, ENOMEM), instead of retrying in a hot loop.
+
+    The pause starts at ``first`` seconds and doubles up to ``longest`` while accepts keep
+    failing; one warning is logged when a pause episode starts and one when accepting works
+    again (with how many attempts failed), never one per attempt. Other errors
+    (ECONNABORTED: the peer left before we accepted) are per-connection and only counted.
+    Everything else the loop serves keeps being served meanwhile.
+    """
+
+    def __init__(self, reactor: Reactor, fd: int, callback: ReadCallback, what: str, *,
+                 first: float = 0.05, longest: float = 1.0) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.callback = callback
+        self.what = what
+        self.first = first
+        self.longest = longest
+        self.failures = 0
+        self.pauses = 0
+        self._delay = first
+        self._timer: TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def paused(self) -> bool:
+        return self._timer is not None
+
+    def failed(self, err: OSError) -> None:
+        """accept() raised ``err`` (not EAGAIN/EINTR)."""
+        self.failures += 1
+        if err.errno not in RESOURCE_ERRNOS:
+            log.debug("%s: accept failed: %s", self.what, err)
+            return
+        if self._closed or self._timer is not None:
+            return
+        if self.pauses == 0:  # once per episode
+            log.warning("%s: accept failed: %s; not accepting for %.2f s (backing off up "
+                        "to %.1f s while it lasts)", self.what, err, self._delay,
+                        self.longest, extra={"errno": err.errno, "event": "error"})
+        self.pauses += 1
+        self.reactor.remove_reader(self.fd)
+        self._timer = self.reactor.call_later(self._delay, self._resume)
+        self._delay = min(self._delay * 2, self.longest)
+
+    def succeeded(self) -> None:
+        """An accept worked: the next failure starts a new episode."""
+        if self.pauses:
+            log.warning("%s: accepting again (%d failed accepts, %d pauses)", self.what,
+                        self.failures, self.pauses)
+        self.failures = 0
+        self.pauses = 0
+        self._delay = self.first
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self.reactor.add_reader(self.fd, self.callback)
+
+    def close(self) -> None:
+        """The listening socket goes away: never re-register it."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

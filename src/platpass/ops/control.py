@@ -30,7 +30,7 @@ from typing import Any
 
 from platpass.errors import OpsError, PlatpassError
 from platpass.host.safepath import bind_unix_socket
-from platpass.reactor import EpollReactor
+from platpass.reactor import EpollReactor, ListenerBackoff
 from platpass.vfio_user.server import DeviceEndpoint, VfioUserServer
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 _UCRED = struct.Struct("=iII")
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0
+#: Connections waiting for their request at once; more are closed on accept (each holds
+#: an fd for up to REQUEST_TIMEOUT).
+MAX_PENDING = 16
 
 
 def endpoint_status(endpoint: DeviceEndpoint, extra: dict[str, Any] | None = None
@@ -104,6 +107,8 @@ class ControlServer:
             self.sock, self._socket_file = bind_unix_socket(self.path, mode=0o600)
         except PlatpassError as err:
             raise OpsError(f"control socket {self.path}: {err}") from err
+        self._backoff = ListenerBackoff(reactor, self.sock.fileno(), self._accept,
+                                        "control")
         reactor.add_reader(self.sock.fileno(), self._accept)
 
     @property
@@ -135,7 +140,11 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            log.warning("control: accept failed: %s", err, extra={"errno": err.errno})
+            self._backoff.failed(err)  # out of fds: pause, never spin
+            return
+        self._backoff.succeeded()
+        if len(self._pending) >= MAX_PENDING:
+            conn.close()  # requests are answered at once; more waiting is not a real user
             return
         conn.setblocking(False)
         fd = conn.fileno()
@@ -188,6 +197,7 @@ class ControlServer:
         created it (an unprivileged child of ``up`` cannot remove it)."""
         for fd in list(self._pending):
             self._drop(fd)
+        self._backoff.close()
         self.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
         if unlink:

@@ -20,6 +20,11 @@ Transport decisions (the specification leaves them to the server):
   not read (so a client that never reads cannot make the server buffer without bound). A
   slow or hostile client therefore only stalls itself; other devices keep being served by
   the same loop.
+* **Bounded fds.** The framer holds fds only for the message being received, at most
+  ``max_msg_fds`` of them (two messages' worth between pulls); a client that sends more
+  is dropped and the fds closed (also inside a skipped oversized message). An accept that
+  fails for lack of fds pauses that listening socket with a growing delay (one warning per
+  episode) instead of spinning; connected clients keep being served.
 * **A client must negotiate** (VERSION) within ``negotiation_timeout`` (10 s) of connecting,
   or it is disconnected: a silent peer cannot keep the device from its real client.
 * **Disconnect** (EOF, reset, or an unresynchronisable stream): the connection is closed
@@ -45,7 +50,7 @@ from pathlib import Path
 
 from platpass.errors import HostError, PlatpassError, RemoteProtocolError, VfioError
 from platpass.host.safepath import SocketFile, bind_unix_socket
-from platpass.reactor import EpollReactor
+from platpass.reactor import EpollReactor, ListenerBackoff
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
 from platpass.vfio_user.protocol.connection import (
@@ -346,6 +351,8 @@ class DeviceEndpoint:
         self.limits = limits
         self.client: ClientConnection | None = None
         self.refused = 0
+        self.backoff = ListenerBackoff(server.reactor, sock.fileno(), self.on_acceptable,
+                                       name)
 
     def on_acceptable(self) -> None:
         try:
@@ -359,9 +366,12 @@ class DeviceEndpoint:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            log.warning("%s: accept failed: %s", self.name, err,
-                        extra={"device": self.name, "errno": err.errno, "event": "error"})
+            # Out of fds (a hostile client, or many devices): pause accepting rather than
+            # spin on a listening socket that stays readable; clients already connected
+            # keep being served.
+            self.backoff.failed(err)
             return
+        self.backoff.succeeded()
         pid, uid, gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if not self.options.allows(uid, gid):
@@ -403,6 +413,7 @@ class DeviceEndpoint:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+        self.backoff.close()
         self.server.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
         if self.socket_file is None:

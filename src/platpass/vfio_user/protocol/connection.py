@@ -17,6 +17,16 @@ next message: the connection goes to :attr:`State.ERROR` and ``next_event`` rais
 reported as :class:`Rejected` with ``E2BIG`` as soon as its header is in, and its body is
 then skipped without being buffered — the stream stays in sync. Misusing the API
 (sending after ERROR) raises :class:`LocalProtocolError`.
+
+**fds held are bounded.** fds wait in the framer only until the message that owns them
+is complete. A message may carry at most ``max_fds``; a peer that sends more fds for a
+message it has not finished (e.g. many 1-byte chunks each with fds, a message that never
+completes) can never be legitimate, so once the fds held for incomplete messages exceed
+``max_fds`` (checked whenever :meth:`next_event` runs out of complete messages), or the
+fds held at all exceed ``2 * max_fds`` (checked on every :meth:`receive_data`, whatever
+the caller's pull cadence), every held fd is closed and the stream goes to ERROR: the
+caller drops the peer. fds that arrive inside the body of a skipped (oversized) message
+have no owner and are closed at once. Callers pull events after every ``receive_data``.
 """
 
 from __future__ import annotations
@@ -145,8 +155,18 @@ class Connection:
             return
         start = self._received
         self._received += len(data)
+        if self._skip and len(data) <= self._skip and fds:
+            # The whole chunk lies inside the body of a rejected message: its fds have
+            # no owner (the rejection already handed over the message's own fds).
+            self._close_fds(fds)
+            fds = ()
         if fds or fds_truncated:
             self._batches.append(_FdBatch(start, self._received, list(fds), fds_truncated))
+            if self.held_fds > 2 * self.max_fds:
+                self._poison(RemoteProtocolError(
+                    errno.EMFILE, f"peer sent {self.held_fds} fds for messages it has not "
+                    f"finished (at most {self.max_fds} per message)"))
+                return
         if self._skip:
             taken = min(self._skip, len(data))
             self._skip -= taken
@@ -205,6 +225,11 @@ class Connection:
                             f"message carried more than {self.max_fds} fds", tuple(fds))
         return Message(header, payload, tuple(fds))
 
+    @property
+    def held_fds(self) -> int:
+        """fds received and not yet handed out with an event."""
+        return sum(len(batch.fds) for batch in self._batches)
+
     def _finish_skipped(self) -> None:
         """The skipped body is over: fds that came with it have no owner; close them."""
         end, self._skip_end = self._skip_end, 0
@@ -213,6 +238,12 @@ class Connection:
 
     def _eof_or_need(self) -> Event | _NeedData:
         if not self._eof:
+            if self._batches and self.held_fds > self.max_fds:
+                # Every complete message is out: what is held belongs to the one being
+                # received, which may carry no more than max_fds.
+                return self._fail(RemoteProtocolError(
+                    errno.EMFILE, f"peer sent {self.held_fds} fds for a message it has "
+                    f"not finished (at most {self.max_fds} per message)"))
             return NEED_DATA
         partial = bool(self._buffer) or bool(self._skip)
         self.state = State.CLOSED
@@ -250,13 +281,18 @@ class Connection:
         self._events.clear()
 
     def _fail(self, error: RemoteProtocolError) -> Event | _NeedData:
+        self._poison(error)
+        raise error
+
+    def _poison(self, error: RemoteProtocolError) -> None:
+        """Go to ERROR: nothing buffered is kept, every held fd is closed."""
         self.state = State.ERROR
         self.error = error
         self._buffer.clear()
+        self._skip = 0
         for batch in self._batches:
             self._close_fds(batch.fds)
         self._batches.clear()
-        raise error
 
     @staticmethod
     def _close_fds(fds: list[int] | tuple[int, ...]) -> None:
