@@ -249,3 +249,44 @@ def test_item2_control_socket_bounds_waiting_connections_and_backs_off(
         for peer in peers:
             peer.close()
         control.close()
+
+
+# ---------------------------------------------------------------- item 6: churn
+
+@pytest.mark.parametrize("last_words", [b"", b"write"])
+def test_item6_client_right_after_the_previous_one_left_is_not_refused(
+        reactor: EpollReactor, two_devices: Any, last_words: bytes) -> None:
+    """The previous client closed (its EOF, and maybe its last message, unread) and the
+    next one connected before the loop ran; when the listening socket is judged first the
+    new client was refused as a "second client". Now the closed peer is settled first
+    (and its last message still takes effect)."""
+    _server, a, _b = two_devices
+    for round_ in range(20):
+        first = _connect(reactor, a)
+        if last_words:
+            payload = m.RegionWrite(0x8, 0, 4, round_.to_bytes(4, "little")).encode()  # RTC LR
+            first.sendall(Header(3, Command.REGION_WRITE, HEADER_SIZE + len(payload),
+                                 0).encode() + payload)
+        first.close()
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        second.connect(str(a.path))
+        refused = a.refused
+        a.on_acceptable()  # the listening socket dispatched before the old client's EOF
+        assert a.refused == refused and a.client is not None
+        assert a.client.sock.getpeername() == second.getsockname()
+        second.close()
+        reactor.run_until(lambda: a.client is None, 2.0)
+
+
+def test_item6_a_live_second_client_is_still_refused(
+        reactor: EpollReactor, two_devices: Any) -> None:
+    _server, a, _b = two_devices
+    first = _connect(reactor, a)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    second.connect(str(a.path))
+    refused = a.refused
+    a.on_acceptable()
+    assert a.refused == refused + 1
+    assert not _read_reg(reactor, first, 5).is_error
+    second.close()
+    first.close()

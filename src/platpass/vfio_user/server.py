@@ -7,7 +7,9 @@ Transport decisions (the specification leaves them to the server):
   :mod:`platpass.vfio_user.protocol.connection`).
 * **One client per device at a time.** A second client is accepted and closed at once,
   before anything is read from it: it sees end-of-file (its VERSION gets no reply). The
-  device and its current client are not disturbed.
+  device and its current client are not disturbed. A current client whose peer has
+  already shut down (EOF not yet read) is processed and closed first, so a client
+  connecting right after the previous one left is never refused as a "second client".
 * **Peer check before any message.** With an allow-list (uids and/or gids), a peer whose
   SO_PEERCRED uid is not listed and whose gid is not listed is closed right after accept.
 * **Sockets are created 0600**, owner/group/mode configurable, without ever acting on a
@@ -74,6 +76,8 @@ _REPLY_TYPE = int(MessageType.REPLY)
 _REGION_READ = int(Command.REGION_READ)
 _REGION_WRITE = int(Command.REGION_WRITE)
 _ACCESS_SIZES = (1, 2, 4, 8)
+#: Reads a closed peer's leftover input may take when a new client waits (64 x 64 KiB).
+_SETTLE_READS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +310,33 @@ class ClientConnection:
 
     # ------------------------------------------------------------------ teardown
 
+    def settle(self) -> None:
+        """If the peer has shut down its end, process what it sent and its EOF now.
+
+        Called before a new connection to the same device is judged: a client that closed
+        must not count as connected. A peer still able to send is left alone (its input is
+        read by the loop as usual), so this never blocks and reads a bounded amount.
+        """
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLRDHUP)
+        for _ in range(_SETTLE_READS):
+            if self.closed:
+                return
+            events = poller.poll(0)
+            if not events:
+                return
+            _fd, mask = events[0]
+            if not mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+                return  # still sending: a live client
+            if self._out:
+                # Back-pressured (no input read while output waits), and the peer is gone:
+                # what it sent last can get no reply; close.
+                self.close()
+                return
+            self.on_readable()
+        if not self.closed:
+            self.close()  # a peer that shut down and still had this much unread input
+
     def _negotiation_expired(self) -> None:
         if not self.closed and not self.session.negotiated:
             log.warning("client of %s sent no VERSION within %.0f s; closing",
@@ -382,6 +413,11 @@ class DeviceEndpoint:
             self.refused += 1
             conn.close()
             return
+        if self.client is not None:
+            # The previous client may have closed a moment ago with its EOF (and maybe its
+            # last messages) still unread: epoll may report the listening socket first.
+            # A closed peer frees the device before this client is judged.
+            self.client.settle()
         if self.client is not None:
             log.warning("%s: refusing a second client (pid %d); one is connected",
                         self.name, pid,
