@@ -290,3 +290,105 @@ def test_item6_a_live_second_client_is_still_refused(
     assert not _read_reg(reactor, first, 5).is_error
     second.close()
     first.close()
+
+
+# ---------------------------------------------------------------- item 3: trace/log failures
+
+def _serve_limited(tmp_path: Path, src: str, fsize: int, *extra: str) -> Any:
+    """``platpass serve --sim`` whose files may not grow past ``fsize`` bytes (writes beyond
+    fail with EFBIG: a full filesystem without needing a mount)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = dict(os.environ, PYTHONPATH=src)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "platpass", "serve", "--sim", "--socket",
+         str(tmp_path / "rtc.sock"), "/soc@9000000/rtc@20000", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=limit)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            return proc
+    raise AssertionError(proc.communicate(timeout=10))
+
+
+def _blocking_client(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(str(path))
+    body = NEGOTIATE.encode()
+    sock.sendall(Header(0, Command.VERSION, HEADER_SIZE + len(body), 0).encode() + body)
+    _blocking_reply(sock)
+    return sock
+
+
+def _blocking_reply(sock: socket.socket) -> tuple[Header, bytes]:
+    data = b""
+    while len(data) < HEADER_SIZE or len(data) < struct.unpack_from("=I", data, 4)[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("server closed the connection")
+        data += chunk
+    return Header.decode(data[:HEADER_SIZE]), data[HEADER_SIZE:]
+
+
+def test_item3_trace_on_a_full_filesystem_stops_tracing_and_serving_goes_on(
+        tmp_path: Path) -> None:
+    """``serve --trace`` whose file cannot grow: TraceWriter raised out of the reactor and
+    took every device down (clients got ECONNRESET). Now tracing stops with one warning."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    trace = tmp_path / "trace.jsonl"
+    proc = _serve_limited(tmp_path, src, 32 << 10, "--trace", str(trace))
+    try:
+        sock = _blocking_client(tmp_path / "rtc.sock")
+        payload = m.RegionRead(0, 0, 4).encode()
+        request = Header(1, Command.REGION_READ, HEADER_SIZE + len(payload), 0).encode() \
+            + payload
+        for _ in range(2000):  # ~100 bytes of trace each: well past the limit
+            sock.sendall(request)
+            header, _ = _blocking_reply(sock)
+            assert not header.is_error
+        sock.close()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert err.count("tracing stopped") == 1, err
+    assert "Traceback" not in err
+    assert 0 < trace.stat().st_size <= 32 << 10
+
+
+def test_item3_log_write_failure_stops_logging_once(tmp_path: Path) -> None:
+    """A log stream that cannot be written (stderr on a full disk): the stock handler
+    printed a "--- Logging error ---" traceback per record; now one note, then silence."""
+    import io
+    import logging
+
+    from platpass.ops.logs import configure_logging
+
+    class Full(io.StringIO):
+        def write(self, _s: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    note = io.StringIO()
+    real_stderr = __import__("sys").stderr
+    __import__("sys").stderr = note
+    try:
+        handler = configure_logging("text", "info", Full())
+        log = logging.getLogger("platpass.test")
+        for i in range(100):
+            log.warning("record %d", i)
+    finally:
+        __import__("sys").stderr = real_stderr
+        logging.getLogger("platpass").removeHandler(handler)
+    assert handler.failed is not None  # type: ignore[attr-defined]
+    assert note.getvalue().count("logging stopped") == 1
+    assert "Traceback" not in note.getvalue()

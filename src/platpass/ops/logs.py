@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import IO, Any
 
@@ -59,6 +60,40 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class SafeStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for servers: logging must never stop serving, nor flood.
+
+    When writing a record fails (a full filesystem, a log file on a vanished disk, stderr
+    on /dev/full), logging stops: :attr:`failed` says why, one line saying so goes to
+    stderr (when that is not the failing stream, or raw fd 2 as a last try), and later
+    records are dropped. The stock handler printed a "--- Logging error ---" traceback
+    for every record instead.
+    """
+
+    failed: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is not None:
+            return
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError | ValueError):
+            super().handleError(record)  # a formatting bug: keep the stock report
+            return
+        self.failed = str(err)
+        note = f"platpass: writing logs failed ({err}); logging stopped, serving continues\n"
+        try:
+            if self.stream is not sys.stderr and sys.stderr is not None:
+                sys.stderr.write(note)
+                sys.stderr.flush()
+            else:
+                os.write(2, note.encode())
+        except (OSError, ValueError):
+            pass
+
+
 def configure_logging(fmt: str = "text", level: str = "warning",
                       stream: IO[str] | None = None) -> logging.Handler:
     """Send platpass's logs to ``stream`` (stderr) in ``fmt`` at ``level``; returns the
@@ -70,7 +105,7 @@ def configure_logging(fmt: str = "text", level: str = "warning",
         raise ValueError(f"log format {fmt!r}: choose from {', '.join(FORMATS)}")
     if level not in LEVELS:
         raise ValueError(f"log level {level!r}: choose from {', '.join(LEVELS)}")
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = SafeStreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name("platpass-ops")
     root = logging.getLogger("platpass")
@@ -91,5 +126,5 @@ def add_logging_options(parser: Any, default_level: str = "warning") -> None:
                         help=f"least severe level logged (default {default_level})")
 
 
-__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "add_logging_options",
+__all__ = ["FIELDS", "JsonFormatter", "SafeStreamHandler", "TextFormatter", "add_logging_options",
            "configure_logging"]

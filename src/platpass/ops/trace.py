@@ -28,8 +28,10 @@ trace does not hold make replays of some registers differ by nature: the PL031 c
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_module
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +46,8 @@ from platpass.vfio_device.device import VfioDevice
 
 TRACE_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 
 class TraceWriter:
     """Appends records to one trace file, shared by every traced device of a process.
@@ -53,6 +57,10 @@ class TraceWriter:
     ``flush_delay`` seconds later (or at :meth:`close`, which the server's shutdown path
     always runs), which halves the cost per access; only a SIGKILL can then lose the last
     ``flush_delay`` of records.
+
+    Tracing never stops serving: when writing or flushing fails (a full filesystem, a
+    vanished disk), tracing stops — the file is closed, :attr:`failed` says why, one
+    warning is logged — and every later record is dropped silently.
     """
 
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.monotonic, *,
@@ -69,6 +77,16 @@ class TraceWriter:
         self._reactor = reactor
         self._flush_delay = flush_delay
         self._flush_pending = False
+        #: Why tracing stopped (None while it runs).
+        self.failed: str | None = None
+
+    def _stop(self, err: Exception) -> None:
+        self.failed = str(err)
+        log.warning("trace %s: writing failed (%s); tracing stopped, serving continues",
+                    self.path, err, extra={"errno": getattr(err, "errno", None),
+                                           "event": "error"})
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()  # the fd is closed even when the final flush fails
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (any JSON-able dict)."""
@@ -78,11 +96,17 @@ class TraceWriter:
         """Append one already-encoded record (a JSON object and its newline)."""
         if self._file.closed:
             return
-        self._file.write(line)
+        try:
+            self._file.write(line)
+            if self._reactor is None:
+                self._file.flush()
+        except (OSError, ValueError) as err:
+            self._stop(err)
+            return
         self.records += 1
         if self._reactor is None:
-            self._file.flush()
-        elif not self._flush_pending:
+            return
+        if not self._flush_pending:
             self._flush_pending = True
             self._reactor.call_later(self._flush_delay, self._flush)
 
@@ -93,10 +117,18 @@ class TraceWriter:
     def flush(self) -> None:
         """Write out buffered records now (before a fork, at shutdown)."""
         if not self._file.closed:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except (OSError, ValueError) as err:
+                self._stop(err)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file.closed:
+            return
+        try:
+            self._file.close()
+        except (OSError, ValueError) as err:
+            self._stop(err)
 
 
 class DeviceTracer:
