@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 #: linux/prctl.h: signal this process when its parent dies.
 PR_SET_PDEATHSIG = 1
 
-#: Verdict evidence rules that forbid mapping any page of the device (as ``serve`` does).
-NO_MAP_RULES = frozenset({"sub-page-region", "shared-page"})
-
-
 def _assess(node_path: str, dtb: str | None) -> Any:
     """The assessment of ``node_path`` on the live tree (or ``dtb``)."""
     from platpass.drivers.registry import default_registry
@@ -72,17 +68,6 @@ def _assess(node_path: str, dtb: str | None) -> Any:
         if assessment.node.path == node_path:
             return assessment
     raise HostError(f"{node_path}: not a device node of the device tree")
-
-
-def _reasons(assessment: Any) -> str:
-    parts = []
-    for evidence in assessment.evidence:
-        text = f"{evidence.rule}"
-        if evidence.property:
-            text += f" ({evidence.property}"
-            text += f" = {evidence.value})" if evidence.value not in (None, "") else ")"
-        parts.append(text)
-    return "; ".join(parts) or "no evidence recorded"
 
 
 def _reset_entry(entry: Assignment) -> None:
@@ -148,8 +133,8 @@ def assign(args: argparse.Namespace) -> int:
         raise HostError(f"{device.name} has no device-tree node")
     assessment = _assess(node_path, args.dtb)
     warnings: list[str] = []
-    if not assessment.verdict.assignable:
-        reasons = f"{assessment.verdict.name}: {_reasons(assessment)}"
+    if not assessment.may_assign:
+        reasons = assessment.explanation
         if not args.force_unsafe:
             print(f"platpass assign: refused {node_path}: {reasons}", file=sys.stderr)
             return 1
@@ -179,9 +164,8 @@ def assign(args: argparse.Namespace) -> int:
     print(f"bound {device.name} ({node_path}) to {host_driver}; was on "
           f"{original or 'no driver'}", flush=True)
     try:
-        # A region sharing a page with another device must never be mapped.
-        force = any(e.rule in NO_MAP_RULES for e in assessment.evidence)
-        return _serve(args, access, state, device, assessment.node, driver_cls, force)
+        return _serve(args, access, state, device, assessment.node, driver_cls,
+                      not assessment.may_map)
     except BaseException:
         _restore(state, device.name)
         raise

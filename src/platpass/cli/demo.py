@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from platpass.errors import PlatpassError, VmmError
+from platpass.firmware.verdict import Verdict
 
 DEVICES = ("arm,pl011", "arm,pl031")
 MESSAGE = "Hello from a KVM guest, through vfio-user, to a simulated PL011!\n"
@@ -83,7 +84,7 @@ def _scan(board: Any) -> None:
         compat = a.node.compatible[0] if a.node.compatible else "-"
         _say(f"    {a.node.path:<{width}}  {compat:<20} {a.verdict.name:<22} "
              f"{first.rule}: {first.property}")
-    refused = [a for a in board.assessments if a.verdict.name == "REFUSED_BUS_MASTER"]
+    refused = [a for a in board.assessments if a.verdict is Verdict.REFUSED_BUS_MASTER]
     _say(f"    -> {len(refused)} bus master(s) refused: "
          + ", ".join(a.node.name for a in refused))
 

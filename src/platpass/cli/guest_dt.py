@@ -172,7 +172,7 @@ def select_devices(tree: DeviceTree,
                    wanted: list[str]) -> list[tuple[DeviceNode, PlatformDriver]]:
     """The wanted nodes with their drivers; raises GuestError for any refused node."""
     from platpass.drivers.registry import default_registry
-    from platpass.firmware.verdict import Verdict, assess_tree
+    from platpass.firmware.verdict import assess_tree
 
     assessments = {a.node.path: a for a in assess_tree(tree, default_registry())}
     out: list[tuple[DeviceNode, PlatformDriver]] = []
@@ -191,10 +191,8 @@ def select_devices(tree: DeviceTree,
         if found is None:
             problems.append(f"{path}: not a memory-mapped device")
             continue
-        if found.verdict not in (Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS) \
-                or found.driver is None:
-            why = "; ".join(f"{e.rule}: {e.property} = {e.value}" for e in found.evidence)
-            problems.append(f"{path}: {found.verdict} ({why or 'no evidence recorded'})")
+        if not found.may_assign or found.driver is None:
+            problems.append(f"{path}: {found.explanation}")
             continue
         out.append((found.node, found.driver(found.node)))
     if problems:

@@ -84,10 +84,6 @@ def backend_opener(name: str) -> BackendOpener:
     return opener  # type: ignore[no-any-return]
 
 
-#: Verdict evidence rules that forbid mapping any page of the device.
-_NO_MAP_RULES = frozenset({"sub-page-region", "shared-page"})
-
-
 @dataclass(frozen=True, slots=True)
 class Export:
     """One device to serve: the node, its verdict, and where its socket goes."""
@@ -110,19 +106,6 @@ def _load_tree(args: argparse.Namespace) -> Any:
     if args.dts:
         return devicetree.load_dts(args.dts)
     return devicetree.load_live()
-
-
-def _reasons(assessment: Any) -> str:
-    parts = []
-    for evidence in getattr(assessment, "evidence", ()):
-        rule = getattr(evidence, "rule", evidence)
-        prop = getattr(evidence, "property", None)
-        value = getattr(evidence, "value", None)
-        text = str(rule)
-        if prop:
-            text += f" ({prop}" + (f" = {value}" if value not in (None, "") else "") + ")"
-        parts.append(text)
-    return "; ".join(parts) or "no evidence recorded"
 
 
 def choose_exports(tree: Any, paths: list[str], *, everything_assignable: bool
@@ -149,18 +132,15 @@ def choose_exports(tree: Any, paths: list[str], *, everything_assignable: bool
         chosen = list(assessments.values())
     exports: list[Export] = []
     for assessment in chosen:
-        verdict = assessment.verdict
-        if verdict.name.startswith("REFUSED"):
+        if not assessment.may_assign:
             if paths:
-                refusals.append(f"{assessment.node.path}: {verdict.name}: "
-                                f"{_reasons(assessment)}")
+                refusals.append(f"{assessment.node.path}: {assessment.explanation}")
             continue
         if assessment.driver is None:
             refusals.append(f"{assessment.node.path}: no driver")
             continue
-        # A region that is sub-page or shares a page with another device is never mapped.
-        force = any(getattr(e, "rule", "") in _NO_MAP_RULES for e in assessment.evidence)
-        exports.append(Export(assessment.node, verdict, assessment.driver, force))
+        exports.append(Export(assessment.node, assessment.verdict, assessment.driver,
+                              not assessment.may_map))
     return exports, refusals
 
 

@@ -127,6 +127,12 @@ class Assessment:
         """The evidence as readable lines (what ``platpass scan`` prints)."""
         return tuple(str(e) for e in self.evidence)
 
+    @property
+    def explanation(self) -> str:
+        """The verdict and its evidence on one line, the way every command prints why a
+        device was refused: ``REFUSED_BUS_MASTER: rule: property = value; ...``."""
+        return f"{self.verdict.value}: " + "; ".join(self.reasons)
+
 
 # ------------------------------------------------------------------ bus-master evidence
 

@@ -17,14 +17,11 @@ from typing import Any
 from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.errors import VmmError
 from platpass.firmware.model import DeviceNode
-from platpass.firmware.verdict import Assessment, Verdict, assess_tree
+from platpass.firmware.verdict import Assessment, assess_tree
 from platpass.host.simulated.board import load_board, open_sim_backend
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_user.server import VfioUserServer
 from platpass.vmm.passthrough import ReactorThread
-
-#: Verdicts whose devices may be served.
-ASSIGNABLE = (Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS)
 
 
 @dataclass(slots=True)
@@ -77,7 +74,7 @@ class SimBoardServer:
                            if compatible in a.node.compatible and a.node.enabled), None)
         if assessment is None:
             raise VmmError(f"the simulated board has no enabled {compatible} device")
-        if assessment.verdict not in ASSIGNABLE or assessment.driver is None:
+        if not assessment.may_assign or assessment.driver is None:
             raise VmmError(f"{assessment.node.path} is {assessment.verdict.name}: not served")
         node = assessment.node
         driver_cls = assessment.driver
@@ -87,8 +84,7 @@ class SimBoardServer:
             backend = open_sim_backend(node, self.thread.reactor)
             driver = driver_cls(node) if isinstance(driver_cls, type) else driver_cls
             device = VfioDevice(node, driver, backend, self.thread.reactor,
-                                force_trap_all=any(e.rule in ("sub-page-region", "shared-page")
-                                                   for e in assessment.evidence))
+                                force_trap_all=not assessment.may_map)
             self.server.serve(node.path, device, path)
             return ServedDevice(node, assessment, path, device, backend)
 
