@@ -5,8 +5,9 @@
 #   OUT/vmlinuz             Debian's stock amd64 kernel (8250_pci built in), unchanged
 #   OUT/busybox             busybox-static (amd64) for the initramfs the harness writes
 #   OUT/qemu-version        `qemu-system-x86_64 --version`, first line
-# The harness runs QEMU through the chroot's own dynamic loader (no chroot(2) at run time,
-# so sockets and files keep their host paths). Cached by the harness on a hash of this file.
+# QEMU runs through the chroot's own dynamic loader (platpass.vmm.qemu_pci.qemu_in_root:
+# no chroot(2) at run time, so sockets and files keep their host paths; firmware through
+# -L). Cached by conftest.py under ~/.cache/platpass/qemu-pci/<hash of this file>.
 set -euo pipefail
 OUT=$(realpath -m "$1")
 MIRROR=${PLATPASS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -19,18 +20,11 @@ debootstrap --variant=minbase trixie "$OUT/root" "$MIRROR" >"$OUT/debootstrap.lo
 say "debootstrap trixie: $(du -sh "$OUT/root" | cut -f1)"
 echo "deb $MIRROR trixie-backports main" > "$OUT/root/etc/apt/sources.list.d/backports.list"
 cp /etc/resolv.conf "$OUT/root/etc/resolv.conf"
-chroot "$OUT/root" apt-get update -qq
+chroot "$OUT/root" apt-get -o Dpkg::Use-Pty=0 update -qq
 chroot "$OUT/root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
   --no-install-recommends -t trixie-backports qemu-system-x86 >/dev/null
 chroot "$OUT/root" apt-get clean
 say "qemu installed: $(du -sh "$OUT/root" | cut -f1)"
-# Firmware links are absolute (/usr/share/qemu/x -> /usr/share/seabios/x): make them
-# relative so they resolve inside OUT/root when QEMU runs outside the chroot.
-for link in "$OUT"/root/usr/share/qemu/*; do
-  [ -L "$link" ] || continue
-  target=$(readlink "$link")
-  case $target in /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$OUT/root$target")" "$link";; esac
-done
 LD=$(ls "$OUT"/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
 "$LD" --library-path "$OUT/root/usr/lib/x86_64-linux-gnu" \
   "$OUT/root/usr/bin/qemu-system-x86_64" --version | head -1 > "$OUT/qemu-version"

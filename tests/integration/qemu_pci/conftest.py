@@ -1,0 +1,100 @@
+"""Fixtures for the QEMU vfio-user-pci tests: QEMU >= 10.1 and a stock Debian amd64 kernel.
+
+``prepare.sh`` builds them once per machine (a minbase Debian trixie root with QEMU from
+trixie-backports, the bookworm kernel and busybox-static) under
+``~/.cache/platpass/qemu-pci/<hash of prepare.sh>``; later runs reuse it. Every test here
+is marked ``qemu`` (``-m 'not qemu'`` leaves them out).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from platpass.vmm.qemu_pci import Qemu, qemu_in_root
+
+HERE = Path(__file__).resolve().parent
+PREPARE = HERE / "prepare.sh"
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "platpass" \
+    / "qemu-pci"
+LOG_DIR = Path(os.environ.get("PLATPASS_QEMU_LOGS", "/tmp/platpass-qemu-logs"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.qemu)
+
+
+@dataclass(frozen=True)
+class QemuImage:
+    """The prepared QEMU root, guest kernel and busybox."""
+
+    path: Path
+    qemu: Qemu
+    prepare_seconds: float
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinuz"
+
+    @property
+    def busybox(self) -> bytes:
+        return (self.path / "busybox").read_bytes()
+
+
+def _key() -> str:
+    return hashlib.sha256(PREPARE.read_bytes()).hexdigest()[:16]
+
+
+def prepare(log: Path) -> tuple[Path, float]:
+    """The cached image directory, built first when absent (one builder per machine)."""
+    final = CACHE_ROOT / _key()
+    if (final / "done").exists():
+        return final, 0.0
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_ROOT / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "done").exists():
+            return final, 0.0
+        started = time.monotonic()
+        staging = CACHE_ROOT / f"{final.name}.tmp{os.getpid()}"
+        proc = subprocess.run(["bash", str(PREPARE), str(staging)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1200,
+                              check=False)
+        text = proc.stdout.decode(errors="replace")
+        log.write_text(text)
+        if proc.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError(f"prepare.sh failed (rc={proc.returncode}):\n{text[-4000:]}")
+        (staging / "done").write_text(text)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        for old in CACHE_ROOT.iterdir():
+            if old.is_dir() and old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final, time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def qemu_image() -> QemuImage:
+    """QEMU >= 10.1 and the guest's kernel and busybox (prepared on first use)."""
+    for tool in ("debootstrap", "apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} missing: run scripts/install --test")
+    if os.geteuid() != 0:
+        pytest.fail("building the QEMU root (debootstrap) needs root")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path, seconds = prepare(LOG_DIR / "prepare.log")
+    qemu = qemu_in_root(path / "root")
+    assert qemu is not None and qemu.has_vfio_user_pci, f"no QEMU >= 10.1 in {path}/root"
+    print(f"\nQEMU {'.'.join(map(str, qemu.version))} from {path} (prepare {seconds:.1f}s)")
+    return QemuImage(path, qemu, seconds)
