@@ -392,3 +392,162 @@ def test_item3_log_write_failure_stops_logging_once(tmp_path: Path) -> None:
     assert handler.failed is not None  # type: ignore[attr-defined]
     assert note.getvalue().count("logging stopped") == 1
     assert "Traceback" not in note.getvalue()
+
+
+# ---------------------------------------------------------------- item 4: inputs that hang
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+SIM_DTS = Path(SRC) / "platpass" / "boards" / "sim-board.dts"
+RTC = "/soc@9000000/rtc@20000"
+
+
+def _platpass(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> Any:
+    """``python3 -m platpass ARGS`` with a hard timeout (a hang fails the test, fast);
+    memory capped at 2 GiB so a regression fails instead of taking the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-m", "platpass", *args], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=SRC),
+                          preexec_fn=cap, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def _one_line_error(done: Any, *words: str) -> None:
+    assert done.returncode not in (0, None), done
+    assert "Traceback" not in done.stderr, done.stderr
+    err = done.stderr.strip()
+    assert err and all(w in err for w in words), err
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "in.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _guest_dt(*extra: str) -> tuple[str, ...]:
+    return ("guest-dt", "--dts", str(SIM_DTS), RTC, *extra)
+
+
+@pytest.mark.parametrize("case", [
+    "scan-zero", "scan-urandom", "scan-fifo", "scan-dir-fifo", "serve-fifo", "serve-zero",
+    "placement-fifo", "base-dtb-zero", "base-dtb-fifo", "replay-fifo", "replay-zero",
+    "up-check-fifo", "up-check-zero", "dts-fifo"])
+def test_item4_devices_and_fifos_are_refused_at_once(case: str, tmp_path: Path,
+                                                     fifo: Path) -> None:
+    """Each of these grew to gigabytes (/dev/zero, /dev/urandom) or blocked forever (a
+    FIFO). Now: a one-line "not a regular file" error and a non-zero exit, at once."""
+    out = str(tmp_path / "out.dtb")
+    args = {
+        "scan-zero": ("scan", "--dtb", "/dev/zero"),
+        "scan-urandom": ("scan", "--dtb", "/dev/urandom"),
+        "scan-fifo": ("scan", "--dtb", str(fifo)),
+        "serve-fifo": ("serve", "--dtb", str(fifo), "--socket", str(tmp_path / "s"), RTC),
+        "serve-zero": ("serve", "--dtb", "/dev/zero", "--socket", str(tmp_path / "s"), RTC),
+        "placement-fifo": _guest_dt("--flavour", "crosvm", "-o", out, "--placement",
+                                    str(fifo)),
+        "base-dtb-zero": _guest_dt("--flavour", "qemu", "-o", out, "--base-dtb",
+                                   "/dev/zero"),
+        "base-dtb-fifo": _guest_dt("--flavour", "qemu", "-o", out, "--base-dtb", str(fifo)),
+        "replay-fifo": ("replay", str(fifo)),
+        "replay-zero": ("replay", "/dev/zero"),
+        "up-check-fifo": ("up", "--check", str(fifo)),
+        "up-check-zero": ("up", "--check", "/dev/zero"),
+        "dts-fifo": ("scan", "--dts", str(fifo)),
+    }.get(case)
+    if case == "scan-dir-fifo":
+        folder = tmp_path / "dtbs"
+        folder.mkdir()
+        os.mkfifo(folder / "evil.dtb")
+        from platpass.host.simulated.board import board_dtb
+        (folder / "good.dtb").write_bytes(board_dtb())
+        args = ("scan", "--dtb", str(folder))
+    assert args is not None
+    done = _platpass(*args, timeout=30)
+    _one_line_error(done, "not a regular file")
+    if case == "scan-dir-fifo":
+        assert "good.dtb" in done.stdout  # the rest of the directory is still scanned
+
+
+def test_item4_dtb_size_cap(tmp_path: Path) -> None:
+    from platpass.inputs import MAX_DTB_BYTES
+
+    big = tmp_path / "big.dtb"
+    with open(big, "wb") as f:
+        f.truncate(MAX_DTB_BYTES + 1)
+    done = _platpass("scan", "--dtb", str(big))
+    _one_line_error(done, "more than the 2 MiB accepted")
+
+
+def test_item4_firmware_dev_zero_in_the_toml_is_refused_by_check_and_up(
+        tmp_path: Path) -> None:
+    config = tmp_path / "up.toml"
+    config.write_text(f'[service]\nrun_dir = "{tmp_path}/run"\n\n[[device]]\n'
+                      f'node = "{RTC}"\nsource = "dtb"\nfirmware = "/dev/zero"\n'
+                      f'backend = "sim"\nsocket = "{tmp_path}/rtc.sock"\n')
+    done = _platpass("up", "--check", str(config), timeout=30)
+    _one_line_error(done, "/dev/zero", "not a regular file")
+
+
+def test_item4_dts_incbin_dev_zero_ends(tmp_path: Path) -> None:
+    """dtc ran without limits: /incbin/("/dev/zero") never ended (and grew without
+    bound). Now dtc runs with a time and memory limit; the error is one line."""
+    dts = tmp_path / "zero.dts"
+    dts.write_text('/dts-v1/;\n/ { blob = /incbin/("/dev/zero"); };\n')
+    done = _platpass("scan", "--dts", str(dts), timeout=90)
+    _one_line_error(done, "zero.dts")
+
+
+def test_item4_dts_incbin_of_a_fifo_ends_at_the_tool_timeout(tmp_path: Path,
+                                                             fifo: Path) -> None:
+    """/incbin/ of a FIFO: dtc (run with no timeout) blocked forever. The tool timeout
+    (60 s; 2 s here) ends it with a one-line error."""
+    import subprocess
+    import sys
+
+    dts = tmp_path / "fifo.dts"
+    dts.write_text(f'/dts-v1/;\n/ {{ blob = /incbin/("{fifo}"); }};\n')
+    code = ("import platpass.inputs as i; i.TOOL_TIMEOUT = 2\n"
+            "from platpass.errors import DeviceTreeLoadError\n"
+            "from platpass.firmware.devicetree import load_dts\n"
+            "try:\n    load_dts(__import__('sys').argv[1])\n"
+            "except DeviceTreeLoadError as err:\n    print(err)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(dts)], capture_output=True,
+                              text=True, timeout=30, env=dict(os.environ, PYTHONPATH=SRC))
+    finally:
+        # Release a dtc left blocked on the FIFO (only if the timeout did not end it).
+        with __import__("contextlib").suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert "did not finish within 2 s" in done.stdout, done
+
+
+def test_item4_run_tool_times_out_on_an_input_that_never_ends(fifo: Path) -> None:
+    from platpass.errors import DeviceTreeLoadError
+    from platpass.inputs import run_tool
+
+    with pytest.raises(DeviceTreeLoadError, match="did not finish within 1 s"):
+        run_tool(["cat", str(fifo)], what="probe", timeout=1.0, error=DeviceTreeLoadError)
+
+
+def test_item4_uart_output_nobody_reads_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same class (memory a client drives): the simulated UART kept every byte a guest
+    ever transmitted; a guest writing forever grew the server without bound."""
+    from platpass.host.simulated.models import uart_common
+
+    monkeypatch.setattr(uart_common, "TX_OUTPUT_LIMIT", 64)
+    model = object.__new__(uart_common.UartModel)
+    model.tx_output = bytearray()
+    model.on_tx = None
+    model._loopback = lambda: False  # type: ignore[method-assign]
+    model._kick_tx = lambda: None  # type: ignore[method-assign]
+    model._update_line = lambda: None  # type: ignore[method-assign]
+    for i in range(1000):
+        model._shift_done(i & 0xFF)
+    assert len(model.tx_output) <= 64
+    assert model.tx_output[-1] == 999 & 0xFF

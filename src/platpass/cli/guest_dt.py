@@ -31,6 +31,7 @@ from platpass.guest.placement import (
 )
 from platpass.guest.plan import plan_guest, trigger_hints
 from platpass.guest.transform import REWRITTEN, ClockRates
+from platpass.inputs import MAX_CONFIG_BYTES, MAX_DTB_BYTES, read_input
 
 #: Where the common clock framework publishes each clock's rate (debugfs).
 DEBUGFS_CLK = Path("/sys/kernel/debug/clk")
@@ -225,11 +226,9 @@ def run(args: argparse.Namespace) -> int:
     devices = select_devices(tree, args.nodes)
 
     record_path = Path(args.placement) if args.placement else None
-    if record_path is not None and record_path.exists():
-        try:
-            record = GuestPlacement.from_json(record_path.read_bytes())
-        except OSError as err:
-            raise GuestError(f"{record_path}: {err.strerror or err}") from err
+    if record_path is not None and (record_path.exists() or record_path.is_symlink()):
+        record = GuestPlacement.from_json(read_input(
+            record_path, limit=MAX_CONFIG_BYTES, what="placement record", error=GuestError))
         if args.page_size is not None and args.page_size != record.page_size:
             raise GuestError(f"{record_path} was made for {record.page_size:#x}-byte pages, "
                              f"not --page-size {args.page_size:#x}")
@@ -252,10 +251,8 @@ def run(args: argparse.Namespace) -> int:
     gic_phandle = None
     base_blob = b""
     if flavour is Flavour.QEMU:
-        try:
-            base_blob = Path(args.base_dtb).read_bytes()
-        except OSError as err:
-            raise GuestError(f"{args.base_dtb}: {err.strerror or err}") from err
+        base_blob = read_input(args.base_dtb, limit=MAX_DTB_BYTES, what="base device tree",
+                               error=GuestError)
         base = qemu.inspect_base(base_blob, args.disable, args.remove)
         reserved += base.reserved(record.page_size)
         reserved_spis = base.spis

@@ -12,7 +12,6 @@ cannot be fully resolved never does: what went wrong is listed in its ``problems
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from platpass.errors import DeviceTreeLoadError, NodeError
@@ -26,6 +25,7 @@ from platpass.firmware.resolve import (
     resolve_regions,
     string_list,
 )
+from platpass.inputs import MAX_DTB_BYTES, MAX_SOURCE_BYTES, check_regular, read_input, run_tool
 
 __all__ = [
     "LIVE_FDT",
@@ -223,10 +223,10 @@ def load_blob(blob: bytes | bytearray, source: str = "<blob>") -> DeviceTree:
 
 def load_dtb(path: str | os.PathLike[str]) -> DeviceTree:
     """A tree from a ``.dtb`` file; raises DeviceTreeLoadError (unreadable or not a DTB)."""
-    try:
-        blob = Path(path).read_bytes()
-    except OSError as err:
-        raise DeviceTreeLoadError(f"{path}: {err.strerror or err}") from err
+    # A regular file of at most 2 MiB, opened without blocking: /dev/zero, a FIFO or a
+    # multi-gigabyte file is a one-line error, not a hang or an out-of-memory process.
+    blob = read_input(path, limit=MAX_DTB_BYTES, what="device tree",
+                      error=DeviceTreeLoadError)
     return load_blob(blob, str(path))
 
 
@@ -246,16 +246,16 @@ def compile_dts(source: str | os.PathLike[str] | None = None, *, text: str | Non
     args = ["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", "-"]
     if source is not None:
         label = str(source)
+        check_regular(label, limit=MAX_SOURCE_BYTES, what="device-tree source",
+                      error=DeviceTreeLoadError)
         parent = os.path.dirname(os.path.abspath(label))
         args += ["-i", parent, label]
     else:
         label = origin or "<dts text>"
         args.append("-")
-    try:
-        proc = subprocess.run(args, input=text.encode() if text is not None else None,
-                              capture_output=True, check=False)
-    except OSError as err:
-        raise DeviceTreeLoadError(f"{label}: cannot run dtc: {err}") from err
+    # Time- and memory-limited: /incbin/("/dev/zero") or an included FIFO must end.
+    proc = run_tool(args, what=label, input=text.encode() if text is not None else None,
+                    error=DeviceTreeLoadError)
     if proc.returncode != 0 or not proc.stdout:
         message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
         raise DeviceTreeLoadError(f"{label}: dtc failed: {message}")
@@ -264,8 +264,6 @@ def compile_dts(source: str | os.PathLike[str] | None = None, *, text: str | Non
 
 def load_dts(path: str | os.PathLike[str]) -> DeviceTree:
     """A tree from a ``.dts`` file, compiled by ``dtc``; raises DeviceTreeLoadError."""
-    if not os.path.exists(path):
-        raise DeviceTreeLoadError(f"{path}: no such file")
     return load_blob(compile_dts(path), str(path))
 
 

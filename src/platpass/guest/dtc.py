@@ -8,10 +8,10 @@ here, reported with the source that caused it.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Collection, Sequence
 
 from platpass.errors import GuestError
+from platpass.inputs import run_tool
 
 #: Seconds any one dtc run may take (a whole merged board tree compiles in milliseconds).
 DTC_TIMEOUT = 60
@@ -40,11 +40,8 @@ def compile_dts(source: str, *, plugin_symbols: bool = False,
         args.append("-@")
     for check in disabled_checks:
         args += ["-W", f"no-{check}"]
-    try:
-        done = subprocess.run(args, input=source.encode(), capture_output=True,
-                              timeout=DTC_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise GuestError(f"dtc could not run: {err}") from err
+    done = run_tool(args, what="dtc", input=source.encode(), timeout=DTC_TIMEOUT,
+                    error=GuestError)
     lines = [line for line in done.stderr.decode(errors="replace").splitlines()
              if line.strip() and line not in tolerated]
     stderr = "\n".join(lines)
@@ -58,12 +55,8 @@ def baseline_warnings(source: str) -> frozenset[str]:
     """The warning lines dtc prints for ``source`` alone (e.g. a decompiled base DTB, whose
     numeric phandles dtc flags). Appending to such a source keeps its line numbers, so these
     exact lines can be told apart from warnings our additions cause."""
-    try:
-        done = subprocess.run([_tool("dtc"), "-I", "dts", "-O", "dtb", "-o", "/dev/null"],
-                              input=source.encode(), capture_output=True,
-                              timeout=DTC_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise GuestError(f"dtc could not run: {err}") from err
+    done = run_tool([_tool("dtc"), "-I", "dts", "-O", "dtb", "-o", "/dev/null"],
+                    what="dtc", input=source.encode(), timeout=DTC_TIMEOUT, error=GuestError)
     if done.returncode != 0:
         raise GuestError("the base device tree does not compile: "
                          + done.stderr.decode(errors="replace").strip())
@@ -73,11 +66,8 @@ def baseline_warnings(source: str) -> frozenset[str]:
 
 def decompile_dtb(blob: bytes) -> str:
     """DTS text of a blob (``dtc -I dtb -O dts``); raises :class:`GuestError` on failure."""
-    try:
-        done = subprocess.run([_tool("dtc"), "-I", "dtb", "-O", "dts"], input=blob,
-                              capture_output=True, timeout=DTC_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise GuestError(f"dtc could not run: {err}") from err
+    done = run_tool([_tool("dtc"), "-I", "dtb", "-O", "dts"], what="dtc", input=blob,
+                    timeout=DTC_TIMEOUT, error=GuestError)
     if done.returncode != 0:
         raise GuestError("dtc could not read the device tree blob: "
                          + done.stderr.decode(errors="replace").strip())

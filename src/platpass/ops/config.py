@@ -43,6 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from platpass.errors import ConfigError
+from platpass.inputs import (
+    MAX_CONFIG_BYTES,
+    MAX_DTB_BYTES,
+    MAX_SOURCE_BYTES,
+    check_regular,
+    read_input,
+)
 from platpass.ops.logs import FORMATS, LEVELS
 
 SOURCES = ("sim", "dtb", "dts", "live")
@@ -265,6 +272,15 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
         if firmware_text is None:
             check.fail(where, f"source {source!r} needs key 'firmware' (the file)")
         firmware = check.absolute(f"{where}.firmware", firmware_text, must_exist=True)
+        if firmware is not None:
+            # What up would refuse (a device such as /dev/zero, a FIFO, a huge file),
+            # up --check refuses too, without opening it.
+            try:
+                check_regular(firmware, limit=MAX_DTB_BYTES if source == "dtb"
+                              else MAX_SOURCE_BYTES, what="firmware", error=ConfigError)
+            except ConfigError as err:
+                check.fail(f"{where}.firmware", str(err).removeprefix("firmware "))
+                firmware = None
     elif firmware_text is not None:
         check.fail(f"{where}.firmware", f"only for source dtb or dts, not {source!r}")
     backend = check.string(where, table, "backend",
@@ -372,9 +388,10 @@ def _identities(check: _Checker, where: str, values: object, resolve: Any,
 def load_config(path: str | Path) -> ServiceConfig:
     """Read and validate a configuration file (ConfigError when unreadable or invalid)."""
     path = Path(path)
+    data = read_input(path, limit=MAX_CONFIG_BYTES, what="configuration", error=ConfigError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
     return parse_config(text, path.absolute())
 

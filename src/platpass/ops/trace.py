@@ -41,6 +41,7 @@ from typing import IO, Any
 
 from platpass.errors import HostError, OpsError, VfioError
 from platpass.host.safepath import open_append
+from platpass.inputs import bounded_line, read_lines
 from platpass.reactor import Reactor
 from platpass.vfio_device.device import VfioDevice
 
@@ -198,19 +199,30 @@ class DeviceTracer:
 # -- reading and replaying -------------------------------------------------------------
 
 def read_trace(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records of a trace file; OpsError naming the line for anything malformed."""
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise OpsError(f"cannot read trace {path}: {err}") from err
+    """The records of a trace file; OpsError naming the line for anything malformed.
+
+    A regular file only (opened without blocking), read line by line with each line capped
+    (:data:`~platpass.inputs.MAX_LINE_BYTES`): a FIFO, a device or a file without line
+    breaks is a one-line error, not a hang or a memory hog.
+    """
+    handle = read_lines(path, what="trace", error=OpsError)
     with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+        number = 0
+        while True:
+            number += 1
+            raw = bounded_line(handle, where=f"{path}:{number}", error=OpsError)
+            if not raw:
+                return
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise OpsError(f"{path}:{number}: not JSON: {err}") from err
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise OpsError(f"{path}:{number}: not UTF-8 text ({err.reason})") from err
+            except (ValueError, RecursionError) as err:
+                raise OpsError(f"{path}:{number}: not JSON: "
+                               f"{'nested too deeply' if isinstance(err, RecursionError) else err}"
+                               ) from err
             if not isinstance(record, dict) or not isinstance(record.get("event"), str) \
                     or not isinstance(record.get("device"), str):
                 raise OpsError(f"{path}:{number}: a record needs string 'event' and "

@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from platpass.errors import VmmError
 from platpass.host.safepath import check_trusted_directory, open_directory
+from platpass.inputs import run_tool
 from platpass.vmm.kvm import RunStopped, Vm
 
 LOAD_ADDRESS = 0x10000
@@ -131,10 +131,11 @@ def build_program(name: str) -> bytes:
             [_tool("objcopy"), "-O", "binary", str(work / "p.elf"), str(work / "p.bin")],
         )
         for cmd in steps:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = run_tool(cmd, what=f"building guest {name}", error=VmmError)
             if proc.returncode != 0:
+                output = (proc.stderr or proc.stdout).decode(errors="replace").strip()
                 raise VmmError(f"building guest {name}: {Path(cmd[0]).name} failed: "
-                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+                               f"{output}")
         image = (work / "p.bin").read_bytes()
         (work / "p.bin").replace(out)
     return image

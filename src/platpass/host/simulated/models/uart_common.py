@@ -21,6 +21,9 @@ from typing import ClassVar
 from platpass.host.simulated.clock import Cancellable, ModelClock
 from platpass.host.simulated.models.base import DeviceModel
 
+#: Bytes of transmitted output kept for the host side (the oldest half is dropped beyond).
+TX_OUTPUT_LIMIT = 1 << 20
+
 
 class UartModel(DeviceModel):
     """Base of the UART models. Subclasses set :attr:`depth` and :attr:`break_errors`,
@@ -36,7 +39,9 @@ class UartModel(DeviceModel):
 
     def __init__(self, clock: ModelClock) -> None:
         super().__init__(clock)
-        #: Every byte the UART has put on the wire (host side).
+        #: The bytes the UART has put on the wire (host side), the newest
+        #: :data:`TX_OUTPUT_LIMIT` of them: a guest writing forever to a UART nobody
+        #: reads (``serve --sim``) must not grow the server without bound.
         self.tx_output = bytearray()
         #: Called with each transmitted byte (host side).
         self.on_tx: Callable[[bytes], None] | None = None
@@ -94,6 +99,8 @@ class UartModel(DeviceModel):
             self._receive(byte)
         else:
             self.tx_output.append(byte)
+            if len(self.tx_output) > TX_OUTPUT_LIMIT:
+                del self.tx_output[:len(self.tx_output) - TX_OUTPUT_LIMIT // 2]
             if self.on_tx is not None:
                 self.on_tx(bytes((byte,)))
         self._kick_tx()
