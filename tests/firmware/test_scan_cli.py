@@ -16,7 +16,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
 RK3568 = SHARED / "rockchip__rk3568-evb1-v10.dtb"
 
 KEYS = {"file", "path", "compatible", "status", "verdict", "reasons", "regions", "irqs",
-        "driver"}
+        "driver", "consumers"}
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list, str]:
@@ -112,3 +112,42 @@ def test_progress_on_stderr_for_many_files(capsys: pytest.CaptureFixture[str]) -
     assert "scanning:" in captured.err
     files = {e["file"] for e in json.loads(captured.out)}
     assert len(files) == len(list(SHARED.glob("*.dtb")))
+
+
+def test_json_names_each_consumer_and_override_is_logged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    dts = tmp_path / "board.dts"
+    dts.write_text("""/dts-v1/;
+/ {
+    #address-cells = <1>; #size-cells = <1>;
+    interrupt-parent = <&gic>;
+    gic: interrupt-controller@1000000 { compatible = "arm,gic-400"; #interrupt-cells = <3>;
+        interrupt-controller; reg = <0x1000000 0x1000>, <0x1002000 0x2000>; };
+    pwm: pwm@10000 { compatible = "rockchip,rk3328-pwm"; reg = <0x10000 0x1000>;
+                     #pwm-cells = <3>; };
+    regulator-vdd-cpu { compatible = "pwm-regulator"; pwms = <&pwm 0 25000 1>; };
+};
+""")
+    code, entries, _ = run_json(capsys, "--dts", str(dts))
+    pwm = next(e for e in entries if e["path"] == "/pwm@10000")
+    assert code == 0 and pwm["verdict"] == "REFUSED_HOST_IN_USE"
+    assert pwm["consumers"] == [{"consumer": "/regulator-vdd-cpu", "property": "pwms",
+                                 "supplier": "/pwm@10000"}]
+    assert pwm["reasons"] == ["host-consumer: /regulator-vdd-cpu pwms -> /pwm@10000"]
+    with caplog.at_level("WARNING", logger="platpass.override"):
+        code, entries, _ = run_json(capsys, "--dts", str(dts),
+                                    "--override", "/pwm@10000=host-consumer")
+    pwm = next(e for e in entries if e["path"] == "/pwm@10000")
+    assert pwm["verdict"] == "ASSIGNABLE"
+    assert pwm["consumers"]  # still named
+    assert pwm["reasons"][-1] == ("override: host-consumer = waived by the user: "
+                                  "host-consumer: /regulator-vdd-cpu pwms -> /pwm@10000")
+    assert "/pwm@10000: waived by the user" in caplog.text
+
+
+def test_override_of_a_refusal_that_cannot_be_waived_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["scan", "--json", "--override", "/serial@0=shared-interrupt"])
+    assert "cannot be waived" in capsys.readouterr().err

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from platpass.cli.host_use import add_override_option
 from platpass.drivers.common import PlatformDriver
 from platpass.errors import GuestError, NodeError
 from platpass.firmware.devicetree import LIVE_FDT, DeviceTree, load_dtb, load_dts, load_live
@@ -77,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--placement", metavar="FILE",
                    help="placement record to reuse and update (JSON, read by the KVM client)")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
+    add_override_option(p)
     p.set_defaults(func=run)
 
 
@@ -169,13 +172,28 @@ def live_clock_rates(names: dict[str, tuple[str, ...]],
     return out
 
 
-def select_devices(tree: DeviceTree,
-                   wanted: list[str]) -> list[tuple[DeviceNode, PlatformDriver]]:
-    """The wanted nodes with their drivers; raises GuestError for any refused node."""
+def select_devices(tree: DeviceTree, wanted: list[str],
+                   overrides: Iterable[tuple[str, frozenset[str]]] = (),
+                   ) -> list[tuple[DeviceNode, PlatformDriver]]:
+    """The wanted nodes with their drivers; raises GuestError for any refused node.
+
+    The wanted nodes go to one guest together: they are judged as one co-assignment group
+    (a child of one may use an interrupt or GPIO of another).
+    """
+    from platpass.cli.host_use import log_waivers, overrides_for
     from platpass.drivers.registry import default_registry
     from platpass.firmware.verdict import assess_tree
 
-    assessments = {a.node.path: a for a in assess_tree(tree, default_registry())}
+    group = []
+    for name in wanted:
+        try:
+            group.append(tree.raw_node(name).path)
+        except NodeError:
+            continue
+    judged = assess_tree(tree, default_registry(), groups=[group],
+                         overrides=overrides_for(tree, overrides))
+    assessments = {a.node.path: a for a in judged if a.node.path in group}
+    log_waivers(tree.source, assessments.values())
     out: list[tuple[DeviceNode, PlatformDriver]] = []
     problems: list[str] = []
     seen: set[str] = set()
@@ -223,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
                          "-M virt -machine dumpdtb=virt.dtb)")
     out_path = Path(args.output)
     tree = load_tree(args)
-    devices = select_devices(tree, args.nodes)
+    devices = select_devices(tree, args.nodes, args.override)
 
     record_path = Path(args.placement) if args.placement else None
     if record_path is not None and (record_path.exists() or record_path.is_symlink()):

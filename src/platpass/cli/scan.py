@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
 from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.errors import DeviceTreeLoadError, FirmwareError
 from platpass.firmware.devicetree import LIVE_FDT, DeviceTree, load_dtb, load_dts, load_live
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print a JSON array (stable schema, see README)")
     parser.add_argument("--all", action="store_true",
                         help="include nodes that are not MMIO devices")
+    add_override_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -113,6 +115,8 @@ def as_json(source: str, assessment: Assessment) -> dict[str, Any]:
         "irqs": [{"controller": i.controller, "type": i.type.value, "number": i.number,
                   "trigger": i.trigger.value} for i in node.interrupts],
         "driver": assessment.driver.name if assessment.driver is not None else None,
+        "consumers": [{"consumer": c.consumer, "property": c.property, "supplier": c.supplier}
+                      for c in assessment.consumers],
     }
 
 
@@ -169,13 +173,16 @@ def scan(args: argparse.Namespace, registry: DriverRegistry | None = None,
     for done, (label, loader) in enumerate(sources, 1):
         try:
             tree = loader()
-            assessments = assess_tree(tree, registry, all=args.all)
+            assessments = assess_tree(
+                tree, registry, all=args.all,
+                overrides=overrides_for(tree, getattr(args, "override", ())))
         except FirmwareError as err:
             failed += 1
             print(f"platpass: error: {err}", file=sys.stderr)
             _progress(done, len(sources), label)
             continue
         _progress(done, len(sources), label)
+        log_waivers(label, assessments)
         totals.update(a.verdict for a in assessments)
         if args.json:
             entries.extend(as_json(label, a) for a in assessments)

@@ -39,6 +39,7 @@ __all__ = [
     "AddressMap",
     "cells",
     "decode_specifier",
+    "interrupt_parent",
     "resolve_clocks",
     "resolve_interrupts",
     "resolve_regions",
@@ -300,6 +301,12 @@ def _interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:
         raise NodeError(node.path, hit)
     assert isinstance(hit, RawNode)
     return hit
+
+
+def interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:
+    """The controller or nexus ``node``'s ``interrupts`` refer to, ``interrupt-parent``
+    inherited as Linux inherits it (``of_irq_find_parent``); raises NodeError."""
+    return _interrupt_parent(tree, node)
 
 
 def _walk_interrupt_parent(tree: RawTree, node: RawNode) -> RawNode:

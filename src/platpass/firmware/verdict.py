@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from platpass.firmware.consumers import Reference, references
 from platpass.firmware.model import DeviceNode, Interrupt, MmioRange
 
 if TYPE_CHECKING:
@@ -49,12 +50,16 @@ __all__ = [
     "BUS_MASTER_FAMILIES",
     "NO_MAP_RULES",
     "PAGE_SIZE",
+    "WAIVABLE_RULES",
     "Assessment",
     "Evidence",
     "Verdict",
     "assess_node",
     "assess_tree",
     "bus_master_evidence",
+    "guest_drops",
+    "host_use",
+    "host_use_evidence",
     "overlapping_regions",
     "region_trap_evidence",
     "shared_interrupts",
@@ -77,6 +82,7 @@ class Verdict(StrEnum):
     REFUSED_BUS_MASTER = "REFUSED_BUS_MASTER"
     REFUSED_UNKNOWN = "REFUSED_UNKNOWN"
     REFUSED_SHARED = "REFUSED_SHARED"
+    REFUSED_HOST_IN_USE = "REFUSED_HOST_IN_USE"
 
     @property
     def assignable(self) -> bool:
@@ -86,24 +92,35 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """One fact that decided a verdict: which rule, on which property, seeing what value."""
+    """One fact that decided a verdict: which rule, on which property, seeing what value.
+
+    ``property`` is empty when the fact is a link between two nodes: ``value`` then names
+    both ends and the property (``/regulator-vddcpu pwms -> /soc/pwm@1b000``).
+    """
 
     rule: str
     property: str
     value: str
 
     def __str__(self) -> str:
+        if not self.property:
+            return f"{self.rule}: {self.value}"
         return f"{self.rule}: {self.property} = {self.value}"
 
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """A device's verdict, the evidence for it (never empty), and the driver that claims it."""
+    """A device's verdict, the evidence for it (never empty), and the driver that claims it.
+
+    ``consumers`` are the enabled nodes outside the device's subtree that refer to something
+    inside it, whatever the verdict (``scan --json`` lists them).
+    """
 
     node: DeviceNode
     verdict: Verdict
     evidence: tuple[Evidence, ...]
     driver: type[PlatformDriver] | None
+    consumers: tuple[Reference, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.evidence:
@@ -121,6 +138,11 @@ class Assessment:
         found a region that is sub-page or shares its page with another device: then
         every register is trapped (the guest sees only the device's own bytes)."""
         return self.may_assign and not any(e.rule in NO_MAP_RULES for e in self.evidence)
+
+    @property
+    def waived(self) -> tuple[Evidence, ...]:
+        """Host-use findings the user waived for this device (each must be logged)."""
+        return tuple(e for e in self.evidence if e.rule == "override")
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -396,6 +418,103 @@ def region_trap_evidence(node: DeviceNode, page_size: int = PAGE_SIZE) -> list[E
     return out
 
 
+# ------------------------------------------------------------------- host-use rules
+
+#: Rules of ``REFUSED_HOST_IN_USE`` a user may waive, per device and per rule, when they
+#: know better (``--override PATH=RULE``; each waiver stays in the evidence and is logged).
+#: Bus-master and shared refusals are never waivable, nor is a reset that outlives the VM.
+WAIVABLE_RULES = frozenset({"host-consumer", "needs-host-resource"})
+
+#: Properties of a node inside the subtree that the guest's tree drops, so the provider they
+#: name may stay with the host: the guest gets fixed clocks, and no regulators, pins, power
+#: domains, resets, interconnects or DMA engines of the host.
+GUEST_DROPPED_REFERENCES = frozenset({
+    "clocks", "assigned-clocks", "assigned-clock-parents", "power-domains", "resets",
+    "interconnects", "iommus", "dmas", "operating-points-v2", "nvmem-cells", "nvmem",
+})
+
+
+def guest_drops(prop: str) -> bool:
+    """Whether the guest's tree drops a reference through ``prop`` (see
+    :data:`GUEST_DROPPED_REFERENCES`; also every ``pinctrl-N`` and ``*-supply``)."""
+    return prop in GUEST_DROPPED_REFERENCES or prop.endswith("-supply") \
+        or prop.startswith("pinctrl-")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/") or root == "/"
+
+
+def _up(path: str) -> Iterator[str]:
+    """``path`` and its ancestors, the root excluded."""
+    while path not in ("/", ""):
+        yield path
+        path = path.rsplit("/", 1)[0]
+
+
+def host_use(
+        refs: Iterable[Reference],
+        enabled: Callable[[str], bool],
+        devices: Iterable[str],
+        groups: Iterable[Iterable[str]] = (),
+) -> tuple[dict[str, list[Reference]], dict[str, list[Reference]]]:
+    """For each device of ``devices`` (paths), who still needs what it takes to a guest.
+
+    A device travels with its subtree (itself and its descendants), or with the union of
+    the subtrees of its co-assignment group (``groups``). Returns two maps:
+
+    * *outside consumers*: references from an enabled node outside the subtree to a node
+      inside it (the host would lose a supplier it uses);
+    * *needed providers*: references from an enabled node strictly inside the subtree to a
+      node outside it, through a property the guest's tree keeps (interrupts, GPIOs,
+      PWMs...): the child would need a host resource that cannot follow it.
+    """
+    wanted = set(devices)
+    roots: dict[str, tuple[str, ...]] = {}
+    for group in groups:
+        members = tuple(dict.fromkeys(group))
+        for member in members:
+            roots[member] = members
+    outside: dict[str, list[Reference]] = {}
+    needs: dict[str, list[Reference]] = {}
+    for ref in refs:
+        consumer, supplier = ref.consumer, ref.supplier
+        if not enabled(consumer):
+            continue
+        for holder in _up(supplier):
+            if _inside(consumer, holder):
+                break
+            if holder in wanted:
+                outside.setdefault(holder, []).append(ref)
+        if guest_drops(ref.property):
+            continue
+        for holder in _up(consumer.rsplit("/", 1)[0]):
+            if _inside(supplier, holder):
+                break
+            if holder in wanted:
+                needs.setdefault(holder, []).append(ref)
+    for device, members in roots.items():
+        if device in outside:
+            outside[device] = [r for r in outside[device]
+                               if not any(_inside(r.consumer, m) for m in members)]
+        if device in needs:
+            needs[device] = [r for r in needs[device]
+                             if not any(_inside(r.supplier, m) for m in members)]
+    return outside, needs
+
+
+def host_use_evidence(outside: Sequence[Reference], needs: Sequence[Reference],
+                      device_of: Callable[[str], str] = str) -> list[Evidence]:
+    """The evidence lines of :func:`host_use`'s findings for one device; ``device_of``
+    names the device a supplier node belongs to (an endpoint's or a pin group's device)."""
+    found = [Evidence("host-consumer", "", str(ref)) for ref in dict.fromkeys(outside)]
+    found.extend(Evidence("needs-host-resource", "",
+                          f"{ref}: outside the subtree; assign it together with "
+                          f"{device_of(ref.supplier)}, or not at all")
+                 for ref in dict.fromkeys(needs))
+    return found
+
+
 # ------------------------------------------------------------------------ the verdict
 
 
@@ -415,17 +534,40 @@ def assess_node(
         shared_irq: Sequence[Evidence] = (),
         shared_page: Sequence[Evidence] = (),
         overlaps: Sequence[Evidence] = (),
+        host_in_use: Sequence[Evidence] = (),
+        consumers: Sequence[Reference] = (),
+        waived: Iterable[str] = (),
 ) -> Assessment:
-    """The verdict of one node given its driver and the sharing facts about it."""
+    """The verdict of one node given its driver, the sharing facts and the host-use
+    findings about it; ``waived`` are the host-use rules the user waived for this node
+    (only :data:`WAIVABLE_RULES` can be)."""
+    consumers = tuple(consumers)
+    waivers = WAIVABLE_RULES.intersection(waived)
     master = bus_master_evidence(node, ancestors, ancestor_evidence)
     if driver is not None and not driver.cannot_master_bus:
         master.append(Evidence("bus-master-driver", "compatible",
                                f"driver {driver.name} declares the IP masters the bus: "
                                f"{driver.evidence}"))
     if master:
-        return Assessment(node, Verdict.REFUSED_BUS_MASTER, tuple(master), driver)
+        return Assessment(node, Verdict.REFUSED_BUS_MASTER, tuple(master), driver, consumers)
     if shared_irq or overlaps:
-        return Assessment(node, Verdict.REFUSED_SHARED, (*shared_irq, *overlaps), driver)
+        return Assessment(node, Verdict.REFUSED_SHARED, (*shared_irq, *overlaps), driver,
+                          consumers)
+    kept = [e for e in host_in_use if e.rule not in waivers]
+    overridden = tuple(Evidence("override", e.rule, f"waived by the user: {e}")
+                       for e in host_in_use if e.rule in waivers)
+    if kept:
+        return Assessment(node, Verdict.REFUSED_HOST_IN_USE, (*kept, *overridden), driver,
+                          consumers)
+    found = _unknown_or_assignable(node, driver, shared_page)
+    if not overridden and not consumers:
+        return found
+    return Assessment(node, found.verdict, found.evidence + overridden, found.driver,
+                      consumers)
+
+
+def _unknown_or_assignable(node: DeviceNode, driver: type[PlatformDriver] | None,
+                           shared_page: Sequence[Evidence] = ()) -> Assessment:
     if not node.is_mmio or not node.regions:
         reg = node.properties.get("reg")
         why = "no reg" if reg is None else "reg does not reach the CPU's address space"
@@ -474,24 +616,52 @@ def _ancestor_evidence(raw: RawNode | None,
 
 
 def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
-                all: bool = False) -> list[Assessment]:
-    """A verdict for every device of ``tree`` (every node but the root with ``all``)."""
+                all: bool = False,
+                groups: Iterable[Iterable[str]] = (),
+                overrides: Mapping[str, Iterable[str]] | None = None) -> list[Assessment]:
+    """A verdict for every device of ``tree`` (every node but the root with ``all``).
+
+    ``groups`` are co-assignment groups (node paths that go to one guest together: their
+    subtrees count as one); ``overrides`` maps a node path to the host-use rules the user
+    waives for it. Raises ValueError for an override of a rule that cannot be waived.
+    """
+    overrides = dict(overrides or {})
+    for path, rules in overrides.items():
+        bad = sorted(set(rules) - WAIVABLE_RULES)
+        if bad:
+            raise ValueError(
+                f"{path}: {', '.join(bad)} cannot be waived (only "
+                f"{', '.join(sorted(WAIVABLE_RULES))})")
     nodes = tree.devices(all=all)
     by_path = tree.raw.by_path
     irq_shares = shared_interrupts(tree.interrupt_users())
     mmio = [(n.path, n.regions) for n in nodes if n.is_mmio]
     page_shares = shared_pages(mmio)
     overlaps = overlapping_regions(mmio)
+    outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
+                              (n.path for n in nodes), groups)
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
+
+    def device_of(path: str) -> str:
+        raw: RawNode | None = by_path.get(path)
+        while raw is not None and "compatible" not in raw.props:
+            raw = raw.parent
+        return raw.path if raw is not None and raw.parent is not None else path
+
     out = []
     for node in nodes:
         raw = by_path[node.path]
+        path = node.path
+        consumers = outside.get(path, ())
         out.append(assess_node(
             node, match(node.compatible),
             ancestor_evidence=_ancestor_evidence(raw.parent, memo),
-            shared_irq=irq_shares.get(node.path, ()),
-            shared_page=page_shares.get(node.path, ()),
-            overlaps=overlaps.get(node.path, ()),
+            shared_irq=irq_shares.get(path, ()),
+            shared_page=page_shares.get(path, ()),
+            overlaps=overlaps.get(path, ()),
+            host_in_use=host_use_evidence(consumers, needs.get(path, ()), device_of),
+            consumers=tuple(dict.fromkeys(consumers)),
+            waived=overrides.get(path, ()),
         ))
     return out

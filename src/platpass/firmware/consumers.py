@@ -1,0 +1,234 @@
+"""Who refers to whom: the supplier links Linux's fw_devlink follows, read from a raw tree.
+
+Pure logic over a :class:`~platpass.firmware.rawtree.RawTree`. A :class:`Reference` says
+that a node (the consumer) names another (the supplier) in one of the properties Linux's
+``drivers/of/property.c`` follows to order probing (``of_supplier_bindings``), plus a few
+that name a bus or a device to use (``i2c-bus``, ``ddc-i2c-bus``, ``i2c-parent``,
+``sound-dai``, ``mux-controls``, ``cooling-device``) and ``/chosen``'s ``stdout-path`` (the
+host's console). Phandle lists are walked with each provider's ``#*-cells``, as
+``of_parse_phandle_with_args`` walks them, so that an argument cell is never taken for a
+phandle; a list that stops making sense (a phandle naming no node, a provider without its
+``#*-cells``) is read up to there, as Linux reads it.
+
+* ``interrupts`` refers to the interrupt parent (``interrupt-parent`` inherited up the
+  tree, as ``of_irq_find_parent`` inherits it; ``interrupt-parent`` alone consumes
+  nothing); a nexus's ``interrupt-map`` refers to every parent it lists.
+* ``pinctrl-N`` refers to pin configuration nodes, which live inside their pin controller.
+* A ``gpio-hog`` node's ``gpios`` has no phandle (it is its parent's): not a reference.
+
+The verdict (:mod:`platpass.firmware.verdict`) decides what the references mean.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from platpass.errors import NodeError
+from platpass.firmware.rawtree import RawNode, RawTree
+from platpass.firmware.resolve import interrupt_parent
+
+__all__ = ["CELLS_PROPERTIES", "PHANDLE_PROPERTIES", "Reference", "references"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """``consumer``'s property ``property`` names ``supplier`` (node paths)."""
+
+    consumer: str
+    property: str
+    supplier: str
+
+    def __str__(self) -> str:
+        return f"{self.consumer} {self.property} -> {self.supplier}"
+
+
+#: Phandle-with-arguments lists and the provider property giving each entry's argument count.
+CELLS_PROPERTIES: dict[str, str] = {
+    "clocks": "#clock-cells",
+    "assigned-clocks": "#clock-cells",
+    "assigned-clock-parents": "#clock-cells",
+    "interconnects": "#interconnect-cells",
+    "iommus": "#iommu-cells",
+    "mboxes": "#mbox-cells",
+    "io-channels": "#io-channel-cells",
+    "io-backends": "#io-backend-cells",
+    "dmas": "#dma-cells",
+    "power-domains": "#power-domain-cells",
+    "hwlocks": "#hwlock-cells",
+    "phys": "#phy-cells",
+    "pwms": "#pwm-cells",
+    "resets": "#reset-cells",
+    "msi-parent": "#msi-cells",
+    "interrupts-extended": "#interrupt-cells",
+    "thermal-sensors": "#thermal-sensor-cells",
+    "sound-dai": "#sound-dai-cells",
+    "mux-controls": "#mux-control-cells",
+    "mux-states": "#mux-state-cells",
+    "access-controllers": "#access-controller-cells",
+    "pses": "#pse-cells",
+    "cooling-device": "#cooling-cells",
+    "gpio": "#gpio-cells",
+    "gpios": "#gpio-cells",
+}
+#: Providers that may leave their ``#*-cells`` out (Linux then takes 0).
+_OPTIONAL_CELLS = frozenset({"#msi-cells", "#io-backend-cells", "#access-controller-cells",
+                             "#pse-cells", "#mux-state-cells"})
+
+#: Lists of bare phandles (or one phandle).
+PHANDLE_PROPERTIES = frozenset({
+    "wakeup-parent", "extcon", "nvmem-cells", "nvmem", "leds",
+    "backlight", "panel", "remote-endpoint", "post-init-providers", "power-supplies",
+    "memory-region", "i2c-bus", "ddc-i2c-bus", "i2c-parent", "mmc-pwrseq", "phy-handle",
+    "pcs-handle", "sfp", "sram", "regulator-coupled-with", "operating-points-v2",
+})
+
+_PINCTRL = re.compile(r"pinctrl-\d+")
+#: Properties that end like a GPIO list but hold a count.
+_NOT_GPIO_LISTS = re.compile(r"(^|[-,])n(r-)?gpios$")
+
+#: Nodes whose properties are paths or bookkeeping, not references.
+_SKIPPED_NODES = frozenset({"/aliases", "/__symbols__", "/__fixups__", "/__local_fixups__"})
+
+_KIND_NONE = 0
+_KIND_CELLS = 1
+_KIND_PHANDLES = 2
+_KIND_SUPPLY = 3
+
+_kinds: dict[str, tuple[int, str]] = {}
+
+
+def _kind(name: str) -> tuple[int, str]:
+    """How property ``name`` refers to other nodes (memoised: names recur everywhere)."""
+    known = _kinds.get(name)
+    if known is not None:
+        return known
+    if name.startswith("#"):
+        kind = (_KIND_NONE, "")
+    elif name in CELLS_PROPERTIES:
+        kind = (_KIND_CELLS, CELLS_PROPERTIES[name])
+    elif name in PHANDLE_PROPERTIES or _PINCTRL.fullmatch(name):
+        kind = (_KIND_PHANDLES, "")
+    elif name.endswith("-supply"):
+        kind = (_KIND_SUPPLY, "")
+    elif (name.endswith(("-gpios", "-gpio")) and not _NOT_GPIO_LISTS.search(name)):
+        kind = (_KIND_CELLS, "#gpio-cells")
+    else:
+        kind = (_KIND_NONE, "")
+    if len(_kinds) < 65536:
+        _kinds[name] = kind
+    return kind
+
+
+def _words(value: bytes) -> list[int]:
+    return [int.from_bytes(value[i:i + 4], "big") for i in range(0, len(value) - 3, 4)]
+
+
+def _u32(node: RawNode, prop: str) -> int | None:
+    value = node.props.get(prop)
+    if value is None or len(value) != 4:
+        return None
+    return int.from_bytes(value, "big")
+
+
+def _with_cells(tree: RawTree, words: list[int], cells_name: str) -> Iterator[RawNode]:
+    by_phandle = tree.by_phandle
+    i, n = 0, len(words)
+    while i < n:
+        phandle = words[i]
+        if phandle == 0:  # an empty entry
+            i += 1
+            continue
+        target = by_phandle.get(phandle)
+        if target is None:
+            return
+        count = _u32(target, cells_name)
+        if count is None:
+            if cells_name not in _OPTIONAL_CELLS:
+                return
+            count = 0
+        yield target
+        i += 1 + count
+
+
+def _interrupt_map(tree: RawTree, nexus: RawNode) -> Iterator[RawNode]:
+    """Every parent an ``interrupt-map`` lists, read entry by entry until it stops making
+    sense."""
+    words = _words(nexus.props["interrupt-map"])
+    child_ac = _u32(nexus, "#address-cells") or 0
+    child_ic = _u32(nexus, "#interrupt-cells")
+    if child_ic is None:
+        return
+    i, n = 0, len(words)
+    while i + child_ac + child_ic < n:
+        parent = tree.by_phandle.get(words[i + child_ac + child_ic])
+        if parent is None:
+            return
+        parent_ic = _u32(parent, "#interrupt-cells")
+        if parent_ic is None:
+            return
+        yield parent
+        i += child_ac + child_ic + 1 + (_u32(parent, "#address-cells") or 0) + parent_ic
+
+
+def _console(tree: RawTree) -> Iterator[Reference]:
+    chosen = tree.by_path.get("/chosen")
+    if chosen is None:
+        return
+    for prop in ("stdout-path", "linux,stdout-path"):
+        value = chosen.props.get(prop)
+        if not value:
+            continue
+        target = value.split(b"\0", 1)[0].decode("utf-8", "replace").split(":", 1)[0]
+        if not target.startswith("/"):
+            aliases = tree.by_path.get("/aliases")
+            alias = aliases.props.get(target) if aliases is not None else None
+            if alias is None:
+                continue
+            target = alias.split(b"\0", 1)[0].decode("utf-8", "replace")
+        if target in tree.by_path:
+            yield Reference("/chosen", prop, target)
+
+
+def references(tree: RawTree) -> list[Reference]:
+    """Every reference of every node of ``tree``, in blob order (enabled or not: the
+    verdict decides whose count)."""
+    out: list[Reference] = []
+    add = out.append
+    by_phandle = tree.by_phandle
+    for node in tree.nodes:
+        if node.path in _SKIPPED_NODES:
+            continue
+        path = node.path
+        props = node.props
+        for name, value in props.items():
+            kind, cells_name = _kind(name)
+            if kind == _KIND_NONE or len(value) < 4:
+                continue
+            if kind == _KIND_CELLS:
+                if cells_name == "#gpio-cells" and "gpio-hog" in props:
+                    continue
+                for target in _with_cells(tree, _words(value), cells_name):
+                    add(Reference(path, name, target.path))
+            elif kind == _KIND_SUPPLY:
+                target = by_phandle.get(int.from_bytes(value[:4], "big"))
+                if target is not None:
+                    add(Reference(path, name, target.path))
+            else:
+                for phandle in _words(value):
+                    target = by_phandle.get(phandle)
+                    if target is not None:
+                        add(Reference(path, name, target.path))
+        if "interrupts" in props and "interrupts-extended" not in props:
+            try:
+                parent = interrupt_parent(tree, node)
+            except NodeError:
+                parent = None
+            if parent is not None:
+                add(Reference(path, "interrupts", parent.path))
+        if "interrupt-map" in props:
+            for target in _interrupt_map(tree, node):
+                add(Reference(path, "interrupt-map", target.path))
+    out.extend(_console(tree))
+    return out
