@@ -195,7 +195,7 @@ class _FailingAccept:
 
 
 def test_item2_accept_failure_backs_off_instead_of_spinning(
-        reactor: EpollReactor, two_devices: Any, caplog: pytest.LogCaptureFixture) -> None:
+        reactor: EpollReactor, two_devices: Any, warnings_logged: list[str]) -> None:
     """EMFILE on accept left the listening socket readable and the loop retried (and
     logged) at full speed. Now accepting pauses (one warning), other clients are served,
     and accepting resumes once fds are available."""
@@ -205,13 +205,12 @@ def test_item2_accept_failure_backs_off_instead_of_spinning(
     a.sock = failing  # type: ignore[assignment]
     waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     waiting.connect(str(a.path))  # stays in the backlog: the socket stays readable
-    with caplog.at_level("WARNING", logger="platpass"):
-        for i in range(50):
-            reactor.run_once(0)
-            if i % 10 == 0:
-                assert not _read_reg(reactor, other, 100 + i).is_error
+    for i in range(50):
+        reactor.run_once(0)
+        if i % 10 == 0:
+            assert not _read_reg(reactor, other, 100 + i).is_error
     assert failing.calls <= 3
-    assert len([r for r in caplog.records if "accept failed" in r.getMessage()]) == 1
+    assert len([line for line in warnings_logged if "accept failed" in line]) == 1
     failing.err = 0
     assert reactor.run_until(lambda: a.client is not None, 5.0)
     waiting.close()
@@ -381,6 +380,8 @@ def test_item3_log_write_failure_stops_logging_once(tmp_path: Path) -> None:
     note = io.StringIO()
     real_stderr = __import__("sys").stderr
     __import__("sys").stderr = note
+    root = logging.getLogger("platpass")
+    saved = (root.level, root.propagate)
     try:
         handler = configure_logging("text", "info", Full())
         log = logging.getLogger("platpass.test")
@@ -388,7 +389,9 @@ def test_item3_log_write_failure_stops_logging_once(tmp_path: Path) -> None:
             log.warning("record %d", i)
     finally:
         __import__("sys").stderr = real_stderr
-        logging.getLogger("platpass").removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
     assert handler.failed is not None  # type: ignore[attr-defined]
     assert note.getvalue().count("logging stopped") == 1
     assert "Traceback" not in note.getvalue()
@@ -551,3 +554,94 @@ def test_item4_uart_output_nobody_reads_is_bounded(monkeypatch: pytest.MonkeyPat
         model._shift_done(i & 0xFF)
     assert len(model.tx_output) <= 64
     assert model.tx_output[-1] == 999 & 0xFF
+
+
+# ---------------------------------------------------------------- item 8: log floods
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[str]]:
+    """Every WARNING+ line platpass logs (whatever other tests did to its logger)."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    root = logging.getLogger("platpass")
+    handler = Keep(logging.WARNING)
+    saved = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    yield lines
+    root.removeHandler(handler)
+    root.setLevel(saved)
+
+
+def test_item8_unsolicited_replies_are_rate_limited_per_client_with_a_count(
+        reactor: EpollReactor, two_devices: Any, warnings_logged: list[str]) -> None:
+    """2,000 unsolicited replies were 2,000 WARNING lines. Now at most a burst per
+    interval, and the disconnect reports how many were suppressed."""
+    from platpass.lograte import BURST
+
+    _server, a, _b = two_devices
+    sock = _connect(reactor, a)
+    reply = Header(5, Command.DEVICE_RESET, HEADER_SIZE, 1).encode()  # type REPLY
+    for _ in range(20):
+        sock.sendall(reply * 100)
+        for _ in range(5):
+            reactor.run_once(0.005)
+    assert not _read_reg(reactor, sock, 77).is_error  # still served
+    sock.close()
+    reactor.run_until(lambda: a.client is None, 2.0)
+    lines = warnings_logged
+    dropped = [line for line in lines
+               if line.startswith("dropping unsolicited reply")]
+    assert len(dropped) == BURST
+    summary = [line for line in lines if "suppressed" in line]
+    assert len(summary) == 1 and f"{2000 - BURST} more like" in summary[0], summary
+
+
+def test_item8_refused_peers_are_rate_limited(reactor: EpollReactor, two_devices: Any,
+                                             warnings_logged: list[str]) -> None:
+    from platpass.lograte import BURST
+
+    _server, a, _b = two_devices
+    first = _connect(reactor, a)
+    for _ in range(100):
+        extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        extra.connect(str(a.path))
+        a.on_acceptable()
+        extra.close()
+    assert a.refused == 100
+    refusals = [line for line in warnings_logged if "refusing a second client" in line]
+    assert len(refusals) == BURST
+    first.close()
+
+
+def test_item8_limiter_reports_suppressed_lines_after_the_interval() -> None:
+    import logging
+
+    from platpass.lograte import LogLimiter
+
+    now = [0.0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("platpass.test.limiter")
+    logger.addHandler(Keep())
+    logger.setLevel("INFO")
+    limiter = LogLimiter(logger, source="dev", burst=3, interval=10.0, clock=lambda: now[0])
+    for i in range(10):
+        limiter.warning("short header %d", i)
+    assert records == ["short header 0", "short header 1", "short header 2"]
+    now[0] = 11.0
+    limiter.warning("short header %d", 10)
+    assert records[3:] == ["dev: 7 more like 'short header %d' suppressed (at most 3 per "
+                           "10 s)", "short header 10"]
+    limiter.flush()
+    assert len(records) == 5

@@ -27,6 +27,10 @@ Transport decisions (the specification leaves them to the server):
   is dropped and the fds closed (also inside a skipped oversized message). An accept that
   fails for lack of fds pauses that listening socket with a growing delay (one warning per
   episode) instead of spinning; connected clients keep being served.
+* **Logs a peer can repeat are rate-limited** (:class:`platpass.lograte.LogLimiter`): per
+  client (unsolicited replies, refused commands, backend failures) and per device
+  (refused peers, second clients, broken streams), at most 10 lines of a kind per 10 s;
+  how many were suppressed is logged after the window and when the client leaves.
 * **A client must negotiate** (VERSION) within ``negotiation_timeout`` (10 s) of connecting,
   or it is disconnected: a silent peer cannot keep the device from its real client.
 * **Disconnect** (EOF, reset, or an unresynchronisable stream): the connection is closed
@@ -52,6 +56,7 @@ from pathlib import Path
 
 from platpass.errors import HostError, PlatpassError, RemoteProtocolError, VfioError
 from platpass.host.safepath import SocketFile, bind_unix_socket
+from platpass.lograte import LogLimiter
 from platpass.reactor import EpollReactor, ListenerBackoff
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
@@ -112,7 +117,8 @@ class ClientConnection:
         self.sock = sock
         self.fd = sock.fileno()
         limits = endpoint.limits
-        self.session = Session(endpoint.device, limits)
+        self.session = Session(endpoint.device, limits,
+                               limiter=LogLimiter(log, source=f"client of {endpoint.name}"))
         self.framer = Connection(max_message_size=limits.max_message_size,
                                  max_fds=limits.max_msg_fds)
         self._anc_size = socket.CMSG_SPACE(limits.max_msg_fds * 4)
@@ -155,9 +161,9 @@ class ClientConnection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
-            log.info("client of %s: receive failed: %s", self.endpoint.name, err,
-                     extra={"device": self.endpoint.name, "errno": err.errno,
-                            "event": "error"})
+            self.endpoint.log.info("client of %s: receive failed: %s", self.endpoint.name,
+                                   err, extra={"device": self.endpoint.name,
+                                               "errno": err.errno, "event": "error"})
             self.close()
             return
         if (not ancdata and not msg_flags and nbytes >= _READ_SIZE and self._fast_ok
@@ -218,8 +224,9 @@ class ClientConnection:
         except (HostError, OSError) as err:
             # The backend failed (e.g. the device went away under UIO): answer EIO here
             # rather than retry the access on the full path or drop the client.
-            log.warning("%s: %s of %d bytes at %#x failed in the backend: %s",
-                        self.endpoint.name, Command(command).name, count, offset, err)
+            self.session.log.warning("%s: %s of %d bytes at %#x failed in the backend: %s",
+                                     self.endpoint.name, Command(command).name, count,
+                                     offset, err)
             _ACCESS.pack_into(self._reply, 0, msg_id, command, HEADER_SIZE,
                               _REPLY_TYPE | HeaderFlags.ERROR, errno.EIO, 0, 0, 0)
             self._send_now(self._reply_views[0][:HEADER_SIZE])
@@ -231,16 +238,18 @@ class ClientConnection:
             try:
                 event = self.framer.next_event()
             except RemoteProtocolError as err:
-                log.warning("client of %s: stream unusable (%s); closing", self.endpoint.name,
-                            err, extra={"device": self.endpoint.name, "errno": err.errno,
-                                        "event": "error"})
+                self.endpoint.log.warning(
+                    "client of %s: stream unusable (%s); closing", self.endpoint.name, err,
+                    extra={"device": self.endpoint.name, "errno": err.errno,
+                           "event": "error"})
                 self.close()
                 return
             if event is NEED_DATA:
                 return
             if isinstance(event, ConnectionClosed):
                 if event.partial:
-                    log.info("client of %s left in the middle of a message", self.endpoint.name)
+                    self.endpoint.log.info("client of %s left in the middle of a message",
+                                           self.endpoint.name)
                 self.close()
                 return
             assert isinstance(event, Message | Rejected)
@@ -265,9 +274,9 @@ class ClientConnection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as err:
-            log.info("client of %s: send failed: %s", self.endpoint.name, err,
-                     extra={"device": self.endpoint.name, "errno": err.errno,
-                            "event": "error"})
+            self.endpoint.log.info("client of %s: send failed: %s", self.endpoint.name,
+                                   err, extra={"device": self.endpoint.name,
+                                               "errno": err.errno, "event": "error"})
             self.close()
             return
         if sent < len(data):
@@ -288,9 +297,9 @@ class ClientConnection:
                 self._wait_writable()
                 return
             except OSError as err:
-                log.info("client of %s: send failed: %s", self.endpoint.name, err,
-                         extra={"device": self.endpoint.name, "errno": err.errno,
-                                "event": "error"})
+                self.endpoint.log.info("client of %s: send failed: %s", self.endpoint.name,
+                                       err, extra={"device": self.endpoint.name,
+                                                   "errno": err.errno, "event": "error"})
                 self.close()
                 return
             if sent < len(data):
@@ -339,8 +348,8 @@ class ClientConnection:
 
     def _negotiation_expired(self) -> None:
         if not self.closed and not self.session.negotiated:
-            log.warning("client of %s sent no VERSION within %.0f s; closing",
-                        self.endpoint.name, self.server.negotiation_timeout)
+            self.endpoint.log.warning("client of %s sent no VERSION within %.0f s; closing",
+                                      self.endpoint.name, self.server.negotiation_timeout)
             self.close()
 
     def close(self) -> None:
@@ -361,8 +370,10 @@ class ClientConnection:
             log.warning("%s: client_gone failed: %s", self.endpoint.name, err)
         finally:
             self.endpoint.client = None
-        log.info("client of %s disconnected", self.endpoint.name,
-                 extra={"device": self.endpoint.name, "event": "disconnected"})
+        self.session.log.flush()  # how many of its lines were suppressed, if any
+        self.endpoint.log.info("client of %s disconnected", self.endpoint.name,
+                               extra={"device": self.endpoint.name,
+                                      "event": "disconnected"})
 
 
 class DeviceEndpoint:
@@ -382,6 +393,9 @@ class DeviceEndpoint:
         self.limits = limits
         self.client: ClientConnection | None = None
         self.refused = 0
+        #: Lines about connections to this device, rate-limited (a peer can connect and
+        #: be refused, or break its stream, as often as it likes).
+        self.log = LogLimiter(log, source=name)
         self.backoff = ListenerBackoff(server.reactor, sock.fileno(), self.on_acceptable,
                                        name)
 
@@ -406,10 +420,10 @@ class DeviceEndpoint:
         pid, uid, gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if not self.options.allows(uid, gid):
-            log.warning("%s: refusing peer pid %d uid %d gid %d (not allowed)",
-                        self.name, pid, uid, gid,
-                        extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
-                               "event": "refused"})
+            self.log.warning("%s: refusing peer pid %d uid %d gid %d (not allowed)",
+                             self.name, pid, uid, gid,
+                             extra={"device": self.name, "pid": pid, "uid": uid,
+                                    "gid": gid, "event": "refused"})
             self.refused += 1
             conn.close()
             return
@@ -419,10 +433,10 @@ class DeviceEndpoint:
             # A closed peer frees the device before this client is judged.
             self.client.settle()
         if self.client is not None:
-            log.warning("%s: refusing a second client (pid %d); one is connected",
-                        self.name, pid,
-                        extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
-                               "event": "refused"})
+            self.log.warning("%s: refusing a second client (pid %d); one is connected",
+                             self.name, pid,
+                             extra={"device": self.name, "pid": pid, "uid": uid,
+                                    "gid": gid, "event": "refused"})
             self.refused += 1
             conn.close()
             return
@@ -431,9 +445,9 @@ class DeviceEndpoint:
         except BaseException:
             conn.close()
             raise
-        log.info("%s: client pid %d uid %d connected", self.name, pid, uid,
-                 extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
-                        "event": "connected"})
+        self.log.info("%s: client pid %d uid %d connected", self.name, pid, uid,
+                      extra={"device": self.name, "pid": pid, "uid": uid, "gid": gid,
+                             "event": "connected"})
 
     def adopt(self, conn: socket.socket) -> ClientConnection:
         """Serve an already-connected socket as this device's client (the accept path;
@@ -450,6 +464,7 @@ class DeviceEndpoint:
         if self.client is not None:
             self.client.close()
         self.backoff.close()
+        self.log.flush()
         self.server.reactor.remove_reader(self.sock.fileno())
         self.sock.close()
         if self.socket_file is None:

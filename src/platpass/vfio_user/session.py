@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from platpass.errors import HostError, RemoteProtocolError, VfioError
+from platpass.lograte import LogLimiter
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import IrqSetFlags, RegionFlags
 from platpass.vfio_user.protocol import messages as m
@@ -114,9 +115,13 @@ def _close_all(fds: tuple[int, ...]) -> None:
 class Session:
     """Handles the requests of one connected client for one device."""
 
-    def __init__(self, device: VfioDevice, limits: Limits | None = None) -> None:
+    def __init__(self, device: VfioDevice, limits: Limits | None = None, *,
+                 limiter: LogLimiter | None = None) -> None:
         self.device = device
         self.limits = limits or Limits()
+        #: What this client makes us log, rate-limited (one client can send millions of
+        #: bad messages; the server's log must not repeat them all).
+        self.log = limiter or LogLimiter(log, source=f"client of {device.node.path}")
         self.negotiated = False
         self.write_multiple = False
         self.peer = PeerCapabilities()
@@ -158,8 +163,8 @@ class Session:
         try:
             if header.is_reply:
                 # We never send commands, so no reply is expected; one cannot be answered.
-                log.warning("dropping unsolicited reply (command %d, id %d)",
-                            header.command, header.msg_id)
+                self.log.warning("dropping unsolicited reply (command %d, id %d)",
+                                 header.command, header.msg_id)
                 return None
             if not header.is_command:
                 return self._error(header, errno.EINVAL, f"message type {header.type} is "
@@ -170,12 +175,12 @@ class Session:
         except (HostError, OSError) as err:
             # The backend failed (a UIO device removed under us, an I/O error): the client
             # learns it as EIO, the operator from the log; the server carries on.
-            log.warning("command %d (id %d): backend failure: %s", header.command,
-                        header.msg_id, err)
+            self.log.warning("command %d (id %d): backend failure: %s", header.command,
+                             header.msg_id, err)
             return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
         except Exception:  # a bug must cost one reply, not every device of the server
-            log.exception("command %d (id %d) failed unexpectedly", header.command,
-                          header.msg_id)
+            self.log.log(logging.ERROR, "command %d (id %d) failed unexpectedly",
+                         header.command, header.msg_id, exc_info=True)
             return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
         finally:
             _close_all(fds)
@@ -198,9 +203,9 @@ class Session:
         return reply
 
     def _error(self, header: Header, err: int, why: str) -> Reply | None:
-        log.info("command %d (id %d) refused: %s: %s", header.command, header.msg_id,
-                 errno.errorcode.get(err, err), why,
-                 extra={"device": self.device.node.path, "errno": err, "event": "refused"})
+        self.log.info("command %d (id %d) refused: %s: %s", header.command, header.msg_id,
+                      errno.errorcode.get(err, err), why,
+                      extra={"device": self.device.node.path, "errno": err, "event": "refused"})
         if header.no_reply:
             return None
         return Reply(reply_header(header, 0, err))
