@@ -36,6 +36,10 @@ class UartModel(DeviceModel):
     fifo_enabled: bool
     rx_fifo: deque[int]
     tx_fifo: deque[int]
+    #: When the character in the shifter is (or the last one was) due on the wire.
+    _shift_due: float = 0.0
+    #: True while the shifter hands over to the next FIFO entry (see :meth:`_start_shift`).
+    _chained: bool = False
 
     def __init__(self, clock: ModelClock) -> None:
         super().__init__(clock)
@@ -86,11 +90,22 @@ class UartModel(DeviceModel):
         self.tx_fifo = deque()
         self.rx_fifo = deque()
         self._shifting = False
+        self._shift_due = 0.0
 
     def _start_shift(self, byte: int) -> None:
-        """Put ``byte`` in the shift register; it leaves one character time later."""
+        """Put ``byte`` in the shift register; it leaves one character time later.
+
+        Back-to-back characters are timed from when the previous one was due to leave, not
+        from when its timer ran: a host timer fires late (epoll waits in whole
+        milliseconds, a character at 115200 baud takes 87 us), and timing from "now" would
+        cap the line at one character per late timer. A late shifter catches up with
+        zero-delay steps, so the wire runs at the programmed rate on average and never
+        faster. A character written to an idle shifter starts now."""
         self._shifting = True
-        self._tx_timer = self.call_later(self.char_time(), lambda: self._shift_done(byte))
+        now = self.clock.now()
+        start = self._shift_due if self._chained else now
+        self._shift_due = due = start + self.char_time()
+        self._tx_timer = self.call_later(max(due - now, 0.0), lambda: self._shift_done(byte))
 
     def _shift_done(self, byte: int) -> None:
         self._tx_timer = None
@@ -103,7 +118,11 @@ class UartModel(DeviceModel):
                 del self.tx_output[:len(self.tx_output) - TX_OUTPUT_LIMIT // 2]
             if self.on_tx is not None:
                 self.on_tx(bytes((byte,)))
-        self._kick_tx()
+        self._chained = True       # the next FIFO entry follows this one on the wire
+        try:
+            self._kick_tx()
+        finally:
+            self._chained = False
         self._update_line()
 
     def _arm_rx_timeout(self, delay: float) -> None:
