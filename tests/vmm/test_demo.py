@@ -15,7 +15,7 @@ KVM_REASON = kvm_unavailable_reason()
 @pytest.mark.skipif(KVM_REASON is not None, reason=KVM_REASON or "")
 def test_demo_boots_a_guest_that_drives_the_devices(capsys: pytest.CaptureFixture[str],
                                                     tmp_path) -> None:
-    assert main(["demo", "--keep", str(tmp_path)]) == 0
+    assert main(["demo", "--no-qemu", "--keep", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "REFUSED_BUS_MASTER" in out and "ethernet@200000" in out
     assert f"{MESSAGE.rstrip()!r} (matches what the guest sent)" in out
@@ -36,7 +36,7 @@ def test_demo_boots_a_guest_that_drives_the_devices(capsys: pytest.CaptureFixtur
 
 def test_demo_without_kvm_runs_the_driver_sequence_over_the_client(
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--no-kvm"]) == 0
+    assert main(["demo", "--no-kvm", "--no-qemu"]) == 0
     out = capsys.readouterr().out
     assert "client library" in out
     assert f"{MESSAGE.rstrip()!r} (matches what the guest sent)" in out
@@ -49,3 +49,13 @@ def test_demo_without_kvm_runs_the_driver_sequence_over_the_client(
 def test_missing_kvm_device_is_explained() -> None:
     reason = kvm_unavailable_reason("/nonexistent/kvm")
     assert reason is not None and "/nonexistent/kvm does not exist" in reason
+
+
+def test_demo_qemu_segment_says_how_to_get_qemu(monkeypatch, capsys) -> None:
+    import platpass.vmm.qemu_pci as qemu_pci
+    from platpass.cli.demo_qemu import HOW_TO_GET_QEMU, run_segment
+
+    monkeypatch.setattr(qemu_pci, "find_guest_image", lambda arch="x86_64": None)
+    assert run_segment(6, print) is None
+    out = capsys.readouterr().out
+    assert "[6] QEMU vfio-user-pci" in out and HOW_TO_GET_QEMU in out

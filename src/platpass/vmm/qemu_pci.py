@@ -144,6 +144,42 @@ def find_qemu(arch: str = "x86_64", roots: tuple[Path, ...] = ()) -> Qemu | None
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class GuestImage:
+    """QEMU plus a guest kernel and a static busybox: what a boot needs."""
+
+    qemu: Qemu
+    kernel: Path
+    busybox: Path
+
+
+def cache_dir() -> Path:
+    """Where the tests' ``prepare.sh`` keeps its builds (one directory per script hash)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "platpass" / "qemu-pci"
+
+
+def find_guest_image(arch: str = "x86_64") -> GuestImage | None:
+    """A complete image: a build of ``tests/integration/qemu_pci/prepare.sh`` in the cache
+    (QEMU from its trixie root), or ``$PLATPASS_QEMU_ROOT`` + ``$PLATPASS_GUEST_KERNEL`` +
+    ``$PLATPASS_GUEST_BUSYBOX``; None when nothing complete is found."""
+    kernel = os.environ.get("PLATPASS_GUEST_KERNEL")
+    busybox = os.environ.get("PLATPASS_GUEST_BUSYBOX")
+    if kernel and busybox:
+        qemu = find_qemu(arch)
+        if qemu is not None:
+            return GuestImage(qemu, Path(kernel), Path(busybox))
+    root = cache_dir()
+    builds = sorted(root.glob("*/done"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if root.is_dir() else []
+    for done in builds:
+        build = done.parent
+        qemu = qemu_in_root(build / "root", arch)
+        if qemu is not None and qemu.has_vfio_user_pci:
+            return GuestImage(qemu, build / "vmlinuz", build / "busybox")
+    return None
+
+
 # ---------------------------------------------------------------------------- initramfs
 
 def _newc(name: str, mode: int, data: bytes, ino: int) -> bytes:
@@ -178,7 +214,8 @@ def guest_init(vendor: int, device: int, *, tx_lines: int = 40, rx_bytes: int = 
     ``tx_lines`` lines, read ``rx_bytes`` injected bytes, report the interrupt count.
 
     With ``flood_bytes``, it instead writes that many bytes as fast as the tty takes them
-    and reports the time (``@@FLOOD bytes ns``) — the bench, and the mid-transfer kill.
+    and reports the time (``@@FLOOD bytes ns``, from ``/proc/uptime``: 10 ms steps;
+    busybox's date has no ``%N``) — the bench, and the mid-transfer kill.
 
     Markers: ``@@PCI slot driver=NAME``, ``@@DMESG line``, ``@@TTY name``, ``@@TX-SENT n``,
     ``@@RX-READY``, ``@@RX text``, ``@@IRQS count``, ``@@FLOOD n ns``, ``@@END``.
@@ -202,8 +239,8 @@ if [ -n "$T" ]; then
   stty -F /dev/$T {baud} raw -echo -ixon -ixoff -crtscts clocal
   if [ {flood_bytes} -gt 0 ]; then
     head -c {flood_bytes} /dev/zero | tr '\\0' U > /tmp/flood
-    t0=$(date +%s%N); cat /tmp/flood >&3; t1=$(date +%s%N)
-    echo "@@FLOOD {flood_bytes} $((t1 - t0))"
+    t0=$(cut -d' ' -f1 /proc/uptime); cat /tmp/flood >&3; t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "@@FLOOD {flood_bytes} $(( (${{t1%.*}}${{t1#*.}} - ${{t0%.*}}${{t0#*.}}) * 10000000 ))"
   else
     {payload}
     cat /tmp/tx >&3

@@ -158,3 +158,13 @@ def test_qemu_killed_mid_transfer_then_a_second_qemu_works(host: Host):
     assert run.first("PCI", ).endswith("driver=serial"), run.tail()
     assert bytes(model.tx_output) == sent
     assert run.first("RX") == RX_TEXT.decode(), run.tail()
+
+
+def test_demo_segment_runs_when_qemu_is_at_hand(qemu_image: QemuImage, capsys):
+    from platpass.cli.demo_qemu import run_segment
+
+    assert run_segment(6, print) is True
+    out = capsys.readouterr().out
+    assert "PCI 115d:0101: 8250_pci" in out
+    assert "ttyS4 at MMIO" in out and "is a 16550A" in out
+    assert "bytes, identical" in out and RX_TEXT.decode() in out
