@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,17 @@ def qemu_virt_dtb(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True, timeout=60,
     )
     return path
+
+
+@pytest.fixture(autouse=True)
+def _platpass_logger_restored() -> Iterator[None]:
+    """Every test starts with the ``platpass`` logger as the suite found it: a test that
+    calls ``configure_logging`` (which stops propagation) must not hide later tests'
+    records from ``caplog``."""
+    import logging
+
+    logger = logging.getLogger("platpass")
+    saved = (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.level, logger.propagate, logger.disabled = saved[1], saved[2], saved[3]
