@@ -176,6 +176,98 @@ def overlay_cpio(extra: dict[str, bytes] | None = None) -> bytes:
     return gzip.compress(body.getvalue(), compresslevel=1, mtime=0)
 
 
+# ---------------------------------------------------------------------------- kmod/
+KMOD_DIR = REPO / "kmod"
+KMOD_GUEST_DIR = "lib/modules/kmod"
+
+
+def _run_make(args: list[str]) -> None:
+    proc = subprocess.run(["make", "-s", *args, "ARCH=arm64",
+                           "CROSS_COMPILE=aarch64-linux-gnu-", f"-j{os.cpu_count() or 1}"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=600)
+    text = proc.stdout.decode(errors="replace")
+    problems = [line for line in text.splitlines() if line and "Skipping BTF" not in line]
+    if proc.returncode != 0 or problems:
+        raise RuntimeError(f"building kmod failed or warned (rc={proc.returncode}):\n{text}")
+
+
+def build_kmod(image: Image) -> dict[str, bytes]:
+    """Build the project's ``kmod/`` (and vfio-platform-base, which Debian does not ship)
+    against the image's kernel headers with the cross compiler; return the stripped
+    modules as guest files under ``/lib/modules/kmod``. A warning fails the build.
+    Cached in the image directory by a hash of the sources."""
+    digest = hashlib.sha256()
+    for path in sorted(KMOD_DIR.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    out = image.path / "kmod-build" / digest.hexdigest()[:16]
+    names = ("vfio-platform-base.ko", "platpass_vfio.ko")
+    if not all((out / name).exists() for name in names):
+        shutil.rmtree(image.path / "kmod-build", ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix="platpass-kmod-"))
+        try:
+            kbuild = image.path / "kbuild"
+            headers = next((kbuild / "usr" / "src").glob("linux-headers-*-arm64"))
+            base = work / "vfio-platform"
+            shutil.copytree(kbuild / "vfio-platform", base)
+            (base / "Kbuild").write_text("obj-m += vfio-platform-base.o\n"
+                                         "vfio-platform-base-y := vfio_platform_common.o "
+                                         "vfio_platform_irq.o\n")
+            _run_make(["-C", str(headers), f"M={base}", "modules"])
+            own = work / "kmod"
+            shutil.copytree(KMOD_DIR, own)
+            _run_make(["-C", str(headers), f"M={own}", f"VFIO_PLATFORM_INC={base}",
+                       f"KBUILD_EXTRA_SYMBOLS={base / 'Module.symvers'}", "W=1", "modules"])
+            staging = out.with_name(out.name + f".tmp{os.getpid()}")
+            staging.mkdir(parents=True)
+            for name, built in zip(names, (base / names[0], own / names[1]), strict=True):
+                subprocess.run(["aarch64-linux-gnu-strip", "--strip-debug", "-o",
+                                str(staging / name), str(built)], check=True)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {f"{KMOD_GUEST_DIR}/{name}": (out / name).read_bytes() for name in names}
+
+
+def kmod_dtb(image: Image, path: Path) -> Path:
+    """Write the DTB the kmod scenario boots with to ``path``: QEMU's own (AMBA) DTB with
+
+    * the PL061 a platform device (its interrupt raised through gpio-keys, as elsewhere);
+    * the PL031 left an AMBA primecell, bound to rtc-pl031 at boot (the AMBA twin's test);
+    * ``uart@9030000``: an ``arm,pl011`` platform node over the PL061's registers. QEMU
+      virt's only PL011 is the console, held by a built-in driver that cannot be unbound,
+      so the PL011 entry's DMACR filter is checked on this stand-in: UARTDMACR (0x48) is a
+      masked GPIODATA alias of the PL061 (bits 1 and 4), which shows what reached it;
+    * ``rtc@9010000``: an ``arm,pl031`` platform node with ``dma-coherent`` (refused).
+    """
+    dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", str(image.dtb("amba"))],
+                         check=True, capture_output=True, text=True).stdout
+    pl061 = 'compatible = "arm,pl061\\0arm,primecell";'
+    if dts.count(pl061) != 1:
+        raise RuntimeError("kmod_dtb: the PL061 node is not as expected")
+    dts = dts.replace(pl061, 'compatible = "arm,pl061";')
+    extra = """
+\tuart@9030000 {
+\t\tcompatible = "arm,pl011";
+\t\treg = <0x00 0x9030000 0x00 0x1000>;
+\t};
+
+\trtc@9010000 {
+\t\tcompatible = "arm,pl031";
+\t\treg = <0x00 0x9010000 0x00 0x1000>;
+\t\tdma-coherent;
+\t};
+};
+"""
+    head, sep, _ = dts.rstrip().rpartition("};")
+    if not sep:
+        raise RuntimeError("kmod_dtb: no root node end")
+    subprocess.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(path)],
+                   input=head + extra, check=True, text=True)
+    return path
+
+
 # ---------------------------------------------------------------------------- one boot
 @dataclass
 class GuestRun:
@@ -226,18 +318,23 @@ _HOST = re.compile(r"@@HOST (.+?)\s*$")
 _END = re.compile(r"@@PLATPASS:END rc=(\d+)")
 
 
-def boot(image: Image, scenario: str, *, dtb: str = "platform", append: str = "",
-         timeout: float = 300.0, log_path: Path | None = None) -> GuestRun:
-    """Boot once, run ``/tests/<scenario>.py`` in the guest, return what it reported."""
+def boot(image: Image, scenario: str, *, dtb: str | Path = "platform", append: str = "",
+         timeout: float = 300.0, log_path: Path | None = None,
+         extra: dict[str, bytes] | None = None) -> GuestRun:
+    """Boot once, run ``/tests/<scenario>.py`` in the guest, return what it reported.
+
+    ``dtb`` is a flavour of the image (:meth:`Image.dtb`) or a DTB file; ``extra`` adds
+    files to the guest (see :func:`overlay_cpio`)."""
     run = GuestRun(scenario)
     tmp = Path(tempfile.mkdtemp(prefix="platpass-arm64-"))
+    dtb_path = dtb if isinstance(dtb, Path) else image.dtb(dtb)
     try:
         initrd = tmp / "initrd.gz"
-        initrd.write_bytes(image.base_initramfs.read_bytes() + overlay_cpio())
+        initrd.write_bytes(image.base_initramfs.read_bytes() + overlay_cpio(extra))
         monitor = str(tmp / "monitor.sock")
         cmdline = f"console=ttyAMA0 rdinit=/init quiet platpass.scenario={scenario} {append}"
         cmd = ["qemu-system-aarch64", *QEMU_MACHINE, "-kernel", str(image.kernel),
-               "-initrd", str(initrd), "-dtb", str(image.dtb(dtb)), "-append", cmdline.strip(),
+               "-initrd", str(initrd), "-dtb", str(dtb_path), "-append", cmdline.strip(),
                "-serial", "stdio", "-monitor", f"unix:{monitor},server=on,wait=off",
                "-no-reboot"]
         started = time.monotonic()

@@ -5,6 +5,8 @@
 #                            + the UIO/VFIO modules Debian does not ship (built here)
 #   OUT/virt-platform.dtb    QEMU virt's DTB with pl031/pl061 turned into platform devices
 #   OUT/virt-amba.dtb        the same DTB left as QEMU makes it (AMBA primecell devices)
+#   OUT/kbuild/              Debian's headers + kbuild (relocatable), vfio-platform-base's
+#                            sources with the reset fix and checkpatch.pl, for kmod/'s tests
 # The test fixture appends a second cpio (platpass + the guest scripts) at run time, so this
 # runs only when this file changes (the fixture keys its cache on a hash of it).
 set -euo pipefail
@@ -51,7 +53,9 @@ for d in debs/linux-headers-*.deb debs/linux-kbuild-*.deb; do dpkg-deb -x "$d" x
 H=$W/x/hdr/usr/src/linux-headers-$KREL
 sed -i "s#^include /usr/src/#include $W/x/hdr/usr/src/#" "$H/Makefile"
 dpkg-deb --fsys-tarfile debs/linux-source-6.1_*_all.deb | tar -xO ./usr/src/linux-source-6.1.tar.xz \
-  | tar -xJ -C x --wildcards 'linux-source-6.1/drivers/uio/uio_pdrv_genirq.c' 'linux-source-6.1/drivers/vfio/*'
+  | tar -xJ -C x --wildcards 'linux-source-6.1/drivers/uio/uio_pdrv_genirq.c' 'linux-source-6.1/drivers/vfio/*' \
+    'linux-source-6.1/scripts/checkpatch.pl' 'linux-source-6.1/scripts/spelling.txt' \
+    'linux-source-6.1/scripts/const_structs.checkpatch'
 S=x/linux-source-6.1/drivers
 mkdir -p kmod
 cp $S/vfio/{vfio_main.c,iova_bitmap.c,container.c,vfio.h} \
@@ -82,6 +86,15 @@ make -s -C "$H" M="$W/kmod" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -j"$(npr
   | grep -v 'Skipping BTF' || true
 ls kmod/vfio.ko kmod/vfio-platform-base.ko kmod/vfio-platform.ko kmod/vfio-amba.ko kmod/uio_pdrv_genirq.ko >/dev/null
 say "modules built"
+# What building the project's kmod/ needs at test time (kernel_harness.build_kmod): the
+# headers tree, its Makefile made relative so the directory can move, and vfio-platform-base.
+mkdir -p "$OUT/kbuild/vfio-platform"
+cp -a x/hdr/usr "$OUT/kbuild/"
+printf 'include $(dir $(realpath $(lastword $(MAKEFILE_LIST))))../linux-headers-%s-common/Makefile\n' \
+  "${KREL%-arm64}" > "$OUT/kbuild/usr/src/linux-headers-$KREL/Makefile"
+cp kmod/{vfio_platform_common.c,vfio_platform_irq.c,vfio_platform_private.h} "$OUT/kbuild/vfio-platform/"
+mkdir -p "$OUT/kbuild/scripts"   # the kernel's checkpatch.pl, run on kmod/ by the tests
+cp x/linux-source-6.1/scripts/{checkpatch.pl,spelling.txt,const_structs.checkpatch} "$OUT/kbuild/scripts/"
 
 # ------------------------------------------------------------------ rootfs
 R=$W/rootfs
@@ -114,7 +127,9 @@ PYTHONPATH=$R/usr/lib/python3/dist-packages qemu-aarch64 -L "$R" "$R/usr/bin/pyt
   "import sys, os, mmap, select, socket, ctypes, json, concurrent.futures, asyncio, libfdt; print('qemu-user check: python', sys.version.split()[0], 'libfdt ok')"
 say "python: $(find $R/usr/lib/python3.11 -name '*.py' | wc -l) stdlib files"
 KM=x/kernel/lib/modules/$KREL/kernel/drivers
-cp $KM/uio/uio.ko $KM/vfio/vfio_virqfd.ko $R/lib/modules/debian/
+# Debian's own vfio.ko and vfio_iommu_type1.ko (no no-IOMMU mode) for kmod/'s emulated IOMMU.
+cp $KM/uio/uio.ko $KM/vfio/vfio_virqfd.ko $KM/vfio/vfio.ko $KM/vfio/vfio_iommu_type1.ko \
+   $R/lib/modules/debian/
 cp kmod/*.ko $R/lib/modules/platpass/
 aarch64-linux-gnu-strip --strip-debug $R/lib/modules/platpass/*.ko
 cp "$HERE/guest/init" $R/init && chmod 755 $R/init
