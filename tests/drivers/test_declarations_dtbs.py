@@ -140,13 +140,18 @@ def test_slave_dma_nodes_get_dma_traps_where_the_ip_has_request_enables(
 def test_firmware_verdicts_follow_the_declarations(
         trees: list[DeviceTree], registry: DriverRegistry) -> None:
     """Through the real verdict engine: a declared bus master is always refused as one, and
-    the declared families make enabled devices assignable on the shared boards."""
+    the declared families make enabled devices assignable on the shared boards (watchdogs
+    only when the user opts in: here for every device)."""
     from platpass.firmware.verdict import Verdict, assess_tree
 
     assignable: Counter[str] = Counter()
     refused_masters = 0
     for tree in trees:
-        for assessment in assess_tree(tree, registry):
+        opt_in = {node.path: {"system-reset"} for node in tree.devices()}
+        plain = {a.node.path: a for a in assess_tree(tree, registry)}
+        for assessment in assess_tree(tree, registry, overrides=opt_in):
+            if assessment.driver is not None and assessment.driver.family == "watchdog":
+                assert not plain[assessment.node.path].may_assign, assessment
             driver = assessment.driver
             if driver is None:
                 continue

@@ -193,6 +193,113 @@ def test_overrides_waive_per_device_and_per_rule() -> None:
     # the needs-host-resource finding was not waived
     i2c = result["/i2c@20000"]
     assert i2c.verdict is Verdict.REFUSED_HOST_IN_USE
-    assert [e.rule for e in i2c.evidence if e.rule != "override"] == ["needs-host-resource"]
+    assert [e.rule for e in i2c.evidence if e.rule != "override"] == [
+        "needs-host-resource", "host-critical-child"]
     with pytest.raises(ValueError, match="shared-interrupt cannot be waived"):
         assess(GPIO_AND_I2C, overrides={"/gpio@10000": {"shared-interrupt"}})
+
+
+class _Watchdog(PlatformDriver):
+    name = "test-wdt"
+    compatibles = ("test,wdt",)
+    family = "watchdog"
+    evidence = "test watchdog: registers only"
+
+
+class _StuckWatchdog(_Watchdog):
+    name = "test-stuck-wdt"
+    compatibles = ("test,stuck-wdt",)
+    unstoppable = "the enable bit is write-once"
+
+
+def test_host_critical_children_enabled_or_not() -> None:
+    result = assess("""
+    spi@10000 { compatible = "test,i2c"; reg = <0x10000 0x1000>; interrupts = <0 5 4>;
+                #address-cells = <1>; #size-cells = <0>;
+        flash@0 { compatible = "jedec,spi-nor"; reg = <0>; status = "disabled"; }; };
+    spi@20000 { compatible = "test,i2c"; reg = <0x20000 0x1000>; interrupts = <0 6 4>;
+                #address-cells = <1>; #size-cells = <0>;
+        tpm@0 { compatible = "infineon,slb9670", "tcg,tpm_tis-spi"; reg = <0>; }; };
+    i2c@30000 { compatible = "test,i2c"; reg = <0x30000 0x1000>; interrupts = <0 7 4>;
+                #address-cells = <1>; #size-cells = <0>;
+        eeprom@50 { compatible = "atmel,24c02"; reg = <0x50>;
+            partitions { compatible = "fixed-partitions"; }; }; };
+    gpio@40000 { compatible = "test,gpio"; reg = <0x40000 0x1000>; interrupts = <0 8 4>;
+                 gpio-controller; #gpio-cells = <2>;
+        phy-reset-hog { gpio-hog; gpios = <3 0>; output-high; }; };
+    i2c@50000 { compatible = "test,i2c"; reg = <0x50000 0x1000>; interrupts = <0 9 4>;
+                #address-cells = <1>; #size-cells = <0>;
+        eeprom@50 { compatible = "atmel,24c02"; reg = <0x50>; }; };
+    """)
+    assert result["/spi@10000"].evidence == (Evidence(
+        "host-critical-child", "",
+        "/spi@10000/flash@0: boot or firmware storage (jedec,spi-nor)"),)
+    assert result["/spi@20000"].evidence == (Evidence(
+        "host-critical-child", "",
+        "/spi@20000/tpm@0: TPM or secure element (infineon,slb9670, tcg,tpm_tis-spi)"),)
+    assert Evidence("host-critical-child", "",
+                    "/i2c@30000/eeprom@50/partitions: boot or firmware storage "
+                    "(fixed-partitions)") in result["/i2c@30000"].evidence
+    assert result["/gpio@40000"].evidence == (Evidence(
+        "host-critical-child", "",
+        "/gpio@40000/phy-reset-hog: a line the host configured and holds (gpio-hog)"),)
+    assert result["/i2c@50000"].verdict is Verdict.ASSIGNABLE
+    for path in ("/spi@10000", "/spi@20000", "/i2c@30000", "/gpio@40000"):
+        assert result[path].verdict is Verdict.REFUSED_HOST_IN_USE
+
+
+def test_pmic_and_always_on_regulators_are_host_critical() -> None:
+    result = assess(GPIO_AND_I2C)
+    assert Evidence("host-critical-child", "",
+                    "/i2c@20000/pmic@1b: PMIC or regulator (acme,pmic)") \
+        in result["/i2c@20000"].evidence
+
+
+def test_a_watchdog_goes_only_on_opt_in_and_never_when_it_cannot_be_stopped() -> None:
+    registry = DriverRegistry([_Watchdog, _StuckWatchdog])
+    t = tree("""
+    watchdog@10000 { compatible = "test,wdt"; reg = <0x10000 0x1000>; interrupts = <0 5 4>; };
+    watchdog@20000 { compatible = "test,stuck-wdt"; reg = <0x20000 0x1000>;
+                     interrupts = <0 6 4>; };
+    watchdog@30000 { compatible = "test,wdt"; reg = <0x30000 0x1000>; interrupts = <0 7 4>;
+                     platpass,reset-output-unconnected; };
+    """)
+    result = {a.node.path: a for a in assess_tree(t, registry)}
+    wdt = result["/watchdog@10000"]
+    assert wdt.verdict is Verdict.REFUSED_HOST_IN_USE
+    assert wdt.evidence == (Evidence(
+        "system-reset", "compatible",
+        "test-wdt (watchdog) can reset the whole system: assigned only when the user opts in "
+        "for this device (--override /watchdog@10000=system-reset)"),)
+    stuck = result["/watchdog@20000"]
+    assert stuck.evidence == (Evidence(
+        "unstoppable-reset", "compatible",
+        "test-stuck-wdt: the enable bit is write-once; a guest that starts it leaves it "
+        "running after the VM exits, and it resets the host"),)
+    assert result["/watchdog@30000"].verdict is Verdict.ASSIGNABLE
+    opted = {a.node.path: a for a in assess_tree(
+        t, registry, overrides={"/watchdog@10000": {"system-reset"},
+                                "/watchdog@20000": {"system-reset"}})}
+    assert opted["/watchdog@10000"].verdict is Verdict.ASSIGNABLE
+    assert [e.rule for e in opted["/watchdog@10000"].waived] == ["override"]
+    assert opted["/watchdog@20000"].verdict is Verdict.REFUSED_HOST_IN_USE
+    with pytest.raises(ValueError, match="unstoppable-reset cannot be waived"):
+        assess_tree(t, registry, overrides={"/watchdog@20000": {"unstoppable-reset"}})
+
+
+def test_builtin_unstoppable_watchdogs() -> None:
+    from platpass.drivers.registry import default_registry
+
+    registry = default_registry(plugins=False)
+    for compatible in ("fsl,imx21-wdt", "ti,j7-rti-wdt", "snps,dw-wdt"):
+        assert registry.match([compatible]).unstoppable, compatible
+    t = tree("""
+    rst: reset-controller { #reset-cells = <1>; };
+    watchdog@10000 { compatible = "snps,dw-wdt"; reg = <0x10000 0x1000>;
+                     interrupts = <0 5 4>; };
+    watchdog@20000 { compatible = "snps,dw-wdt"; reg = <0x20000 0x1000>;
+                     interrupts = <0 6 4>; resets = <&rst 1>; };
+    """)
+    result = {a.node.path: a for a in assess_tree(t, registry)}
+    assert [e.rule for e in result["/watchdog@10000"].evidence] == ["unstoppable-reset"]
+    assert [e.rule for e in result["/watchdog@20000"].evidence] == ["system-reset"]

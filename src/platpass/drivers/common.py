@@ -93,6 +93,18 @@ class PlatformDriver:
     reset_sequence: ClassVar[tuple[RegisterWrite, ...]] = ()
     #: Guest-node properties this driver drops beyond the common host-only list.
     guest_drop_properties: ClassVar[tuple[str, ...]] = ()
+    #: The device can reset the whole system (a watchdog's reset output): it goes to a guest
+    #: only when the user opts in for that device. Every ``watchdog`` family driver counts as
+    #: such whatever this says.
+    resets_system: ClassVar[bool] = False
+    #: Why the device cannot be stopped once a guest starts it (empty: it can be): its
+    #: effect outlives the VM, so it never goes to a guest. See :meth:`unstoppable_on`.
+    unstoppable: ClassVar[str] = ""
+
+    @classmethod
+    def unstoppable_on(cls, node: DeviceNode) -> str:
+        """Why this node's device cannot be stopped once started; default :attr:`unstoppable`."""
+        return cls.unstoppable
 
     def __init__(self, node: DeviceNode) -> None:
         self.node = node

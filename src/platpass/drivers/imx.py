@@ -139,6 +139,7 @@ class ImxWdt(PlatformDriver):
         "Linux drivers/watchdog/imx2_wdt.c: 16-bit control/service registers only; binding "
         "Documentation/devicetree/bindings/watchdog/fsl-imx-wdt.yaml"
     )
+    unstoppable = "WCR.WDE is write-once: imx2_wdt.c cannot stop a started WDOG"
 
 
 # Evidence: drivers/pwm/pwm-imx27.c: PWMCR/PWMSR/PWMIR/PWMSAR/PWMPR registers, sample FIFO

@@ -14,6 +14,7 @@ from platpass.drivers.common import (
     Trap,
     register_io_width,
 )
+from platpass.firmware.model import DeviceNode
 
 # 16550 register file, 32-bit spaced (reg-shift = 2, reg-io-width = 4).
 _LCR = 0x0C
@@ -106,6 +107,13 @@ class DwWdt(PlatformDriver):
         "Linux drivers/watchdog/dw_wdt.c: APB slave counter (WDT_CR, WDT_TORR, WDT_CRR); "
         "binding Documentation/devicetree/bindings/watchdog/snps,dw-wdt.yaml"
     )
+    unstoppable = ("WDT_CR.WDT_EN cannot be cleared by software and the node has no reset "
+                   "line (dw_wdt_stop can only assert 'resets')")
+
+    @classmethod
+    def unstoppable_on(cls, node: DeviceNode) -> str:
+        """Stoppable only through the node's reset line (dw_wdt_stop asserts it)."""
+        return "" if "resets" in node.properties else cls.unstoppable
 
 
 # Evidence: drivers/gpio/gpio-dwapb.c: port data/direction and INTEN/INTMASK/INTTYPE registers;

@@ -149,6 +149,8 @@ class RtiWdt(PlatformDriver):
         "Linux drivers/watchdog/rti_wdt.c: counter, preload and key registers only; binding "
         "Documentation/devicetree/bindings/watchdog/ti,rti-wdt.yaml"
     )
+    unstoppable = ("RTIDWDCTRL cannot disable the digital watchdog until the next reset "
+                   "(rti_wdt.c has no stop)")
 
 
 # Evidence: drivers/pwm/pwm-tiehrpwm.c: 16-bit time-base, compare and action-qualifier

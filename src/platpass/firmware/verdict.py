@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from platpass.drivers.common import PlatformDriver
     from platpass.drivers.registry import DriverRegistry
     from platpass.firmware.devicetree import DeviceTree
-    from platpass.firmware.rawtree import RawNode
+    from platpass.firmware.rawtree import RawNode, RawTree
 
 __all__ = [
     "BUS_MASTER_FAMILIES",
@@ -58,12 +58,14 @@ __all__ = [
     "assess_tree",
     "bus_master_evidence",
     "guest_drops",
+    "host_critical",
     "host_use",
     "host_use_evidence",
     "overlapping_regions",
     "region_trap_evidence",
     "shared_interrupts",
     "shared_pages",
+    "system_reset_evidence",
 ]
 
 #: Granule of the mappings a guest gets; a region smaller or misaligned is trapped.
@@ -423,7 +425,37 @@ def region_trap_evidence(node: DeviceNode, page_size: int = PAGE_SIZE) -> list[E
 #: Rules of ``REFUSED_HOST_IN_USE`` a user may waive, per device and per rule, when they
 #: know better (``--override PATH=RULE``; each waiver stays in the evidence and is logged).
 #: Bus-master and shared refusals are never waivable, nor is a reset that outlives the VM.
-WAIVABLE_RULES = frozenset({"host-consumer", "needs-host-resource"})
+WAIVABLE_RULES = frozenset({"host-consumer", "needs-host-resource", "host-critical-child",
+                            "system-reset"})
+
+#: What makes a node in a subtree host-critical, matched on each compatible string: the
+#: host boots from it, keeps its secrets in it, is powered by it, or is managed through it.
+#: Found whatever the node's status: a disabled node is still on the bus, within a guest's
+#: reach.
+HOST_CRITICAL_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("boot or firmware storage", r"spi-nor|spi-nand|\bm25p|\bmx25|\bw25q|\bn25q|\bs25f|"
+                                 r"\bgd25|\bis25|\bsst2[56]|\bat45|mt25q|fixed-partitions|"
+                                 r"cfi-flash|nor-flash|\bmtd"),
+    ("TPM or secure element", r"tpm|\bcr50\b|\bti50\b|slb96|npct|\bst33|se05\d|atecc|"
+                              r"atsha|optiga|secure-element"),
+    ("PMIC or regulator", r"pmic|\brk8\d\d|pca9450|bd71|bd957|fan53555|syr8\d\d|tcs45\d\d|"
+                          r"da9\d\d\d|act88|x-powers,axp|mp886|mp5416|mp8859|\btps6|lp87\d|"
+                          r"max77\d|pfuze|pf8x00|sy8106|sy8824|ltc3676|rn5t|stpmic|hi6421|"
+                          r"s2mp|s5m87|wm83\d\d|vctrl|regulator"),
+    ("board or system controller", r"system-controller|board-controller|cpld|gw,gsc|cros-ec|"
+                                   r"embedded-controller|\bmcu\b|\bbmc\b|\bec\b"),
+)
+_CRITICAL_RES = tuple((name, re.compile(pattern)) for name, pattern in HOST_CRITICAL_FAMILIES)
+#: Properties that make a node host-critical whatever its compatible.
+_CRITICAL_PROPERTIES = (
+    ("regulator-always-on", "PMIC or regulator"),
+    ("regulator-boot-on", "PMIC or regulator"),
+    ("system-power-controller", "PMIC or regulator"),
+    ("gpio-hog", "a line the host configured and holds"),
+)
+#: Child node names that make their parent host-critical.
+_CRITICAL_CHILDREN = (("partitions", "boot or firmware storage"),
+                      ("regulators", "PMIC or regulator"))
 
 #: Properties of a node inside the subtree that the guest's tree drops, so the provider they
 #: name may stay with the host: the guest gets fixed clocks, and no regulators, pins, power
@@ -503,6 +535,73 @@ def host_use(
     return outside, needs
 
 
+def _critical(node: RawNode, has_child: Callable[[str, str], bool]) -> str | None:
+    """What makes ``node`` host-critical, or None."""
+    compatible = node.props.get("compatible")
+    if compatible:
+        lowered = compatible.decode("utf-8", "replace").lower()
+        for name, pattern in _CRITICAL_RES:
+            if pattern.search(lowered):
+                return f"{name} ({lowered.rstrip(chr(0)).replace(chr(0), ', ')})"
+    for prop, name in _CRITICAL_PROPERTIES:
+        if prop in node.props:
+            return f"{name} ({prop})"
+    for child, name in _CRITICAL_CHILDREN:
+        if has_child(node.path, child):
+            return f"{name} (a {child!r} node)"
+    return None
+
+
+def host_critical(tree: RawTree, devices: Iterable[str]) -> dict[str, list[Evidence]]:
+    """For each device of ``devices`` (paths), the host-critical nodes in its subtree
+    (itself included), enabled or not (see :data:`HOST_CRITICAL_FAMILIES`)."""
+    wanted = set(devices)
+    by_path = tree.by_path
+
+    def has_child(path: str, name: str) -> bool:
+        return f"{path}/{name}" in by_path
+
+    out: dict[str, list[Evidence]] = {}
+    for node in tree.nodes:
+        if node.parent is None or node.path.startswith("/__"):
+            continue
+        if not any(holder in wanted for holder in _up(node.path)):
+            continue
+        what = _critical(node, has_child)
+        if what is None:
+            continue
+        evidence = Evidence("host-critical-child", "", f"{node.path}: {what}")
+        for holder in _up(node.path):
+            if holder in wanted:
+                out.setdefault(holder, []).append(evidence)
+    return out
+
+
+def system_reset_evidence(node: DeviceNode,
+                          driver: type[PlatformDriver] | None) -> list[Evidence]:
+    """A device that can reset the whole system: opt-in (``system-reset``), or never when it
+    cannot be stopped once started (``unstoppable-reset``, not waivable)."""
+    if driver is None or not (driver.resets_system or driver.family == "watchdog"):
+        return []
+    if _UNCONNECTED_RESET in node.properties:
+        return []
+    why = driver.unstoppable_on(node)
+    if why:
+        return [Evidence("unstoppable-reset", "compatible",
+                         f"{driver.name}: {why}; a guest that starts it leaves it running "
+                         f"after the VM exits, and it resets the host")]
+    return [Evidence("system-reset", "compatible",
+                     f"{driver.name} ({driver.family}) can reset the whole system: "
+                     f"assigned only when the user opts in for this device "
+                     f"(--override {node.path}=system-reset)")]
+
+
+#: On a watchdog node: its reset output is wired to nothing (the simulated board's SP805,
+#: whose WDOGRES only the host-side model observes). A description of the hardware, not a
+#: waiver: a board that says it is believed, as everything else firmware says is.
+_UNCONNECTED_RESET = "platpass,reset-output-unconnected"
+
+
 def host_use_evidence(outside: Sequence[Reference], needs: Sequence[Reference],
                       device_of: Callable[[str], str] = str) -> list[Evidence]:
     """The evidence lines of :func:`host_use`'s findings for one device; ``device_of``
@@ -553,6 +652,7 @@ def assess_node(
     if shared_irq or overlaps:
         return Assessment(node, Verdict.REFUSED_SHARED, (*shared_irq, *overlaps), driver,
                           consumers)
+    host_in_use = [*host_in_use, *system_reset_evidence(node, driver)]
     kept = [e for e in host_in_use if e.rule not in waivers]
     overridden = tuple(Evidence("override", e.rule, f"waived by the user: {e}")
                        for e in host_in_use if e.rule in waivers)
@@ -640,6 +740,7 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     overlaps = overlapping_regions(mmio)
     outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
                               (n.path for n in nodes), groups)
+    critical = host_critical(tree.raw, (n.path for n in nodes))
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
 
@@ -660,7 +761,8 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
             shared_irq=irq_shares.get(path, ()),
             shared_page=page_shares.get(path, ()),
             overlaps=overlaps.get(path, ()),
-            host_in_use=host_use_evidence(consumers, needs.get(path, ()), device_of),
+            host_in_use=[*host_use_evidence(consumers, needs.get(path, ()), device_of),
+                         *critical.get(path, ())],
             consumers=tuple(dict.fromkeys(consumers)),
             waived=overrides.get(path, ()),
         ))
