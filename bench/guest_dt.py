@@ -1,10 +1,10 @@
 """How long ``guest-dt`` takes to describe every assignable device of a board to a guest.
 
-For each board in ../shared/dtbs: load the tree, judge it, place and transform every
-assignable device, and compile the crosvm overlay with dtc (warnings are errors). Baseline,
-measured in the same run: one plain ``dtc -I dtb -O dtb`` pass over the same board's blob,
-the irreducible cost of running dtc once on that tree. Prints per-flavour totals, the
-baseline and the ratio.
+For each real board of the test suite (tests/real_dtbs.py, fetched on first use): load
+the tree, judge it, place and transform every assignable device, and compile the crosvm
+overlay with dtc (warnings are errors). Baseline, measured in the same run: one plain
+``dtc -I dtb -O dtb`` pass over the same board's blob, the irreducible cost of running dtc
+once on that tree. Prints per-flavour totals, the baseline and the ratio.
 
     python3 bench/guest_dt.py [ROUNDS]
 """
@@ -25,7 +25,11 @@ from platpass.guest.placement import SpiPool, new_record
 from platpass.guest.plan import plan_guest, trigger_hints
 from platpass.guest.transform import ClockRates
 
-DTBS = sorted((Path(__file__).resolve().parents[2] / "shared" / "dtbs").glob("*.dtb"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import real_dtbs
+
+real_dtbs.ensure()
+DTBS = list(real_dtbs.PATHS)
 RATES = ClockRates(overrides={"*": 24_000_000})
 
 

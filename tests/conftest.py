@@ -1,32 +1,76 @@
-"""Shared fixtures: paths to the real device trees and tools the suite sets up itself."""
+"""Shared set-up: the tool check, the real device trees, the arm64 image, QEMU's virt DTB.
+
+Before the first test, the session stops (naming what is missing and what to do) when a
+program the suite runs is absent (``needed_tools.py``) or the pinned real device trees
+cannot be had (``real_dtbs.py``): no test turns into an error deep inside a fixture.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import needed_tools
+import real_dtbs
+
 REPO = Path(__file__).resolve().parents[1]
-#: Real arm64 device trees from Debian's kernel package, shipped beside the project.
-SHARED_DTBS = REPO.parent / "shared" / "dtbs"
+KERNEL_HARNESS = REPO / "tests" / "integration" / "kernel"
+#: Where the arm64 image's preparation log and the guests' console logs go.
+KERNEL_LOGS = Path(os.environ.get("PLATPASS_KERNEL_LOGS", "/tmp/platpass-kernel-logs"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    absent = needed_tools.missing()
+    if absent:
+        pytest.exit(needed_tools.report(absent), returncode=3)
+    try:
+        real_dtbs.ensure(say=lambda line: print(line, file=sys.stderr, flush=True))
+    except (RuntimeError, OSError) as err:
+        pytest.exit(f"the real device trees the suite needs are not available: {err}",
+                    returncode=3)
 
 
 @pytest.fixture(scope="session")
 def shared_dtbs() -> list[Path]:
-    """Every real board DTB in ``../shared/dtbs`` (the suite fails loudly if it is gone)."""
-    dtbs = sorted(SHARED_DTBS.glob("*.dtb"))
-    assert dtbs, f"no DTBs under {SHARED_DTBS}"
-    return dtbs
+    """Every real board DTB (48 boards from Debian's pinned arm64 kernel: ``real_dtbs.py``)."""
+    return list(real_dtbs.PATHS)
 
 
 @pytest.fixture(scope="session")
 def dtc() -> str:
-    """Path of ``dtc``; scripts/install --test installs it, so it must be there."""
+    """Path of ``dtc`` (the session start checked that it is there)."""
     path = shutil.which("dtc")
     assert path, "dtc missing: run scripts/install --test"
     return path
+
+
+@pytest.fixture(scope="session")
+def arm64_image():
+    """The real-kernel test image (``tests/integration/kernel/prepare.sh``): prepared at most
+    once per run and shared by every test that boots it (cached between runs). When the
+    preparation fails, every such test reports that one failure and where its log is."""
+    if str(KERNEL_HARNESS) not in sys.path:
+        sys.path.insert(0, str(KERNEL_HARNESS))
+    import kernel_harness
+
+    KERNEL_LOGS.mkdir(parents=True, exist_ok=True)
+    log = KERNEL_LOGS / "prepare.log"
+    try:
+        image = kernel_harness.prepare_image(log)
+    except (RuntimeError, OSError) as err:
+        failure = "\n".join(str(err).splitlines()[-25:])
+    else:
+        failure = None
+    if failure is not None:  # outside the except: no chained traceback in every report
+        pytest.fail(f"preparing the arm64 image failed (once for this run; every test that "
+                    f"boots it reports this). Full log: {log}\n{failure}", pytrace=False)
+    print(f"\narm64 image {image.path} (prepare {image.prepare_seconds:.1f}s, log {log})")
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ TOOLS: dict[str, str] = {
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
     "aarch64-linux-gnu-strip": "binutils-aarch64-linux-gnu",
     "make": "make",
+    "perl": "perl",
     "bc": "bc",
     "cpio": "cpio",
     "xz": "xz-utils",

@@ -1,4 +1,4 @@
-"""Driver declarations against the real device trees in ``../shared/dtbs``.
+"""Driver declarations against the real device trees (``tests/real_dtbs.py``).
 
 Every claimed node's traps and reset writes must fall inside the node's own registers; the
 declarations must keep recognising the enabled UARTs, GPIOs, I2C controllers, watchdogs...
@@ -18,7 +18,7 @@ from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.firmware.devicetree import DeviceTree, load_dtb
 from platpass.firmware.model import DeviceNode
 
-#: Enabled MMIO nodes matched per family (non-bus-masters), measured on the 49 shared DTBs.
+#: Enabled MMIO nodes matched per family (non-bus-masters), measured on the 48 real DTBs.
 FAMILY_FLOORS = {
     "uart": 62,
     "gpio": 84,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -11,9 +9,9 @@ from platpass.drivers.registry import DriverRegistry
 from platpass.errors import DeviceTreeLoadError
 from platpass.firmware.devicetree import load_blob
 from platpass.firmware.verdict import assess_tree
+from real_dtbs import DTB_DIR
 
-BLOB = (Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
-        / "rockchip__rk3568-evb1-v10.dtb").read_bytes()
+BLOB = (DTB_DIR / "rockchip__rk3568-evb1-v10.dtb").read_bytes()
 
 
 def scan_or_refuse(blob: bytes) -> None:

@@ -11,8 +11,9 @@ import pytest
 from platpass.cli import main
 from platpass.cli.scan import sim_board_path
 from platpass.firmware.verdict import Verdict
+from real_dtbs import DTB_DIR
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
+SHARED = DTB_DIR
 RK3568 = SHARED / "rockchip__rk3568-evb1-v10.dtb"
 
 KEYS = {"file", "path", "compatible", "status", "verdict", "reasons", "regions", "irqs",

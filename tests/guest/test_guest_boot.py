@@ -7,7 +7,8 @@ in a copy of that DTB from which QEMU's node is removed, so QEMU's emulated PL03
 where the generated node says. (A PL031 from a board tree does not fit: Juno's is described
 as a 64 KiB window, and the amba bus reads the primecell ID from the last bytes of the
 window, where QEMU's 4 KiB PL031 has nothing.) Debian's arm64 kernel (the real-kernel
-harness's cached image; ``rtc-pl031`` is built in) boots with the merged DTB, and the guest
+harness's image, the session's ``arm64_image``; ``rtc-pl031`` is built in) boots with the
+merged DTB, and the guest
 reports whether ``rtc-pl031`` probed our node and registered rtc0.
 """
 
@@ -101,9 +102,9 @@ def _boot_and_check(kh, image, dtb: Path) -> None:
 
 
 @pytest.mark.kernel
-def test_linux_rtc_pl031_binds_to_generated_node(tmp_path: Path, capsys) -> None:
+def test_linux_rtc_pl031_binds_to_generated_node(tmp_path: Path, capsys, arm64_image) -> None:
     kh = _harness()
-    image = kh.prepare_image(tmp_path / "prepare.log")
+    image = arm64_image
     merged = tmp_path / "guest.dtb"
     record = tmp_path / "placement.json"
     virt = str(image.dtb("amba"))
@@ -119,14 +120,15 @@ def test_linux_rtc_pl031_binds_to_generated_node(tmp_path: Path, capsys) -> None
 
 
 @pytest.mark.kernel
-def test_linux_rtc_pl031_binds_through_the_crosvm_overlay(tmp_path: Path, capsys) -> None:
+def test_linux_rtc_pl031_binds_through_the_crosvm_overlay(tmp_path: Path, capsys,
+                                                          arm64_image) -> None:
     """The crosvm overlay, applied by fdtoverlay to QEMU's DTB with QEMU's own PL031 node
     deleted first (fdtput -r): the node inherits the root's interrupt parent and its clock
     comes through __local_fixups__, as it would in crosvm."""
     kh = _harness()
     for tool in ("fdtoverlay", "fdtput"):
         assert shutil.which(tool), f"{tool} missing (device-tree-compiler)"
-    image = kh.prepare_image(tmp_path / "prepare.log")
+    image = arm64_image
     virt = str(image.dtb("amba"))
     overlay = tmp_path / "rtc.dtbo"
     assert main(["guest-dt", "/pl031@9010000", "--dtb", virt, "--flavour", "crosvm",

@@ -11,8 +11,9 @@ import pytest
 from platpass.cli import main
 from platpass.guest.dts import cells_of
 from platpass.guest.placement import GuestPlacement
+from real_dtbs import DTB_DIR
 
-DTBS = Path(__file__).resolve().parents[2].parent / "shared" / "dtbs"
+DTBS = DTB_DIR
 RK3568 = str(DTBS / "rockchip__rk3568-evb1-v10.dtb")
 JUNO = str(DTBS / "arm__juno-scmi.dtb")
 #: Juno's I2C carries the HDMI transmitters its HDLCDs use (REFUSED_HOST_IN_USE); these tests

@@ -1,4 +1,4 @@
-"""Every assignable device of the real board trees in ../shared/dtbs, in every flavour.
+"""Every assignable device of the real board trees (real_dtbs.py), in every flavour.
 
 Per board: the firmware loader, the verdicts and the driver registry pick the devices; one
 dtc run per flavour compiles all of them (warnings are errors); libfdt reads the result
@@ -28,8 +28,9 @@ from platpass.guest.transform import (
     ClockRates,
     gic_flags,
 )
+from real_dtbs import PATHS
 
-DTBS = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "dtbs").glob("*.dtb"))
+DTBS = list(PATHS)
 RATES = ClockRates(overrides={"*": 24_000_000})
 POOL = SpiPool(64, 900)
 REWRITTEN = {"reg", "interrupts", "interrupt-parent", "clocks", "clock-names", "status",

@@ -1,4 +1,5 @@
-"""Fixtures that boot the real arm64 kernel (see kernel_harness.py for how)."""
+"""Fixtures that boot the real arm64 kernel (see kernel_harness.py for how). The image
+itself is ``arm64_image`` in tests/conftest.py, shared with tests/guest/test_guest_boot.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernel_harness import GuestRun, Image, boot, build_kmod, kmod_dtb, prepare_image
+from kernel_harness import GuestRun, Image, boot, build_kmod, kmod_dtb
 
 LOG_DIR = Path(os.environ.get("PLATPASS_KERNEL_LOGS", "/tmp/platpass-kernel-logs"))
 
@@ -22,20 +23,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.kernel)
-
-
-@pytest.fixture(scope="session")
-def arm64_image() -> Image:
-    """The prepared image (built on first use, then cached between runs)."""
-    for tool in ("qemu-system-aarch64", "qemu-aarch64", "aarch64-linux-gnu-gcc", "dtc", "cpio"):
-        if shutil.which(tool) is None:
-            if tool == "qemu-system-aarch64":
-                pytest.skip("qemu-system-aarch64 is not installed (scripts/install --test)")
-            pytest.fail(f"{tool} missing: run scripts/install --test")
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    image = prepare_image(LOG_DIR / "prepare.log")
-    print(f"\narm64 image {image.path} (prepare {image.prepare_seconds:.1f}s)")
-    return image
 
 
 @pytest.fixture(scope="session")

@@ -83,28 +83,38 @@ def prepare_image(log: Path | None = None) -> Image:
     Raises RuntimeError with the tail of the build log when ``prepare.sh`` fails.
     """
     final = CACHE_ROOT / image_key()
-    if (final / "done").exists():
-        return Image(final, 0.0)
-    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_ROOT / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds once, the other waits
-        if (final / "done").exists():
-            return Image(final, 0.0)
-        return _build(final, log)
+    if not (final / "done").exists():
+        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+        with open(CACHE_ROOT / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds once, the other waits
+            if not (final / "done").exists():
+                return _build(final, log)
+    if log is not None:  # this run's log says so, instead of an earlier run's outcome
+        log.write_text(f"cached image {final}; its preparation said:\n"
+                       + (final / "done").read_text())
+    return Image(final, 0.0)
 
 
 def _build(final: Path, log: Path | None) -> Image:
     staging = CACHE_ROOT / f"{final.name}.tmp{os.getpid()}"
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(PREPARE), str(staging)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1200)
-    text = proc.stdout.decode(errors="replace")
-    if log is not None:
-        log.write_text(text)
-    if proc.returncode != 0:
+    # The log is written as prepare.sh runs: it is there to read while it runs, and after a
+    # timeout.
+    log_file = log if log is not None else CACHE_ROOT / f"{final.name}.log"
+    with open(log_file, "wb") as out:
+        try:
+            proc = subprocess.run(["bash", str(PREPARE), str(staging)],
+                                  stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=1200)
+            returncode: int | str = proc.returncode
+        except subprocess.TimeoutExpired:
+            returncode = "timeout after 1200 s"
+    text = log_file.read_text(errors="replace")
+    if returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(f"{staging}.work", ignore_errors=True)
-        raise RuntimeError(f"prepare.sh failed (rc={proc.returncode}):\n{text[-4000:]}")
+        raise RuntimeError(f"prepare.sh failed (rc={returncode}; log {log_file}):\n"
+                           f"{text[-4000:]}")
     (staging / "done").write_text(text)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
