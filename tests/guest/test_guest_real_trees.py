@@ -17,7 +17,7 @@ import pytest
 from platpass.drivers.registry import default_registry
 from platpass.errors import GuestError
 from platpass.firmware.devicetree import load_dtb
-from platpass.firmware.verdict import Verdict, assess_tree
+from platpass.firmware.verdict import assess_tree
 from platpass.guest.dts import cells_of
 from platpass.guest.flavours import Flavour, crosvm, qemu, xen
 from platpass.guest.placement import SpiPool, new_record
@@ -45,7 +45,7 @@ def registry():
 def assignable(path: Path, registry):
     tree = load_dtb(path)
     devices = [(a.node, a.driver(a.node)) for a in assess_tree(tree, registry)
-               if a.verdict in (Verdict.ASSIGNABLE, Verdict.ASSIGNABLE_WITH_TRAPS)]
+               if a.may_assign]
     hints = trigger_hints({n.path: n.props for n in tree.raw.nodes})
     return tree, devices, hints
 
@@ -104,7 +104,7 @@ def test_every_assignable_device_in_every_flavour(dtb: Path, registry, qemu_virt
     phandles = frozenset(tree.raw.by_phandle)
 
     guests, _ = plan_guest(devices, Flavour.CROSVM, new_record(spi_pool=POOL), rates=RATES,
-                           host_phandles=phandles, trigger_hints=hints)
+                           host_phandles=phandles, trigger_hints=hints, host_tree=tree.raw)
     out = crosvm.build(guests)
     check_devices(libfdt.FdtRo(out.blob), "/fragment@0/__overlay__", guests, host_flags=False)
 
@@ -113,7 +113,7 @@ def test_every_assignable_device_in_every_flavour(dtb: Path, registry, qemu_virt
     guests, _ = plan_guest(devices, Flavour.QEMU, new_record(spi_pool=POOL), rates=RATES,
                            host_phandles=phandles, reserved=base.reserved(),
                            reserved_spis=base.spis, gic_phandle=base.gic_phandle,
-                           trigger_hints=hints)
+                           trigger_hints=hints, host_tree=tree.raw)
     assert not {i.guest_spi for g in guests for i in g.placement.interrupts} & base.spis
     out = qemu.build(base_blob, guests)
     check_devices(libfdt.FdtRo(out.blob), "", guests, host_flags=False)

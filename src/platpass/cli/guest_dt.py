@@ -282,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
                                 gic_phandle=gic_phandle,
                                 trigger_hints=trigger_hints(
                                     {n.path: n.props for n in tree.raw.nodes
-                                     if "ti,intr-trigger-type" in n.props}))
+                                     if "ti,intr-trigger-type" in n.props}),
+                                host_tree=tree.raw)
     output: FlavourOutput
     if flavour is Flavour.CROSVM:
         output = crosvm.build(guests, str(out_path))

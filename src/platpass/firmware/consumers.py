@@ -29,7 +29,7 @@ from platpass.errors import NodeError
 from platpass.firmware.rawtree import RawNode, RawTree
 from platpass.firmware.resolve import interrupt_parent
 
-__all__ = ["CELLS_PROPERTIES", "PHANDLE_PROPERTIES", "Reference", "references"]
+__all__ = ["CELLS_PROPERTIES", "PHANDLE_PROPERTIES", "Reference", "phandle_entries", "references"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +150,51 @@ def _with_cells(tree: RawTree, words: list[int], cells_name: str) -> Iterator[Ra
             count = 0
         yield target
         i += 1 + count
+
+
+def phandle_entries(tree: RawTree, node: RawNode,
+                    name: str) -> list[tuple[RawNode | None, tuple[int, ...]]] | None:
+    """Property ``name`` of ``node`` as ``(supplier, argument cells)`` entries, walked as
+    :func:`references` walks it (an empty entry, phandle 0, is ``(None, ())``); None when
+    the property is not a reference list, or when it stops making sense before its end
+    (the caller cannot rewrite what it cannot read)."""
+    value = node.props.get(name)
+    kind, cells_name = _kind(name)
+    if value is None or kind == _KIND_NONE or len(value) % 4:
+        return None
+    if kind == _KIND_CELLS and cells_name == "#gpio-cells" and "gpio-hog" in node.props:
+        return None
+    words = _words(value)
+    out: list[tuple[RawNode | None, tuple[int, ...]]] = []
+    if kind == _KIND_SUPPLY:
+        target = tree.by_phandle.get(words[0]) if len(words) == 1 else None
+        return [(target, ())] if target is not None else None
+    if kind == _KIND_PHANDLES:
+        for phandle in words:
+            target = tree.by_phandle.get(phandle)
+            if target is None:
+                return None
+            out.append((target, ()))
+        return out
+    i, n = 0, len(words)
+    while i < n:
+        if words[i] == 0:
+            out.append((None, ()))
+            i += 1
+            continue
+        target = tree.by_phandle.get(words[i])
+        if target is None:
+            return None
+        count = _u32(target, cells_name)
+        if count is None:
+            if cells_name not in _OPTIONAL_CELLS:
+                return None
+            count = 0
+        if i + 1 + count > n:
+            return None
+        out.append((target, tuple(words[i + 1:i + 1 + count])))
+        i += 1 + count
+    return out
 
 
 def _interrupt_map(tree: RawTree, nexus: RawNode) -> Iterator[RawNode]:

@@ -11,9 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from platpass.drivers.common import PlatformDriver
 from platpass.firmware.model import DeviceNode, Trigger
+from platpass.firmware.rawtree import RawTree
 from platpass.guest.flavours import Flavour
 from platpass.guest.flavours.xen import GUEST_PHANDLE_GIC
 from platpass.guest.placement import AddressRange, Allocator, GuestPlacement
+from platpass.guest.subtree import guest_children
 from platpass.guest.transform import ClockRates, GuestDevice, build_guest_device
 
 
@@ -28,8 +30,12 @@ def plan_guest(
     reserved_spis: Iterable[int] = (),
     gic_phandle: int | None = None,
     trigger_hints: Mapping[str, Trigger] | None = None,
+    host_tree: RawTree | None = None,
 ) -> tuple[list[GuestDevice], GuestPlacement]:
     """Guest devices for ``devices`` and the updated placement record.
+
+    With ``host_tree``, each device takes its subtree along (:mod:`.subtree`); references
+    between the devices given here become references between their guest nodes.
 
     Devices already in ``record`` keep their placement. Raises :class:`GuestError` (nothing
     is returned, so nothing is written) when any device cannot be placed or described.
@@ -43,12 +49,18 @@ def plan_guest(
         parent = None
     allocator = Allocator(record, reserved=reserved,
                           reserved_spis=() if identity else reserved_spis)
+    placements = [allocator.place(node, identity=identity, trigger_hints=trigger_hints)
+                  for node, _driver in devices]
+    labels = {node.path: placement.label
+              for (node, _driver), placement in zip(devices, placements, strict=True)}
     out = []
-    for node, driver in devices:
-        placement = allocator.place(node, identity=identity, trigger_hints=trigger_hints)
+    for (node, driver), placement in zip(devices, placements, strict=True):
+        children = ([], {}) if host_tree is None else guest_children(
+            host_tree, node.path, placement.label,
+            {path: label for path, label in labels.items() if path != node.path})
         out.append(build_guest_device(
             node, driver, placement, rates=rates, host_phandles=host_phandles,
-            interrupt_parent=parent, host_gic_flags=identity))
+            interrupt_parent=parent, host_gic_flags=identity, children=children))
     return out, allocator.record
 
 

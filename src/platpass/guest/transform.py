@@ -306,12 +306,15 @@ def build_guest_device(
     host_gic_flags: bool = False,
     address_cells: int = 2,
     size_cells: int = 2,
+    children: tuple[list[Node], Mapping[str, str]] = ([], {}),
 ) -> GuestDevice:
     """The guest node of ``node`` placed at ``placement``.
 
     ``interrupt_parent`` is the guest GIC's phandle when the output must name it (QEMU,
     Xen); ``None`` leaves the node inheriting the root's. ``host_gic_flags`` keeps the host
     trigger cell exactly (Xen); otherwise the placement's guest trigger is used.
+    ``children`` are the guest nodes of the device's subtree and what was dropped from
+    them (:func:`platpass.guest.subtree.guest_children`).
     Raises :class:`GuestError` when a clock has no known rate, or the placement does not
     belong to ``node``.
     """
@@ -397,6 +400,8 @@ def build_guest_device(
         name=node_name_for(base) + unit,
         label=label,
         properties=props,
+        children=list(children[0]),
         comments=(f"host {node.path}",),
     )
+    dropped.update(children[1])
     return GuestDevice(node, placement, guest_node, tuple(clocks), dropped)
