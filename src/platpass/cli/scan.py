@@ -173,8 +173,14 @@ def scan(args: argparse.Namespace, registry: DriverRegistry | None = None,
     for done, (label, loader) in enumerate(sources, 1):
         try:
             tree = loader()
+            live = None
+            if label == str(LIVE_FDT):
+                # the running kernel's own view of who uses what, as evidence
+                from platpass.host.live_use import live_host_use
+
+                live = live_host_use(n.path for n in tree.devices(all=args.all))
             assessments = assess_tree(
-                tree, registry, all=args.all,
+                tree, registry, all=args.all, live=live,
                 overrides=overrides_for(tree, getattr(args, "override", ())))
         except FirmwareError as err:
             failed += 1

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUS_MASTER_FAMILIES",
+    "LIVE_RULES",
     "NO_MAP_RULES",
     "PAGE_SIZE",
     "WAIVABLE_RULES",
@@ -425,8 +426,12 @@ def region_trap_evidence(node: DeviceNode, page_size: int = PAGE_SIZE) -> list[E
 #: Rules of ``REFUSED_HOST_IN_USE`` a user may waive, per device and per rule, when they
 #: know better (``--override PATH=RULE``; each waiver stays in the evidence and is logged).
 #: Bus-master and shared refusals are never waivable, nor is a reset that outlives the VM.
+#: Host-use findings from the running kernel (:mod:`platpass.host.live_use` reads them and
+#: :func:`assess_tree` takes them as data): a fw_devlink consumer outside the subtree, a child
+#: bound to a host driver, an MTD device or a regulator inside it.
+LIVE_RULES = frozenset({"live-consumer", "live-child-driver", "live-mtd", "live-regulator"})
 WAIVABLE_RULES = frozenset({"host-consumer", "needs-host-resource", "host-critical-child",
-                            "system-reset"})
+                            "system-reset"}) | LIVE_RULES
 
 #: What makes a node in a subtree host-critical, matched on each compatible string: the
 #: host boots from it, keeps its secrets in it, is powered by it, or is managed through it.
@@ -718,13 +723,24 @@ def _ancestor_evidence(raw: RawNode | None,
 def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
                 all: bool = False,
                 groups: Iterable[Iterable[str]] = (),
-                overrides: Mapping[str, Iterable[str]] | None = None) -> list[Assessment]:
+                overrides: Mapping[str, Iterable[str]] | None = None,
+                live: Mapping[str, Iterable[tuple[str, str]]] | None = None,
+                ) -> list[Assessment]:
     """A verdict for every device of ``tree`` (every node but the root with ``all``).
 
     ``groups`` are co-assignment groups (node paths that go to one guest together: their
     subtrees count as one); ``overrides`` maps a node path to the host-use rules the user
-    waives for it. Raises ValueError for an override of a rule that cannot be waived.
+    waives for it; ``live`` maps a node path to the running kernel's ``(rule, what)``
+    findings about it (:data:`LIVE_RULES`, from :func:`platpass.host.live_use.live_host_use`).
+    Raises ValueError for an override of a rule that cannot be waived, or an unknown live
+    rule.
     """
+    live = {path: [Evidence(rule, "", what) for rule, what in facts]
+            for path, facts in (live or {}).items()}
+    for facts in live.values():
+        for fact in facts:
+            if fact.rule not in LIVE_RULES:
+                raise ValueError(f"{fact.rule}: not a live host-use rule")
     overrides = dict(overrides or {})
     for path, rules in overrides.items():
         bad = sorted(set(rules) - WAIVABLE_RULES)
@@ -762,7 +778,7 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
             shared_page=page_shares.get(path, ()),
             overlaps=overlaps.get(path, ()),
             host_in_use=[*host_use_evidence(consumers, needs.get(path, ()), device_of),
-                         *critical.get(path, ())],
+                         *critical.get(path, ()), *live.get(path, ())],
             consumers=tuple(dict.fromkeys(consumers)),
             waived=overrides.get(path, ()),
         ))
