@@ -59,22 +59,25 @@ def prepare(log: Path) -> tuple[Path, float]:
     """The cached image directory, built first when absent (one builder per machine)."""
     final = CACHE_ROOT / _key()
     if (final / "done").exists():
-        return final, 0.0
+        return _cached(final, log)
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     with open(CACHE_ROOT / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "done").exists():
-            return final, 0.0
+            return _cached(final, log)
         started = time.monotonic()
         staging = CACHE_ROOT / f"{final.name}.tmp{os.getpid()}"
-        proc = subprocess.run(["bash", str(PREPARE), str(staging)], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1200,
-                              check=False)
-        text = proc.stdout.decode(errors="replace")
-        log.write_text(text)
-        if proc.returncode != 0:
+        with open(log, "wb") as out:  # written as it runs (readable then and after a timeout)
+            try:
+                returncode: int | str = subprocess.run(
+                    ["bash", str(PREPARE), str(staging)], stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, timeout=1200, check=False).returncode
+            except subprocess.TimeoutExpired:
+                returncode = "timeout after 1200 s"
+        text = log.read_text(errors="replace")
+        if returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
-            raise RuntimeError(f"prepare.sh failed (rc={proc.returncode}):\n{text[-4000:]}")
+            raise RuntimeError(f"prepare.sh failed (rc={returncode}):\n{text[-4000:]}")
         (staging / "done").write_text(text)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -82,6 +85,12 @@ def prepare(log: Path) -> tuple[Path, float]:
             if old.is_dir() and old != final:
                 shutil.rmtree(old, ignore_errors=True)
         return final, time.monotonic() - started
+
+
+def _cached(final: Path, log: Path) -> tuple[Path, float]:
+    """This run's log says the image was cached (not an earlier run's outcome)."""
+    log.write_text(f"cached image {final}; its preparation said:\n" + (final / "done").read_text())
+    return final, 0.0
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +102,16 @@ def qemu_image() -> QemuImage:
     if os.geteuid() != 0:
         pytest.fail("building the QEMU root (debootstrap) needs root")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    path, seconds = prepare(LOG_DIR / "prepare.log")
+    log = LOG_DIR / "prepare.log"
+    try:
+        path, seconds = prepare(log)
+    except (RuntimeError, OSError) as err:
+        failure = "\n".join(str(err).splitlines()[-25:])
+    else:
+        failure = None
+    if failure is not None:  # once per run (pytest keeps a session fixture's failure)
+        pytest.fail(f"preparing the QEMU root failed (once for this run; every test that "
+                    f"needs it reports this). Full log: {log}\n{failure}", pytrace=False)
     qemu = qemu_in_root(path / "root")
     assert qemu is not None and qemu.has_vfio_user_pci, f"no QEMU >= 10.1 in {path}/root"
     print(f"\nQEMU {'.'.join(map(str, qemu.version))} from {path} (prepare {seconds:.1f}s)")
