@@ -50,6 +50,18 @@ class QemuImage:
     def busybox(self) -> bytes:
         return (self.path / "busybox").read_bytes()
 
+    @property
+    def qemu_arm64(self) -> Qemu | None:
+        return qemu_in_root(self.path / "root", "aarch64")
+
+    @property
+    def kernel_arm64(self) -> Path:
+        return self.path / "arm64" / "Image"
+
+    @property
+    def busybox_arm64(self) -> bytes:
+        return (self.path / "arm64" / "busybox").read_bytes()
+
 
 def _key() -> str:
     return hashlib.sha256(PREPARE.read_bytes()).hexdigest()[:16]
@@ -81,8 +93,11 @@ def prepare(log: Path) -> tuple[Path, float]:
         (staging / "done").write_text(text)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
+        # Builds of other prepare.sh versions are dead weight once nobody uses them; other
+        # checkouts on a shared machine may still boot from a recent one, so only builds
+        # unused for a day go.
         for old in CACHE_ROOT.iterdir():
-            if old.is_dir() and old != final:
+            if old.is_dir() and old != final and time.time() - old.stat().st_mtime > 86400:
                 shutil.rmtree(old, ignore_errors=True)
         return final, time.monotonic() - started
 
@@ -112,6 +127,7 @@ def qemu_image() -> QemuImage:
     if failure is not None:  # once per run (pytest keeps a session fixture's failure)
         pytest.fail(f"preparing the QEMU root failed (once for this run; every test that "
                     f"needs it reports this). Full log: {log}\n{failure}", pytrace=False)
+    os.utime(path)  # in use: see prepare()
     qemu = qemu_in_root(path / "root")
     assert qemu is not None and qemu.has_vfio_user_pci, f"no QEMU >= 10.1 in {path}/root"
     print(f"\nQEMU {'.'.join(map(str, qemu.version))} from {path} (prepare {seconds:.1f}s)")

@@ -4,6 +4,8 @@
 #                           (vfio-user-pci needs QEMU >= 10.1; bookworm has 7.2, trixie 10.0)
 #   OUT/vmlinuz             Debian's stock amd64 kernel (8250_pci built in), unchanged
 #   OUT/busybox             busybox-static (amd64) for the initramfs the harness writes
+#   OUT/arm64/Image, OUT/arm64/busybox   the same for an arm64 virt guest (Debian's arm64
+#                           kernel also has 8250_pci and pci-host-generic built in)
 #   OUT/qemu-version        `qemu-system-x86_64 --version`, first line
 # QEMU runs through the chroot's own dynamic loader (platpass.vmm.qemu_pci.qemu_in_root:
 # no chroot(2) at run time, so sockets and files keep their host paths; firmware through
@@ -22,7 +24,7 @@ echo "deb $MIRROR trixie-backports main" > "$OUT/root/etc/apt/sources.list.d/bac
 cp /etc/resolv.conf "$OUT/root/etc/resolv.conf"
 chroot "$OUT/root" apt-get -o Dpkg::Use-Pty=0 update -qq
 chroot "$OUT/root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-  --no-install-recommends -t trixie-backports qemu-system-x86 >/dev/null
+  --no-install-recommends -t trixie-backports qemu-system-x86 qemu-system-arm >/dev/null
 chroot "$OUT/root" apt-get clean
 say "qemu installed: $(du -sh "$OUT/root" | cut -f1)"
 LD=$(ls "$OUT"/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
@@ -39,5 +41,13 @@ cp k/boot/vmlinuz-* "$OUT/vmlinuz"
 ls k/lib/modules > "$OUT/kernel-release"
 dpkg-deb -x busybox-static_*.deb b
 cp b/bin/busybox "$OUT/busybox"
+AKPKG=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-6/{print $2; exit}')
+apt-get download -q "${AKPKG%:arm64}:arm64" busybox-static:arm64 2>&1 \
+  | grep -v -e unsandboxed -e '^Get:' || true
+mkdir -p "$OUT/arm64"
+dpkg-deb -x ${AKPKG%:arm64}_*_arm64.deb ak
+cp ak/boot/vmlinuz-* "$OUT/arm64/Image"
+dpkg-deb -x busybox-static_*_arm64.deb ab
+cp ab/bin/busybox "$OUT/arm64/busybox"
 cd "$OUT" && rm -rf debs
 say "kernel $(cat kernel-release); total $(du -sh "$OUT" | cut -f1)"
