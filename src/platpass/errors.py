@@ -14,6 +14,7 @@ and are converted only where two layers meet (``raise X(...) from err``)::
      +-- VfioUserError            vfio-user protocol failure
      |    +-- LocalProtocolError  we misused the protocol
      |    +-- RemoteProtocolError the peer did; carries an errno to reply with
+     |    +-- ConnectionLost      the socket failed or the peer hung up; carries an errno
      +-- GuestError               the guest device tree could not be produced
      +-- VmmError                 the KVM client failed
      +-- OpsError                 service operations (control socket, trace, replay)
@@ -77,6 +78,17 @@ class LocalProtocolError(VfioUserError):
 
 class RemoteProtocolError(VfioUserError):
     """The peer sent something the protocol does not allow; ``errno`` is the reply."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(f"{_errno.errorcode.get(err, str(err))}: {message}")
+        self.errno = err
+        self.message = message
+
+
+class ConnectionLost(VfioUserError):
+    """The connection to the peer is gone (refused, reset, closed, timed out): no protocol
+    error of either side, and nothing more can be sent on it. ``errno`` is the socket's
+    (ECONNRESET when the peer closed its end)."""
 
     def __init__(self, err: int, message: str) -> None:
         super().__init__(f"{_errno.errorcode.get(err, str(err))}: {message}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from platpass.errors import RemoteProtocolError, VfioError
+from platpass.errors import ConnectionLost, VfioError
 from platpass.host.simulated.board import board_dts_path
 from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, RegionFlags
 from platpass.vfio_user.client import VfioUserClient
@@ -205,7 +205,7 @@ def test_pl061_registers(board: Path) -> None:
 
 def test_second_client_is_refused_and_first_keeps_working(board: Path) -> None:
     with connect(board, PL031) as first:
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(ConnectionLost):
             connect(board, PL031)
         assert first.read(0, 0xFE0, 4) == 0x31
 
@@ -226,7 +226,7 @@ def test_peercred_allow_list_refuses_others(tmp_path: Path) -> None:
                     "--allow-uid", str(os.getuid() + 4242), "--mode", "0666")
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(ConnectionLost):
             VfioUserClient.connect(path)
     finally:
         assert server.stop() == 0

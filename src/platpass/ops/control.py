@@ -75,6 +75,7 @@ def endpoint_status(endpoint: DeviceEndpoint, extra: dict[str, Any] | None = Non
         "backend_reads": stats.backend_reads,
         "backend_writes": stats.backend_writes,
         "refused_accesses": stats.refused,
+        "failed_posted_writes": endpoint.failed_posted_writes,
         "resets": stats.resets,
         "dma_maps": stats.dma_maps,
         "irqs": irqs,

@@ -37,7 +37,7 @@ from platpass.reactor import Reactor
 from platpass.vfio_device.iommu import DmaMapping, EmulatedIommu
 from platpass.vfio_device.irqs import IrqController, IrqInfo, IrqStats
 from platpass.vfio_device.regions import RegionInfo, SparseArea, region_info
-from platpass.vfio_device.uapi import DeviceFlags
+from platpass.vfio_device.uapi import ACCESS_SIZES, DeviceFlags
 
 __all__ = [
     "ACCESS_SIZES",
@@ -51,8 +51,6 @@ __all__ = [
     "VfioDevice",
 ]
 
-#: Region access widths VFIO platform devices accept.
-ACCESS_SIZES = (1, 2, 4, 8)
 _ACCESS_SIZE_SET = frozenset(ACCESS_SIZES)
 
 

@@ -75,6 +75,10 @@ class DmaMapFlags(IntFlag):
     WRITE = 1 << 1
 
 
+#: The widths of one device access (naturally aligned): vfio-platform's region read/write
+#: handlers accept these, and the vfio-user codec's fast path carries exactly one of them.
+ACCESS_SIZES = (1, 2, 4, 8)
+
 VFIO_NOIOMMU_IOMMU = 8
 VFIO_TYPE1_IOMMU = 1
 VFIO_TYPE1v2_IOMMU = 3

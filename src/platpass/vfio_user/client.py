@@ -2,11 +2,22 @@
 
 One request at a time: send, then wait for the reply with the same message id. A refused
 command raises :class:`~platpass.errors.VfioError` carrying the server's errno; a server
-that hangs up or breaks the protocol raises :class:`~platpass.errors.RemoteProtocolError`.
+that breaks the protocol raises :class:`~platpass.errors.RemoteProtocolError`; **any**
+socket failure (cannot connect, reset, broken pipe, the server hung up, a timeout) raises
+:class:`~platpass.errors.ConnectionLost`, from every method, and leaves the client closed.
+No ``OSError`` escapes.
 
-The trapped register path (:meth:`VfioUserClient.read` / :meth:`~VfioUserClient.write`)
-is a fast path: precompiled structs, one ``send`` and (normally) one ``recv_into`` into a
-preallocated buffer; anything unexpected falls back to the full codec.
+The trapped register path (:meth:`VfioUserClient.read` / :meth:`~VfioUserClient.write` /
+:meth:`~VfioUserClient.post_write`) uses the codec's fast path
+(:mod:`platpass.vfio_user.protocol.region_access`): one ``send`` and (normally) one
+``recv_into`` over preallocated buffers; anything unexpected falls back to the full codec.
+**Posted writes** (:meth:`~VfioUserClient.post_write`, or ``write(..., posted=True)``)
+carry the no-reply flag and return once sent, as a posted bus write does: the server
+processes messages in order, so any later request sees the write's effect; a posted
+write the server refuses is counted and logged there, never reported here.
+
+The socket is blocking with kernel send/receive timeouts (``SO_SNDTIMEO``/``SO_RCVTIMEO``),
+not Python's socket timeout, which would poll before every call.
 """
 
 from __future__ import annotations
@@ -18,9 +29,9 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from platpass.errors import LocalProtocolError, RemoteProtocolError, VfioError
+from platpass.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError, VfioError
 from platpass.vfio_device.uapi import DmaMapFlags, IrqSetFlags, RegionFlags
 from platpass.vfio_user.protocol import messages as m
 from platpass.vfio_user.protocol.connection import (
@@ -41,13 +52,27 @@ from platpass.vfio_user.protocol.header import (
     MessageType,
     reply_header,
 )
+from platpass.vfio_user.protocol.region_access import (
+    ACCESS_SIZE,
+    BUFFER_SIZE,
+    is_write_reply,
+    pack_read,
+    pack_write,
+    read_reply_value,
+)
+from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
 
-_ACCESS = struct.Struct("=HHIIIQII")  # header + offset, region, count
-_ACCESS_SIZE = _ACCESS.size  # 32
 _PAGE = mmap.PAGESIZE
-_REGION_READ = int(Command.REGION_READ)
-_REGION_WRITE = int(Command.REGION_WRITE)
-_REPLY = int(MessageType.REPLY)
+_TIMEVAL = struct.Struct("@ll")  # struct timeval (SO_RCVTIMEO / SO_SNDTIMEO)
+
+
+def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
+    """Kernel send/receive timeouts on a blocking socket (None or 0: wait forever)."""
+    seconds = 0.0 if timeout is None else max(timeout, 0.0)
+    whole = int(seconds)
+    value = _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +153,11 @@ class MappedRegion:
 
 
 class VfioUserClient:
-    """A connected, negotiated client of one vfio-user device."""
+    """A connected, negotiated client of one vfio-user device.
+
+    ``sock`` should be blocking (``connect`` makes it so, with ``timeout`` as kernel
+    send/receive timeouts).
+    """
 
     def __init__(self, sock: socket.socket, *, max_msg_fds: int = 8,
                  max_data_xfer_size: int = 1 << 20, write_multiple: bool = False) -> None:
@@ -138,29 +167,40 @@ class VfioUserClient:
         self.max_data_xfer_size = max_data_xfer_size
         self._framer = Connection(max_message_size=HEADER_SIZE + 64 + max_data_xfer_size,
                                   max_fds=max_msg_fds)
+        self._anc_size = ancillary_space(max_msg_fds)
         self._next_id = 0
-        self._send_buf = bytearray(_ACCESS_SIZE + 8)
+        self._send_buf = bytearray(BUFFER_SIZE)
         send_view = memoryview(self._send_buf)
-        self._request_view = send_view[:_ACCESS_SIZE]
-        self._write_views = {n: send_view[:_ACCESS_SIZE + n] for n in (1, 2, 4, 8)}
+        #: message length -> the bytes of the fast path's request of that length.
+        self._send_views = {n: send_view[:n] for n in range(ACCESS_SIZE, BUFFER_SIZE + 1)}
         self._recv_buf = bytearray(1 << 16)
         self._recv_view = memoryview(self._recv_buf)
         self.server_version: m.Version | None = None
         self.server_caps: dict[str, Any] = {}
         self.closed = False
+        #: Why the connection ended, once it has (every later call raises it again).
+        self.lost: ConnectionLost | None = None
 
     @classmethod
     def connect(cls, path: str | os.PathLike[str], *, timeout: float | None = 10.0,
                 negotiate: bool = True, **kwargs: Any) -> VfioUserClient:
         """Connect to ``path`` and (by default) negotiate the version.
 
-        Raises OSError if the socket cannot be reached, RemoteProtocolError if the server
-        hangs up (e.g. a second client is refused), VfioError if VERSION is refused.
+        ``timeout`` bounds each send and each wait for a reply (None: no bound).
+        Raises ConnectionLost if the socket cannot be reached or the server hangs up
+        (e.g. a second client is refused), VfioError if VERSION is refused.
         """
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout)
         try:
-            sock.connect(os.fspath(path))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        except OSError as err:
+            raise ConnectionLost(err.errno or errno.EIO, f"no socket: {err}") from err
+        try:
+            try:
+                _set_timeout(sock, timeout)
+                sock.connect(os.fspath(path))
+            except OSError as err:
+                raise ConnectionLost(err.errno or errno.EIO,
+                                     f"cannot connect to {os.fspath(path)}: {err}") from err
             client = cls(sock, **kwargs)
             if negotiate:
                 client.negotiate()
@@ -171,21 +211,48 @@ class VfioUserClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _lose(self, err: OSError | None, what: str) -> NoReturn:
+        """The connection is gone: close it and raise ConnectionLost (from ``err``)."""
+        if err is None:
+            code, why = errno.ECONNRESET, "server closed the connection"
+        elif isinstance(err, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
+            code, why = errno.ETIMEDOUT, "no answer in time"
+        else:
+            code, why = err.errno or errno.EIO, str(err)
+        lost = ConnectionLost(code, f"{what}: connection lost: {why}")
+        self.lost = lost
+        self.close()
+        if err is None:
+            raise lost
+        raise lost from err
+
+    def _check_open(self) -> None:
+        if self.lost is not None:
+            raise ConnectionLost(self.lost.errno, f"connection already lost ({self.lost})")
+        if self.closed:
+            raise LocalProtocolError("client is closed")
+
     def _msg_id(self) -> int:
         self._next_id = (self._next_id + 1) & 0xFFFF
         return self._next_id
 
     def send_raw(self, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
-        """Write bytes (with fds on the first byte) to the socket as they are."""
-        if fds:
-            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                               struct.pack(f"={len(fds)}i", *fds))])
-            data = data[sent:]
-        if data:
-            self.sock.sendall(data)
+        """Write bytes (with fds on the first byte) to the socket as they are.
+
+        Raises ConnectionLost."""
+        try:
+            if fds:
+                sent = self.sock.sendmsg([data], rights(fds))
+                data = data[sent:]
+            if data:
+                self.sock.sendall(data)
+        except OSError as err:
+            self._lose(err, "send")
 
     def _receive(self) -> Message:
-        """The next complete message from the server (blocking)."""
+        """The next complete message from the server (blocking).
+
+        Raises ConnectionLost, or RemoteProtocolError for what the framer refuses."""
         while True:
             event = self._framer.next_event()
             if isinstance(event, Message):
@@ -195,17 +262,14 @@ class VfioUserClient:
                     os.close(fd)
                 raise RemoteProtocolError(event.errno, event.reason)
             if isinstance(event, ConnectionClosed):
-                self.closed = True
-                raise RemoteProtocolError(errno.ECONNRESET, "server closed the connection")
+                self._lose(None, "receive")
             assert event is NEED_DATA
-            anc = socket.CMSG_SPACE(self.max_msg_fds * 4)
-            nbytes, ancdata, flags, _ = self.sock.recvmsg_into([self._recv_buf], anc)
-            fds: list[int] = []
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(data) - len(data) % 4
-                    fds.extend(struct.unpack(f"={usable // 4}i", data[:usable]))
-            self._framer.receive_data(self._recv_view[:nbytes], fds,
+            try:
+                nbytes, ancdata, flags, _ = self.sock.recvmsg_into([self._recv_buf],
+                                                                   self._anc_size)
+            except OSError as err:
+                self._lose(err, "receive")
+            self._framer.receive_data(self._recv_view[:nbytes], received_fds(ancdata),
                                       fds_truncated=bool(flags & socket.MSG_CTRUNC))
 
     def request(self, command: Command, payload: bytes = b"",
@@ -213,23 +277,18 @@ class VfioUserClient:
                 ) -> Message | None:
         """Send one command and return its (successful) reply message.
 
-        Raises VfioError(errno) for an error reply. Server-to-client commands arriving
-        meanwhile are refused with ENOTSUP (this client exports no DMA memory).
+        Raises VfioError(errno) for an error reply, ConnectionLost when the socket fails,
+        RemoteProtocolError when the server breaks the protocol. Server-to-client commands
+        arriving meanwhile are refused with ENOTSUP (this client exports no DMA memory).
         """
-        if self.closed:
-            raise LocalProtocolError("client is closed")
+        self._check_open()
         msg_id = self._msg_id()
         flags = MessageType.COMMAND | (HeaderFlags.NO_REPLY if no_reply else 0)
         header = Header(msg_id, command, HEADER_SIZE + len(payload), flags)
-        try:
-            self.send_raw(header.encode() + payload, fds)
-            if no_reply:
-                return None
-            return self._wait_reply(msg_id, command)
-        except OSError as err:
-            self.closed = True
-            raise RemoteProtocolError(err.errno or errno.EIO,
-                                      f"{command.name}: connection lost: {err}") from err
+        self.send_raw(header.encode() + payload, fds)
+        if no_reply:
+            return None
+        return self._wait_reply(msg_id, command)
 
     def _wait_reply(self, msg_id: int, command: Command) -> Message:
         while True:
@@ -333,47 +392,59 @@ class VfioUserClient:
                      no_reply=no_reply)
 
     def read(self, region: int, offset: int, size: int) -> int:
-        """Trapped register read (fast path: one send, one recv_into)."""
+        """Trapped register read (fast path: one send, one recv_into).
+
+        Raises VfioError (refused), ConnectionLost."""
         if not self._framer.idle:
             return int.from_bytes(self.read_bytes(region, offset, size), "little")
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
-        _ACCESS.pack_into(self._send_buf, 0, msg_id, _REGION_READ, _ACCESS_SIZE, 0, 0,
-                          offset, region, size)
-        self.sock.send(self._request_view)
-        want = _ACCESS_SIZE + size
-        rbuf = self._recv_buf
-        nbytes = self.sock.recv_into(rbuf)
-        if nbytes == want:
-            rid, _cmd, rsize, rflags, _e, _o, _r, rcount = _ACCESS.unpack_from(rbuf)
-            if rid == msg_id and rflags == _REPLY and rsize == want and rcount == size:
-                return int.from_bytes(rbuf[_ACCESS_SIZE:want], "little")
+        pack_read(self._send_buf, msg_id, region, offset, size)
+        try:
+            self.sock.sendall(self._send_views[ACCESS_SIZE])
+            nbytes = self.sock.recv_into(self._recv_buf)
+        except OSError as err:
+            self._lose(err, "REGION_READ")
+        value = read_reply_value(self._recv_buf, nbytes, msg_id, size)
+        if value is not None:
+            return value
         return int.from_bytes(self._finish_slow(msg_id, Command.REGION_READ, nbytes)
                               .payload[16:], "little")
 
-    def write(self, region: int, offset: int, size: int, value: int) -> None:
-        """Trapped register write (fast path as :meth:`read`)."""
+    def write(self, region: int, offset: int, size: int, value: int, *,
+              posted: bool = False) -> None:
+        """Trapped register write (fast path as :meth:`read`); ``posted``: do not wait
+        for the reply (see :meth:`post_write`).
+
+        Raises VfioError (refused; never for a posted write), ConnectionLost."""
         if not self._framer.idle:
-            self.write_bytes(region, offset, value.to_bytes(size, "little"))
+            self.write_bytes(region, offset, value.to_bytes(size, "little"), no_reply=posted)
             return
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
-        buf = self._send_buf
-        _ACCESS.pack_into(buf, 0, msg_id, _REGION_WRITE, _ACCESS_SIZE + size, 0, 0,
-                          offset, region, size)
-        buf[_ACCESS_SIZE:_ACCESS_SIZE + size] = value.to_bytes(size, "little")
-        self.sock.send(self._write_views[size])
-        nbytes = self.sock.recv_into(self._recv_buf)
-        if nbytes == _ACCESS_SIZE:
-            rid, _c, rsize, rflags, _e, _o, _r, _n = _ACCESS.unpack_from(self._recv_buf)
-            if rid == msg_id and rflags == _REPLY and rsize == _ACCESS_SIZE:
+        length = pack_write(self._send_buf, msg_id, region, offset, size, value,
+                            posted=posted)
+        try:
+            self.sock.sendall(self._send_views[length])
+            if posted:
                 return
-        self._finish_slow(msg_id, Command.REGION_WRITE, nbytes)
+            nbytes = self.sock.recv_into(self._recv_buf)
+        except OSError as err:
+            self._lose(err, "REGION_WRITE")
+        if not is_write_reply(self._recv_buf, nbytes, msg_id):
+            self._finish_slow(msg_id, Command.REGION_WRITE, nbytes)
+
+    def post_write(self, region: int, offset: int, size: int, value: int) -> None:
+        """Posted register write: REGION_WRITE with the no-reply flag, returning once sent.
+
+        Later requests on this client see its effect (the server keeps order). If the
+        server refuses it, it counts and logs that; this client never hears of it.
+        Raises ConnectionLost."""
+        self.write(region, offset, size, value, posted=True)
 
     def _finish_slow(self, msg_id: int, command: Command, nbytes: int) -> Message:
         """The fast path got something else: hand the bytes to the framer and wait."""
         if nbytes == 0:
-            self._framer.receive_data(b"")
-        else:
-            self._framer.receive_data(bytes(self._recv_view[:nbytes]))
+            self._lose(None, command.name)
+        self._framer.receive_data(bytes(self._recv_view[:nbytes]))
         while True:
             reply = self._receive()
             if reply.header.is_command:
@@ -445,6 +516,7 @@ class VfioUserClient:
         return m.DmaUnmap.decode(reply.payload)
 
     def close(self) -> None:
+        """Close the socket (idempotent)."""
         if not self.closed:
             self.closed = True
             with contextlib.suppress(OSError):

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from platpass.errors import RemoteProtocolError
+from platpass.errors import RemoteProtocolError, VfioUserError
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.iommu import EmulatedIommu
@@ -82,6 +82,7 @@ from platpass.vfio_user.protocol.header import (
     HeaderFlags,
     MessageType,
 )
+from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
 from platpass.vfio_user.session import Limits, Reply, Session
 
 log = logging.getLogger(__name__)
@@ -702,9 +703,7 @@ class ServerTarget:
                 chunk = message.data[pos:pos + length]
                 pos += length
                 if number == fd_chunk and fds:
-                    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                  struct.pack(f"={len(fds)}i", *fds))]
-                    sent = sock.sendmsg([chunk], ancillary)
+                    sent = sock.sendmsg([chunk], rights(fds))
                     chunk = chunk[sent:]
                 while chunk:
                     try:
@@ -726,15 +725,13 @@ def _receive(sock: socket.socket, framer: Connection) -> tuple[list[Message], bo
     closed = False
     while True:
         try:
-            data, anc, flags, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * 4))
+            data, anc, flags, _ = sock.recvmsg(1 << 20, ancillary_space(16))
         except BlockingIOError:
             break
         except ConnectionResetError:
             closed = True
             break
-        fds = [fd for level, kind, raw in anc
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-               for fd in struct.unpack(f"={len(raw) // 4}i", raw[:len(raw) - len(raw) % 4])]
+        fds = received_fds(anc)
         framer.receive_data(data, fds, fds_truncated=bool(flags & socket.MSG_CTRUNC))
         if not data:
             closed = True
@@ -830,7 +827,7 @@ def _connect(path: Path, patience: float = 10.0) -> Any:
     while time.monotonic() < deadline:
         try:
             return VfioUserClient.connect(path, timeout=5.0)
-        except (RemoteProtocolError, VfioError, OSError) as err:
+        except (VfioUserError, VfioError) as err:
             last = err
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
@@ -1105,14 +1102,12 @@ def _await_replies(sock: socket.socket, framer: Connection, count: int
         if left <= 0 or not select.select([sock], [], [], left)[0]:
             return None
         try:
-            data, anc, flags, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * 4))
+            data, anc, flags, _ = sock.recvmsg(1 << 20, ancillary_space(16))
         except (BlockingIOError, InterruptedError):
             continue
         except ConnectionResetError:
             return None
-        fds = [fd for level, kind, raw in anc
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-               for fd in struct.unpack(f"={len(raw) // 4}i", raw[:len(raw) - len(raw) % 4])]
+        fds = received_fds(anc)
         framer.receive_data(data, fds, fds_truncated=bool(flags & socket.MSG_CTRUNC))
         if not data:
             return None

@@ -36,9 +36,15 @@ Transport decisions (the specification leaves them to the server):
 * **Disconnect** (EOF, reset, or an unresynchronisable stream): the connection is closed
   and ``device.client_gone()`` closes the client's IRQ fds and forgets its DMA maps; the
   device's register state is kept for the next client (spec, "Client Disconnection").
-* Hot path: a lone 4-byte-style REGION_READ/REGION_WRITE arriving in one chunk without
-  fds is decoded with precompiled structs straight from the receive buffer and answered
-  from a preallocated reply buffer; everything else goes through the full codec.
+* Hot path: REGION_READ/REGION_WRITE messages of one access arriving without fds are
+  parsed straight from the receive buffer by the codec's fast path
+  (:mod:`platpass.vfio_user.protocol.region_access`), one after another while the chunk
+  holds them, and answered from a preallocated reply buffer; the first message that is
+  anything else, and all that follow it in the chunk, go through the full codec.
+* **Posted writes** (REGION_WRITE with the no-reply flag, and any no-reply command) are
+  processed in arrival order like every other message, so a later read or SET_IRQS sees
+  their effect; nothing is sent back. One that fails is counted
+  (``Session.failed_posted``, ``DeviceEndpoint.failed_posted_writes``) and logged.
 """
 
 from __future__ import annotations
@@ -67,20 +73,23 @@ from platpass.vfio_user.protocol.connection import (
     Message,
     Rejected,
 )
-from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, HeaderFlags, MessageType
+from platpass.vfio_user.protocol.header import Command
+from platpass.vfio_user.protocol.region_access import (
+    ACCESS_SIZE,
+    BUFFER_SIZE,
+    pack_error_reply,
+    pack_read_reply,
+    pack_write_reply,
+    parse_request,
+)
+from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
 from platpass.vfio_user.session import Limits, Reply, Session
 
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("=iII")  # pid, uid, gid
 _RECV_SIZE = 1 << 16
-# Fast path layouts: header + (offset, region, count) [+ data].
-_ACCESS = struct.Struct("=HHIIIQII")
-_READ_SIZE = HEADER_SIZE + 16
-_REPLY_TYPE = int(MessageType.REPLY)
 _REGION_READ = int(Command.REGION_READ)
-_REGION_WRITE = int(Command.REGION_WRITE)
-_ACCESS_SIZES = (1, 2, 4, 8)
 #: Reads a closed peer's leftover input may take when a new client waits (64 x 64 KiB).
 _SETTLE_READS = 64
 
@@ -121,14 +130,12 @@ class ClientConnection:
                                limiter=LogLimiter(log, source=f"client of {endpoint.name}"))
         self.framer = Connection(max_message_size=limits.max_message_size,
                                  max_fds=limits.max_msg_fds)
-        self._anc_size = socket.CMSG_SPACE(limits.max_msg_fds * 4)
+        self._anc_size = ancillary_space(limits.max_msg_fds)
         self._buf = bytearray(_RECV_SIZE)
         self._bufs = [self._buf]
         self._view = memoryview(self._buf)
-        self._reply = bytearray(_READ_SIZE + 8)
-        reply_view = memoryview(self._reply)
-        #: count -> the reply bytes of a REGION_READ of that count (0: a REGION_WRITE).
-        self._reply_views = {n: reply_view[:_READ_SIZE + n] for n in (0, *_ACCESS_SIZES)}
+        self._reply = bytearray(BUFFER_SIZE)
+        self._reply_view = memoryview(self._reply)
         self._fast_ok = False  # set once VERSION has been negotiated
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self.closed = False
@@ -166,17 +173,16 @@ class ClientConnection:
                                                "errno": err.errno, "event": "error"})
             self.close()
             return
-        if (not ancdata and not msg_flags and nbytes >= _READ_SIZE and self._fast_ok
-                and not self._out and self.framer.idle and self._fast_path(nbytes)):
-            return
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds.extend(struct.unpack(f"={usable // 4}i", data[:usable]))
+        start = 0
+        if (not ancdata and not msg_flags and nbytes >= ACCESS_SIZE and self._fast_ok
+                and self.framer.idle):
+            start = self._fast_path(nbytes)
+            if start == nbytes or self.closed:
+                return
+        fds = received_fds(ancdata)
         truncated = bool(msg_flags & socket.MSG_CTRUNC)
         try:
-            self.framer.receive_data(self._view[:nbytes], fds, fds_truncated=truncated)
+            self.framer.receive_data(self._view[start:nbytes], fds, fds_truncated=truncated)
         except Exception:
             for fd in fds:
                 with contextlib.suppress(OSError):
@@ -187,51 +193,63 @@ class ClientConnection:
             self._fast_ok = True
             self._version_timer.cancel()
 
-    def _fast_path(self, nbytes: int) -> bool:
-        """Answer a lone REGION_READ/WRITE of one naturally aligned access directly.
+    def _fast_path(self, nbytes: int) -> int:
+        """Answer the single-access REGION_READ/WRITE messages at the start of the
+        receive buffer directly; returns where the first message it did not answer
+        starts (``nbytes`` when it answered them all).
 
-        Returns False (and consumes nothing) for anything unusual, which then takes the
-        full codec path and gets the full checks and error replies.
+        A message it does not answer (anything unusual, or an access the device refuses)
+        is left, with everything after it, to the full codec, which gives the full checks
+        and error replies.
         """
-        msg_id, command, size, flags, _err, offset, region, count = _ACCESS.unpack_from(
-            self._buf)
-        if size != nbytes or flags or count not in _ACCESS_SIZES or offset % count:
-            return False
-        try:
-            if command == _REGION_READ:
-                if (size != _READ_SIZE or region >= self._nregions
-                        or offset + count > self._sizes[region] or not self._readable[region]):
-                    return False
-                value = self._read(region, offset, count)
-                reply = self._reply
-                _ACCESS.pack_into(reply, 0, msg_id, _REGION_READ, _READ_SIZE + count,
-                                  _REPLY_TYPE, 0, offset, region, count)
-                reply[_READ_SIZE:_READ_SIZE + count] = value.to_bytes(count, "little")
-                self._send_now(self._reply_views[count])
-                return True
-            if command == _REGION_WRITE:
-                if (size != _READ_SIZE + count or region >= self._nregions
-                        or offset + count > self._sizes[region] or not self._writable[region]):
-                    return False
-                value = int.from_bytes(self._buf[_READ_SIZE:_READ_SIZE + count], "little")
-                self._write(region, offset, count, value)
-                _ACCESS.pack_into(self._reply, 0, msg_id, _REGION_WRITE, _READ_SIZE,
-                                  _REPLY_TYPE, 0, offset, region, count)
-                self._send_now(self._reply_views[0])
-                return True
-        except VfioError:
-            return False  # the device refused before acting: the full path replies
-        except (HostError, OSError) as err:
-            # The backend failed (e.g. the device went away under UIO): answer EIO here
-            # rather than retry the access on the full path or drop the client.
-            self.session.log.warning("%s: %s of %d bytes at %#x failed in the backend: %s",
-                                     self.endpoint.name, Command(command).name, count,
-                                     offset, err)
-            _ACCESS.pack_into(self._reply, 0, msg_id, command, HEADER_SIZE,
-                              _REPLY_TYPE | HeaderFlags.ERROR, errno.EIO, 0, 0, 0)
-            self._send_now(self._reply_views[0][:HEADER_SIZE])
-            return True
-        return False
+        buf = self._buf
+        reply = self._reply
+        view = self._reply_view
+        read = self._read
+        write = self._write
+        sizes = self._sizes
+        nregions = self._nregions
+        at = 0
+        while at < nbytes:
+            access = parse_request(buf, at, nbytes)
+            if access is None:
+                return at
+            msg_id, command, posted, region, offset, count, value = access
+            if region >= nregions or offset + count > sizes[region]:
+                return at
+            try:
+                if command == _REGION_READ:
+                    if not self._readable[region]:
+                        return at
+                    value = read(region, offset, count)
+                    length = pack_read_reply(reply, msg_id, region, offset, count, value)
+                    at += ACCESS_SIZE
+                else:
+                    if not self._writable[region]:
+                        return at
+                    write(region, offset, count, value)
+                    at += ACCESS_SIZE + count
+                    if posted:
+                        continue
+                    length = pack_write_reply(reply, msg_id, region, offset, count)
+            except VfioError:
+                return at  # the device refused before acting: the full path replies
+            except (HostError, OSError) as err:
+                # The backend failed (e.g. the device went away under UIO): answer EIO
+                # here rather than retry the access on the full path or drop the client.
+                self.session.log.warning(
+                    "%s: %s%s of %d bytes at %#x failed in the backend: %s",
+                    self.endpoint.name, "posted " if posted else "",
+                    Command(command).name, count, offset, err)
+                at += ACCESS_SIZE if command == _REGION_READ else ACCESS_SIZE + count
+                if posted:
+                    self.session.failed_posted += 1
+                    continue
+                length = pack_error_reply(reply, msg_id, command, errno.EIO)
+            self._send_now(view[:length])
+            if self.closed:
+                return nbytes
+        return at
 
     def _drain_events(self) -> None:
         while not self.closed:
@@ -269,6 +287,10 @@ class ClientConnection:
         self._flush()
 
     def _send_now(self, data: memoryview) -> None:
+        """Send a reply built in the reply buffer (copied when it must wait)."""
+        if self._out:  # keep order behind what is already waiting
+            self._out.append((memoryview(bytes(data)), ()))
+            return
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -287,12 +309,7 @@ class ClientConnection:
         while self._out and not self.closed:
             data, fds = self._out[0]
             try:
-                if fds:
-                    sent = self.sock.sendmsg(
-                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(
-                            f"={len(fds)}i", *fds))])
-                else:
-                    sent = self.sock.send(data)
+                sent = self.sock.sendmsg([data], rights(fds)) if fds else self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 self._wait_writable()
                 return
@@ -369,6 +386,7 @@ class ClientConnection:
             # taken, nor escape into the shared loop.
             log.warning("%s: client_gone failed: %s", self.endpoint.name, err)
         finally:
+            self.endpoint._failed_posted_before += self.session.failed_posted
             self.endpoint.client = None
         self.session.log.flush()  # how many of its lines were suppressed, if any
         self.endpoint.log.info("client of %s disconnected", self.endpoint.name,
@@ -398,6 +416,15 @@ class DeviceEndpoint:
         self.log = LogLimiter(log, source=name)
         self.backoff = ListenerBackoff(server.reactor, sock.fileno(), self.on_acceptable,
                                        name)
+        #: Posted writes of earlier clients that failed (see :attr:`failed_posted_writes`).
+        self._failed_posted_before = 0
+
+    @property
+    def failed_posted_writes(self) -> int:
+        """No-reply commands (posted writes) that failed, over every client so far."""
+        client = self.client
+        current = client.session.failed_posted if client is not None else 0
+        return self._failed_posted_before + current
 
     def on_acceptable(self) -> None:
         try:

@@ -36,7 +36,10 @@ Decisions taken from the specification (``docs/interop/vfio-user.rst``):
 * **fds.** DMA_MAP may carry one fd and SET_IRQS with DATA_EVENTFD ``count`` fds (or none,
   which tears the eventfds down); any other fd is EINVAL. Every received fd is closed once
   the request is handled (the device dup()s what it keeps; DMA memory is never mapped).
-* **No_reply** commands get no reply, not even an error one.
+* **No_reply** commands get no reply, not even an error one. They are handled in order
+  like any other (a posted REGION_WRITE is done before the next message is looked at);
+  one that fails is counted in ``failed_posted`` and logged as a warning, since nobody
+  else will ever hear of it.
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ class Session:
         self.negotiated = False
         self.write_multiple = False
         self.peer = PeerCapabilities()
+        #: no-reply commands (posted writes) that failed: refused or a backend failure.
+        self.failed_posted = 0
         info = device.info
         self._num_regions = info.num_regions
         self._num_irqs = info.num_irqs
@@ -175,13 +180,16 @@ class Session:
         except (HostError, OSError) as err:
             # The backend failed (a UIO device removed under us, an I/O error): the client
             # learns it as EIO, the operator from the log; the server carries on.
-            self.log.warning("command %d (id %d): backend failure: %s", header.command,
+            self.log.warning("%scommand %d (id %d): backend failure: %s",
+                             "posted " if header.no_reply else "", header.command,
                              header.msg_id, err)
-            return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
+            return self._no_reply_failed() if header.no_reply \
+                else Reply(reply_header(header, 0, errno.EIO))
         except Exception:  # a bug must cost one reply, not every device of the server
             self.log.log(logging.ERROR, "command %d (id %d) failed unexpectedly",
                          header.command, header.msg_id, exc_info=True)
-            return None if header.no_reply else Reply(reply_header(header, 0, errno.EIO))
+            return self._no_reply_failed() if header.no_reply \
+                else Reply(reply_header(header, 0, errno.EIO))
         finally:
             _close_all(fds)
 
@@ -203,12 +211,22 @@ class Session:
         return reply
 
     def _error(self, header: Header, err: int, why: str) -> Reply | None:
+        if header.no_reply:
+            # Posted: the client will never see this errno, so the log must say it.
+            self.log.warning("posted command %d (id %d) failed: %s: %s", header.command,
+                             header.msg_id, errno.errorcode.get(err, err), why,
+                             extra={"device": self.device.node.path, "errno": err,
+                                    "event": "posted_failed"})
+            return self._no_reply_failed()
         self.log.info("command %d (id %d) refused: %s: %s", header.command, header.msg_id,
                       errno.errorcode.get(err, err), why,
                       extra={"device": self.device.node.path, "errno": err, "event": "refused"})
-        if header.no_reply:
-            return None
         return Reply(reply_header(header, 0, err))
+
+    def _no_reply_failed(self) -> Reply | None:
+        """Count a failed no-reply command; its reply is nothing."""
+        self.failed_posted += 1
+        return None
 
     @staticmethod
     def _unsupported(command: int) -> RemoteProtocolError:
