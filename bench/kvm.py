@@ -8,6 +8,10 @@
    KVM exit handled in Python, no device). Also shown: the simulated PL031's ``RTCDR``,
    whose page the device offers whole, read through its KVM memory slot (no exit), beside
    a plain memfd slot of this process.
+   Trapped register write, as the guest sees it (same loop, stores to the PL011's
+   ``UARTDMACR``, which the driver traps): posted (REGION_WRITE with the no-reply flag,
+   the KVM client's default: the vCPU resumes once the message is sent) and replied
+   (``posted_writes=False``), beside the raw KVM exit of a store answered in-process.
 2. Interrupt delivery, device -> guest ISR: the device signals its trigger eventfd (a
    vfio-user loopback trigger, DATA_NONE|ACTION_TRIGGER, sent by this process while the
    vCPU waits in ``hlt``), KVM's irqfd injects GSI n, the guest ISR's first instruction
@@ -41,6 +45,7 @@ from platpass.vmm.kvm_uapi import Exit
 RTC_NODE = "/soc@9000000/rtc@20000"
 UART_NODE = "/soc@9000000/serial@0"
 UARTFR = 0x18
+UARTDMACR = 0x48
 DEVICE_BASE = 0xD000_0000
 UART_BASE = 0xD010_0000
 RAW_BASE = 0xE000_0000
@@ -69,9 +74,11 @@ def start_server(socket_dir: Path, cpu: int) -> subprocess.Popen[str]:
     raise SystemExit(f"platpass serve did not start: {proc.wait()}")
 
 
-def guest_read_cost(vm: Vm, address: int, count: int) -> tuple[float, int]:
-    """(guest-visible ns per load, MMIO exits taken) for ``count`` loads of ``address``."""
-    ports = load_program(vm, "mmio_read", BootInfo(read_address=address, count=count),
+def guest_read_cost(vm: Vm, address: int, count: int, program: str = "mmio_read"
+                    ) -> tuple[float, int]:
+    """(guest-visible ns per access, MMIO exits taken) for ``count`` loads of ``address``
+    (``program="mmio_write"``: stores)."""
+    ports = load_program(vm, program, BootInfo(read_address=address, count=count),
                          getattr(vm, "bench_ports", None))
     vm.bench_ports = ports  # type: ignore[attr-defined]
     before = vm.exits.snapshot()
@@ -183,6 +190,15 @@ def measure(args: argparse.Namespace, server_cpu: int) -> None:
                 for _ in range(args.reads):
                     uart_channel.read(0, UARTFR, 4)
                 rtt_ns = (time.perf_counter_ns() - t0) / args.reads
+                dmacr = UART_BASE + UARTDMACR
+                guest_read_cost(vm, dmacr, 50, "mmio_write")
+                raw_w_ns, _ = guest_read_cost(vm, RAW_BASE, args.reads, "mmio_write")
+                uart_channel.posted_writes = True
+                posted_ns, posted_exits = guest_read_cost(vm, dmacr, args.reads, "mmio_write")
+                uart_channel.read(0, UARTFR, 4)  # every posted write is done after this
+                uart_channel.posted_writes = False
+                replied_ns, _ = guest_read_cost(vm, dmacr, args.reads, "mmio_write")
+                uart_channel.posted_writes = True
                 print(f"1. guest-visible 4-byte register read ({args.reads} loads, guest TSC)")
                 print(f"   trapped, over vfio-user to the PL011 : {dev_ns / 1000:8.2f} µs/read "
                       f"({dev_exits} MMIO exits)")
@@ -196,6 +212,14 @@ def measure(args: argparse.Namespace, server_cpu: int) -> None:
                 print(f"   plain memfd memory slot (baseline)   : {map_ns:8.1f} ns/read "
                       f"({map_exits} MMIO exits)   ratio {rtc_ns / map_ns:.2f}x")
                 print(f"   ratio trapped PL011 / mapped PL031   : {dev_ns / rtc_ns:8.0f}x")
+                print(f"   trapped write, posted (default)      : {posted_ns / 1000:8.2f} µs/write"
+                      f" ({posted_exits} MMIO exits)")
+                print(f"   trapped write, replied               : {replied_ns / 1000:8.2f} "
+                      "µs/write")
+                print(f"   raw KVM exit of a store, in-process  : {raw_w_ns / 1000:8.2f} "
+                      "µs/write")
+                print(f"   ratio posted / raw exit              : {posted_ns / raw_w_ns:8.2f}x"
+                      f"   (replied / raw exit {replied_ns / raw_w_ns:.2f}x)")
 
                 gsi = device.irqs[0].gsi
                 trigger_fd = device.irqs[0].trigger_fd

@@ -7,6 +7,16 @@ trapped <= 2x raw. The register read is the PL011's UARTDMACR, which the driver 
 (read-as-zero) so the figure is the protocol path itself; a read of the simulated PL031's
 counter is shown beside it, which adds what the simulated model costs per access.
 
+Server baseline in C: the same Python client against a C server that answers each
+32-byte request with 36 bytes and does nothing else (built here with ``cc`` when there is
+one) - the floor under any vfio-user server, libvfio-user's included (libvfio-user itself
+is not packaged for Debian or PyPI, so it cannot be built here).
+
+Posted writes: what the client pays for a REGION_WRITE with the no-reply flag
+(``post_write``) beside one that waits for its reply (``write``), to the same trapped
+register; and a burst of 8 writes followed by one read (which, by the server's ordering,
+returns only after all 8 were applied), posted and replied.
+
 Mapped path: a 4-byte read of the board PL031's ``RTCDR`` (the live counter; the simulated
 PL031's page is mapped whole) through the mapping the client got from GET_REGION_INFO
 (fd + offset), beside a 4-byte read of a private memfd mapping with the same
@@ -24,8 +34,10 @@ import argparse
 import mmap
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +49,45 @@ REPLY = 36
 
 def _pin(cpu: int) -> None:
     os.sched_setaffinity(0, {cpu})
+
+
+C_SERVER = r"""
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int l = socket(AF_UNIX, SOCK_STREAM, 0), c;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    char req[32], reply[36] = {0};
+    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+    if (argc < 2 || bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 1)) return 1;
+    if (write(1, "ready\n", 6) != 6 || (c = accept(l, 0, 0)) < 0) return 1;
+    for (;;) {
+        if (read(c, req, sizeof req) <= 0) return 0;
+        if (write(c, reply, sizeof reply) != sizeof reply) return 1;
+    }
+}
+"""
+
+
+def _c_server(tmp: str, cpu: int) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The C request/reply server, started on ``cpu``; None when there is no compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    source, binary, path = (os.path.join(tmp, n) for n in ("echo.c", "echo", "c.sock"))
+    with open(source, "w") as f:
+        f.write(C_SERVER)
+    if subprocess.run([cc, "-O2", "-o", binary, source], check=False).returncode:
+        return None
+    proc = subprocess.Popen([binary, path], stdout=subprocess.PIPE,
+                            preexec_fn=lambda: _pin(cpu))
+    assert proc.stdout is not None
+    if proc.stdout.readline() != b"ready\n":
+        proc.kill()
+        return None
+    return proc, path
 
 
 def _raw_server(path: str, cpu: int, ready: mp.synchronize.Event) -> None:
@@ -152,9 +203,21 @@ def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[fl
                 send(request)
                 recv_into(buf)
 
+            c_server = _c_server(tmp, server_cpu)
+            c_round_trip = None
+            if c_server is not None:
+                c_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c_sock.connect(c_server[1])
+                c_send, c_recv_into = c_sock.send, c_sock.recv_into
+
+                def c_round_trip() -> None:
+                    c_send(request)
+                    c_recv_into(buf)
+
             uart = VfioUserClient.connect(os.path.join(tmp, "uart.sock"))
             rtc = VfioUserClient.connect(os.path.join(tmp, "rtc.sock"))
             uart_read, rtc_read = uart.read, rtc.read
+            uart_write, uart_post = uart.write, uart.post_write
 
             def trapped() -> None:
                 uart_read(0, UARTDMACR, 4)
@@ -162,15 +225,39 @@ def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[fl
             def modelled() -> None:
                 rtc_read(0, 0, 4)  # RTCDR: the simulated PL031 computes it on each read
 
+            def replied_write() -> None:
+                uart_write(0, UARTDMACR, 4, 0)
+
+            def posted_write() -> None:
+                uart_post(0, UARTDMACR, 4, 0)
+
+            def replied_burst() -> None:
+                for _ in range(8):
+                    uart_write(0, UARTDMACR, 4, 0)
+                uart_read(0, UARTDMACR, 4)
+
+            def posted_burst() -> None:
+                for _ in range(8):
+                    uart_post(0, UARTDMACR, 4, 0)
+                uart_read(0, UARTDMACR, 4)
+
             # Interleave, so that every figure sees the same machine state.
-            runs: dict[str, list[tuple[float, float]]] = {"raw": [], "trapped": [],
-                                                          "modelled": []}
+            figures = {"raw": (raw_round_trip, 2), "trapped": (trapped, 2),
+                       "modelled": (modelled, 4), "write": (replied_write, 2),
+                       "posted": (posted_write, 2), "burst": (replied_burst, 16),
+                       "posted_burst": (posted_burst, 16)}
+            if c_round_trip is not None:
+                figures["c_raw"] = (c_round_trip, 2)
+            runs: dict[str, list[tuple[float, float]]] = {key: [] for key in figures}
             for _round in range(2):
-                runs["raw"].append(_time(raw_round_trip, iterations // 2))
-                runs["trapped"].append(_time(trapped, iterations // 2))
-                runs["modelled"].append(_time(modelled, iterations // 4))
-            for key, figures in runs.items():
-                results[key] = (min(f[0] for f in figures), min(f[1] for f in figures))
+                for key, (fn, share) in figures.items():
+                    runs[key].append(_time(fn, iterations // share))
+            for key, timed in runs.items():
+                results[key] = (min(f[0] for f in timed), min(f[1] for f in timed))
+            if c_server is not None:
+                c_sock.close()
+                c_server[0].kill()
+                c_server[0].wait()
 
             region = rtc.map_region(0)  # the board's PL031: its one page, mapped whole
             area = region.areas[0]
@@ -233,6 +320,21 @@ def main() -> int:
         print(f"  trapped REGION_READ 4 B via server: median {r['trapped'][0]:7.2f} us  "
               f"p99 {r['trapped'][1]:7.2f} us   ratio {r['trapped'][0] / r['raw'][0]:.2f}x "
               f"(p99 {r['trapped'][1] / r['raw'][1]:.2f}x, target <= 2x)  [PL011 UARTDMACR]")
+        if "c_raw" in r:
+            print(f"  C server, same sizes (its floor)   : median {r['c_raw'][0]:7.2f} us  "
+                  f"p99 {r['c_raw'][1]:7.2f} us   trapped / C "
+                  f"{r['trapped'][0] / r['c_raw'][0]:.2f}x (platpass server vs a C server "
+                  "doing nothing, same client)")
+        else:
+            print("  C server baseline: no C compiler here")
+        print(f"  replied REGION_WRITE 4 B          : median {r['write'][0]:7.2f} us  "
+              f"p99 {r['write'][1]:7.2f} us")
+        print(f"  posted REGION_WRITE 4 B (no reply): median {r['posted'][0]:7.2f} us  "
+              f"p99 {r['posted'][1]:7.2f} us   posted / replied "
+              f"{r['posted'][0] / r['write'][0]:.2f}x")
+        print(f"  8 writes + 1 read, replied        : median {r['burst'][0]:7.2f} us")
+        print(f"  8 writes + 1 read, posted         : median {r['posted_burst'][0]:7.2f} us"
+              f"   ratio {r['posted_burst'][0] / r['burst'][0]:.2f}x")
         print(f"  same, register of the PL031 model : median {r['modelled'][0]:7.2f} us  "
               f"p99 {r['modelled'][1]:7.2f} us   ratio {r['modelled'][0] / r['raw'][0]:.2f}x "
               f"(includes the simulated model's own read cost)")

@@ -72,6 +72,16 @@ def test_trapped_reads_exit_once_each(vm: Vm) -> None:
     assert vm.exits.mmio_by_label["dev"] == 7
 
 
+def test_trapped_writes_exit_once_each_in_order(vm: Vm) -> None:
+    regs = Registers(vm, 16)
+    vm.add_mmio(DEVICE_BASE, 0x1000, regs, "dev")
+    ports = load_program(vm, "mmio_write", BootInfo(read_address=DEVICE_BASE + 0x10, count=5))
+    vm.vcpus[0].run(timeout=5)
+    assert ports.result == 0
+    assert regs.writes == [(DEVICE_BASE + 0x10, n) for n in (5, 4, 3, 2, 1)]
+    assert vm.exits.mmio_by_label["dev"] == 5
+
+
 def test_memory_slot_reads_cost_no_exit(vm: Vm) -> None:
     fd = os.memfd_create("regs")
     os.ftruncate(fd, 4096)

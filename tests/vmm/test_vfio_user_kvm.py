@@ -61,6 +61,28 @@ def test_guest_uart_text_arrives_over_vfio_user(vm: Vm, board: SimBoardServer,
     assert device.stats.forwarded_writes >= len(b"over vfio-user\n")
 
 
+def test_trapped_writes_are_posted_by_default_and_can_wait_for_replies(
+        vm: Vm, board: SimBoardServer) -> None:
+    served = next(d for d in board.devices if "arm,pl011" in d.node.compatible)
+    placement = Allocator(new_record()).place(served.node)
+    ports = None
+    for posted in (True, False):
+        kwargs = {} if posted else {"posted_writes": False}
+        device, channel = attach_socket(vm, served.socket, served.node.name,
+                                        placement=placement, **kwargs)
+        try:
+            assert channel.posted_writes is posted
+            text = b"posted\n" if posted else b"replied\n"
+            ports = load_program(vm, "pl011", BootInfo(uart=placement.guest_address,
+                                                       message=text), ports)
+            vm.vcpus[0].run(timeout=10)
+            assert ports.result == 0
+            assert board.call(served.model.take_tx) == text
+        finally:
+            device.detach()
+            channel.close()
+
+
 def test_trapped_register_exits_exactly_once_per_access(vm: Vm, board: SimBoardServer,
                                                         wired: dict[str, object]) -> None:
     served, placement, device = wired["arm,pl011"]

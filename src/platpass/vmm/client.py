@@ -6,9 +6,13 @@ GET_REGION_INFO; the offset to map it at is the reply's ``offset``). :func:`atta
 connects, wires the device into a VM at the addresses of its placement record (or at
 addresses given explicitly) and returns the :class:`PassthroughDevice`.
 
-Trapped accesses travel on the vCPU thread as blocking REGION_READ/REGION_WRITE requests;
-interrupts never touch this process (device -> eventfd -> KVM irqfd -> guest; guest EOI ->
-KVM resamplefd -> device UNMASK).
+Trapped accesses travel on the vCPU thread: a read is a blocking REGION_READ; a write is
+**posted** by default (REGION_WRITE with the no-reply flag: the vCPU resumes as soon as
+it is sent, as after a posted bus write), and the one socket keeps order, so a later read
+or SET_IRQS sees it. ``posted_writes=False`` waits for each write's reply instead (a write
+the device refuses is then counted in ``PassthroughStats.refused``; posted, the server
+counts and logs it). Interrupts never touch this process (device -> eventfd -> KVM irqfd
+-> guest; guest EOI -> KVM resamplefd -> device UNMASK).
 """
 
 from __future__ import annotations
@@ -62,16 +66,20 @@ class VfioUserChannel:
     their own references, so closing early would also be safe).
     """
 
-    def __init__(self, client: VfioUserClient) -> None:
+    def __init__(self, client: VfioUserClient, *, posted_writes: bool = True) -> None:
         self.client = client
+        #: Writes go without waiting for a reply (see the module docstring).
+        self.posted_writes = posted_writes
         self._fds: list[int] = []
 
     @classmethod
-    def connect(cls, path: str | os.PathLike[str], timeout: float = 10.0) -> VfioUserChannel:
+    def connect(cls, path: str | os.PathLike[str], timeout: float = 10.0, *,
+                posted_writes: bool = True) -> VfioUserChannel:
         """Connect and negotiate; VmmError when the server cannot be reached or refuses."""
         try:
-            return cls(VfioUserClient.connect(path, timeout=timeout))
-        except (OSError, PlatpassError) as err:
+            return cls(VfioUserClient.connect(path, timeout=timeout),
+                       posted_writes=posted_writes)
+        except PlatpassError as err:
             raise VmmError(f"cannot connect to the vfio-user device at {path}: {err}") from err
 
     @property
@@ -96,7 +104,7 @@ class VfioUserChannel:
         return self.client.read(region, offset, size)
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
-        self.client.write(region, offset, size, value)
+        self.client.write(region, offset, size, value, posted=self.posted_writes)
 
     def set_irqs(self, index: int, flags: int, start: int, count: int, *,
                  bools: Sequence[bool] = (), fds: Sequence[int] = ()) -> None:
@@ -130,13 +138,15 @@ def guest_layout(vm: Vm, placement: DevicePlacement) -> tuple[list[int], list[in
 def attach_socket(vm: Vm, path: str | Path, name: str, *,
                   placement: DevicePlacement | None = None,
                   guest_addresses: Sequence[int] = (), gsis: Sequence[int] = (),
-                  map_regions: bool = True) -> tuple[PassthroughDevice, VfioUserChannel]:
+                  map_regions: bool = True, posted_writes: bool = True
+                  ) -> tuple[PassthroughDevice, VfioUserChannel]:
     """Connect to the device at ``path`` and wire it into ``vm``.
 
-    Addresses come from ``placement`` when given, else from ``guest_addresses``/``gsis``.
+    Addresses come from ``placement`` when given, else from ``guest_addresses``/``gsis``;
+    ``posted_writes=False`` makes every trapped write wait for its reply.
     Raises VmmError (connection, placement or KVM failure); nothing is left attached.
     """
-    channel = VfioUserChannel.connect(path)
+    channel = VfioUserChannel.connect(path, posted_writes=posted_writes)
     try:
         if placement is not None:
             guest_addresses, gsis = guest_layout(vm, placement)

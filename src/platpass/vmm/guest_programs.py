@@ -41,7 +41,7 @@ EXIT_PORT = 0x504
 BOOT_INFO_MAGIC = 0x50504249  # "PPBI"
 
 #: The programs in ``guests/`` (without the ``.S``).
-PROGRAMS = ("hello", "pl011", "mmio_read", "irq", "irq_loop")
+PROGRAMS = ("hello", "pl011", "mmio_read", "mmio_write", "irq", "irq_loop")
 
 
 @dataclass(slots=True)

@@ -178,7 +178,8 @@ class _TrappedRange:
 
     An access the device refuses (VfioError: a size or alignment the region does not
     allow) is the guest's mistake, not the VMM's: it reads as all-ones and a write is
-    dropped, as on a bus that answers an error, and ``stats.refused`` counts it. A broken
+    dropped, as on a bus that answers an error, and ``stats.refused`` counts it (a posted
+    write's refusal is counted by the server instead: nothing comes back). A broken
     connection (any other platpass error, or the socket's OSError) ends the run with a
     VmmError.
     """
