@@ -25,6 +25,7 @@ import mmap
 import os
 import platform
 import signal
+import struct
 import threading
 from bisect import bisect_right
 from collections import Counter
@@ -50,6 +51,24 @@ from platpass.vmm.kvm_uapi import (
     MemFlags,
     RunOffset,
 )
+
+# The run loop's hot constants as plain ints (an IntEnum attribute or call per exit costs
+# more than the rest of the decode), all taken from the uapi module.
+_RUN = int(Ioctl.RUN)
+_EXIT_REASON = int(RunOffset.EXIT_REASON)
+_EXIT_DATA = int(RunOffset.EXIT_DATA)
+_IMMEDIATE_EXIT = int(RunOffset.IMMEDIATE_EXIT)
+_MMIO_PHYS_ADDR = int(RunOffset.MMIO_PHYS_ADDR)
+_MMIO_DATA = int(RunOffset.MMIO_DATA)
+_IO_DIRECTION = int(RunOffset.IO_DIRECTION)
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+#: ``exit_reason`` value -> :class:`Exit`, looked up without constructing the enum.
+_EXITS: dict[int, Exit] = {int(e): e for e in Exit}
+_EXIT_MMIO = Exit.MMIO
+_EXIT_IO = Exit.IO
+_OUT = int(IoDirection.OUT)
+_IN = int(IoDirection.IN)
 
 #: Host machine name -> the module holding that architecture's part of the client. Only
 #: x86-64 exists; an ``arch_arm64`` providing the same hooks would be added here.
@@ -168,6 +187,8 @@ class _RangeMap:
     def __init__(self) -> None:
         self._starts: list[int] = []
         self._ranges: list[_Range] = []
+        #: The range found last: a guest polling one register hits it every time.
+        self._last: _Range | None = None
 
     def overlapping(self, start: int, size: int) -> _Range | None:
         for r in self._ranges:
@@ -190,12 +211,17 @@ class _RangeMap:
         i = self._starts.index(start)
         del self._starts[i]
         del self._ranges[i]
+        self._last = None
 
     def find(self, address: int) -> _Range | None:
+        last = self._last
+        if last is not None and last.start <= address < last.start + last.size:
+            return last
         i = bisect_right(self._starts, address) - 1
         if i >= 0:
             r = self._ranges[i]
             if address < r.start + r.size:
+                self._last = r
                 return r
         return None
 
@@ -484,7 +510,7 @@ class Vcpu:
     def kick(self) -> None:
         """Make the current or next ``KVM_RUN`` return at once (thread-safe)."""
         self._stopping = True
-        self.run_area[RunOffset.IMMEDIATE_EXIT] = 1
+        self.run_area[_IMMEDIATE_EXIT] = 1
         thread = self._thread
         # Without the handler the signal's default action would end the process; then a
         # KVM_RUN already blocked in the kernel only returns at its next exit.
@@ -506,30 +532,34 @@ class Vcpu:
         """
         self._thread = threading.get_ident()
         self._stopping = False
-        self.run_area[RunOffset.IMMEDIATE_EXIT] = 0
+        self.run_area[_IMMEDIATE_EXIT] = 0
         timer = threading.Timer(timeout, self.kick)
         timer.daemon = True
         timer.start()
-        counters = self.vm.exits
+        by_reason = self.vm.exits.by_reason
         area = self.run_area
+        # Locals: this loop runs once per guest exit.
+        ioctl, fd, exits, exit_reason = fcntl.ioctl, self.fd, _EXITS, _U32.unpack_from
         try:
             while True:
                 try:
-                    fcntl.ioctl(self.fd, Ioctl.RUN, 0)
-                    reason = Exit(int.from_bytes(area[8:12], "little"))
+                    ioctl(fd, _RUN, 0)
                 except OSError as err:
                     if err.errno not in (errno.EINTR, errno.EAGAIN):
                         raise VmmError(f"KVM_RUN failed: {err.strerror}") from err
                     reason = Exit.INTR
-                except ValueError:
-                    raise VmmError(f"unknown KVM exit reason "
-                                   f"{int.from_bytes(area[8:12], 'little')}") from None
-                counters.by_reason[reason] += 1
+                else:
+                    code = exit_reason(area, _EXIT_REASON)[0]
+                    found = exits.get(code)
+                    if found is None:
+                        raise VmmError(f"unknown KVM exit reason {code}")
+                    reason = found
+                by_reason[reason] += 1
                 if on_exit is not None:
                     on_exit(reason)
-                if reason is Exit.MMIO:
+                if reason is _EXIT_MMIO:
                     self._mmio()
-                elif reason is Exit.IO:
+                elif reason is _EXIT_IO:
                     self._pio()
                 elif reason is Exit.INTR:
                     if self._stopping:
@@ -543,10 +573,10 @@ class Vcpu:
         finally:
             timer.cancel()
             self._thread = None
-            area[RunOffset.IMMEDIATE_EXIT] = 0
+            area[_IMMEDIATE_EXIT] = 0
 
     def _exit_evidence(self, reason: Exit) -> str:
-        detail = int.from_bytes(self.run_area[32:40], "little")
+        (detail,) = _U64.unpack_from(self.run_area, _EXIT_DATA)
         try:
             regs = ", ".join(f"{k}={v:#x}" for k, v in self.registers().items())
         except VmmError:
@@ -555,7 +585,7 @@ class Vcpu:
 
     def _mmio(self) -> None:
         area = self.run_area
-        address, data, length, is_write = RUN_MMIO.unpack_from(area, RunOffset.MMIO_PHYS_ADDR)
+        address, data, length, is_write = RUN_MMIO.unpack_from(area, _MMIO_PHYS_ADDR)
         target = self.vm._mmio.find(address)
         if target is None:
             raise VmmError(f"vCPU {self.index}: guest {'wrote' if is_write else 'read'} "
@@ -566,24 +596,23 @@ class Vcpu:
             handler.mmio_write(address, length, int.from_bytes(data[:length], "little"))
         else:
             value = handler.mmio_read(address, length)
-            area[RunOffset.MMIO_DATA:RunOffset.MMIO_DATA + length] = (
+            area[_MMIO_DATA:_MMIO_DATA + length] = (
                 value & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
 
     def _pio(self) -> None:
         area = self.run_area
-        direction, size, port, count, data_offset = RUN_IO.unpack_from(
-            area, RunOffset.IO_DIRECTION)
+        direction, size, port, count, data_offset = RUN_IO.unpack_from(area, _IO_DIRECTION)
         target = self.vm._pio.find(port)
         if target is None:
             # Unclaimed ports behave like an empty ISA bus: reads all-ones, writes dropped.
-            if direction == IoDirection.IN:
+            if direction == _IN:
                 area[data_offset:data_offset + size * count] = b"\xff" * (size * count)
             return
         self.vm.exits.pio_by_port[port] += 1
         handler: PioHandler = target.handler  # type: ignore[assignment]
         for i in range(count):
             at = data_offset + i * size
-            if direction == IoDirection.OUT:
+            if direction == _OUT:
                 handler.pio_write(port, size, int.from_bytes(area[at:at + size], "little"))
             else:
                 value = handler.pio_read(port, size) & ((1 << (8 * size)) - 1)
