@@ -171,3 +171,20 @@ def test_server_declines_other_commands_and_disagreeing_sizes() -> None:
     assert parse_request(longer, 0, len(longer)) is None
     read = _command(Command.REGION_READ, RegionRead(8, 0, 4).encode() + b"x", 1)
     assert parse_request(read, 0, len(read)) is None  # a read carries no data
+
+
+@given(u16, u32, u64, st.integers(1, 8), st.booleans(), st.data())
+def test_any_short_write_packs_as_the_full_codec(msg_id: int, region: int, offset: int,
+                                                 count: int, posted: bool,
+                                                 data: st.DataObject) -> None:
+    value = data.draw(st.integers(0, (1 << (8 * count)) - 1))
+    buf = bytearray(BUFFER_SIZE)
+    n = pack_write(buf, msg_id, region, offset, count, value, posted=posted)
+    payload = RegionWrite(offset, region, count, value.to_bytes(count, "little")).encode()
+    assert bytes(buf[:n]) == _command(Command.REGION_WRITE, payload, msg_id,
+                                      HeaderFlags.NO_REPLY if posted else 0)
+    reply = Header(msg_id, Command.REGION_READ, ACCESS_SIZE + count, MessageType.REPLY)
+    wire = reply.encode() + RegionReadReply(offset, region, count,
+                                            value.to_bytes(count, "little")).encode()
+    expected = value if count in ACCESS_SIZES else None  # others: the full codec's
+    assert read_reply_value(wire, len(wire), msg_id, count) == expected

@@ -63,6 +63,7 @@ from platpass.vfio_user.protocol.region_access import (
 from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
 
 _PAGE = mmap.PAGESIZE
+_MAX_ONE = BUFFER_SIZE - ACCESS_SIZE  # the longest write the send buffer holds
 _TIMEVAL = struct.Struct("@ll")  # struct timeval (SO_RCVTIMEO / SO_SNDTIMEO)
 
 
@@ -416,7 +417,7 @@ class VfioUserClient:
         for the reply (see :meth:`post_write`).
 
         Raises VfioError (refused; never for a posted write), ConnectionLost."""
-        if not self._framer.idle:
+        if size > _MAX_ONE or not self._framer.idle:
             self.write_bytes(region, offset, value.to_bytes(size, "little"), no_reply=posted)
             return
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF

@@ -82,7 +82,12 @@ from platpass.vfio_user.protocol.region_access import (
     pack_write_reply,
     parse_request,
 )
-from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
+from platpass.vfio_user.scm_rights import (
+    AncillaryItem,
+    ancillary_space,
+    received_fds,
+    rights,
+)
 from platpass.vfio_user.session import Limits, Reply, Session
 
 log = logging.getLogger(__name__)
@@ -135,8 +140,14 @@ class ClientConnection:
         self._bufs = [self._buf]
         self._view = memoryview(self._buf)
         self._reply = bytearray(BUFFER_SIZE)
-        self._reply_view = memoryview(self._reply)
+        reply_view = memoryview(self._reply)
+        #: length -> the first ``length`` bytes of the reply buffer (no slicing per reply).
+        self._reply_views = {n: reply_view[:n] for n in range(BUFFER_SIZE + 1)}
+        self._recvmsg_into = sock.recvmsg_into
+        self._send = sock.send
         self._fast_ok = False  # set once VERSION has been negotiated
+        #: negotiated and nothing held by the framer: the next chunk may take the fast path
+        self._fast_ready = False
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
         self.closed = False
         # A peer that never negotiates must not hold the device (one client at a time).
@@ -155,30 +166,33 @@ class ClientConnection:
     # ------------------------------------------------------------------ input
 
     def on_readable(self) -> None:
+        # One frame for the whole hot path: receive, then the fast path or the framer.
         try:
-            self._on_readable()
+            try:
+                nbytes, ancdata, msg_flags, _addr = self._recvmsg_into(self._bufs,
+                                                                       self._anc_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                self.endpoint.log.info("client of %s: receive failed: %s",
+                                       self.endpoint.name, err,
+                                       extra={"device": self.endpoint.name,
+                                              "errno": err.errno, "event": "error"})
+                self.close()
+                return
+            start = 0
+            if self._fast_ready and not ancdata and not msg_flags and nbytes >= ACCESS_SIZE:
+                start = self._fast_path(nbytes)
+                if start == nbytes or self.closed:
+                    return
+            self._to_framer(start, nbytes, ancdata, msg_flags)
         except Exception:  # never let one connection take the shared loop down
             log.exception("client of %s: unexpected failure; closing it", self.endpoint.name)
             self.close()
 
-    def _on_readable(self) -> None:
-        try:
-            nbytes, ancdata, msg_flags, _addr = self.sock.recvmsg_into(
-                self._bufs, self._anc_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:
-            self.endpoint.log.info("client of %s: receive failed: %s", self.endpoint.name,
-                                   err, extra={"device": self.endpoint.name,
-                                               "errno": err.errno, "event": "error"})
-            self.close()
-            return
-        start = 0
-        if (not ancdata and not msg_flags and nbytes >= ACCESS_SIZE and self._fast_ok
-                and self.framer.idle):
-            start = self._fast_path(nbytes)
-            if start == nbytes or self.closed:
-                return
+    def _to_framer(self, start: int, nbytes: int, ancdata: list[AncillaryItem],
+                   msg_flags: int) -> None:
+        """The full codec path for ``buf[start:nbytes]`` and the fds that came with it."""
         fds = received_fds(ancdata)
         truncated = bool(msg_flags & socket.MSG_CTRUNC)
         try:
@@ -192,6 +206,9 @@ class ClientConnection:
         if self.session.negotiated and not self._fast_ok:
             self._fast_ok = True
             self._version_timer.cancel()
+        # The fast path may take the next chunk only when the framer holds nothing: the
+        # chunk then starts a message.
+        self._fast_ready = self._fast_ok and not self.closed and self.framer.idle
 
     def _fast_path(self, nbytes: int) -> int:
         """Answer the single-access REGION_READ/WRITE messages at the start of the
@@ -204,7 +221,7 @@ class ClientConnection:
         """
         buf = self._buf
         reply = self._reply
-        view = self._reply_view
+        views = self._reply_views
         read = self._read
         write = self._write
         sizes = self._sizes
@@ -246,7 +263,21 @@ class ClientConnection:
                     self.session.failed_posted += 1
                     continue
                 length = pack_error_reply(reply, msg_id, command, errno.EIO)
-            self._send_now(view[:length])
+            data = views[length]
+            if self._out:
+                self._send_now(data)  # queued behind what already waits
+            else:
+                try:
+                    sent = self._send(data)
+                except OSError:  # nothing sent: the general path retries, queues or closes
+                    sent = -1
+                if sent == length:
+                    continue
+                if sent >= 0:  # partly sent: the rest waits for the socket
+                    self._out.append((memoryview(bytes(data[sent:])), ()))
+                    self._wait_writable()
+                else:
+                    self._send_now(data)
             if self.closed:
                 return nbytes
         return at

@@ -27,6 +27,11 @@ ACCESS_SIZE = ACCESS.size
 #: Room for the longest message of the fast path (a write or a read reply of 8 bytes).
 BUFFER_SIZE = ACCESS_SIZE + max(ACCESS_SIZES)
 
+#: count -> the layout of a message that carries one value of that width after the access
+#: (a REGION_WRITE request, a REGION_READ reply): one pack/unpack, no bytes conversion.
+_WITH_VALUE = {n: struct.Struct("=HHIIIQII" + {1: "B", 2: "H", 4: "I", 8: "Q"}[n])
+               for n in ACCESS_SIZES}
+
 _READ = int(Command.REGION_READ)
 _WRITE = int(Command.REGION_WRITE)
 _REPLY = int(MessageType.REPLY)
@@ -46,9 +51,13 @@ def pack_write(buf: bytearray, msg_id: int, region: int, offset: int, count: int
     """A REGION_WRITE request into ``buf`` (``posted``: with the no-reply flag); returns
     its length."""
     size = ACCESS_SIZE + count
-    ACCESS.pack_into(buf, 0, msg_id, _WRITE, size, _POSTED if posted else 0, 0,
-                     offset, region, count)
-    buf[ACCESS_SIZE:size] = value.to_bytes(count, "little")
+    flags = _POSTED if posted else 0
+    layout = _WITH_VALUE.get(count)
+    if layout is None:  # not one access: the server splits it (still one message)
+        ACCESS.pack_into(buf, 0, msg_id, _WRITE, size, flags, 0, offset, region, count)
+        buf[ACCESS_SIZE:size] = value.to_bytes(count, "little")
+    else:
+        layout.pack_into(buf, 0, msg_id, _WRITE, size, flags, 0, offset, region, count, value)
     return size
 
 
@@ -56,8 +65,8 @@ def pack_read_reply(buf: bytearray, msg_id: int, region: int, offset: int, count
                     value: int) -> int:
     """The successful reply to a REGION_READ into ``buf``; returns its length."""
     size = ACCESS_SIZE + count
-    ACCESS.pack_into(buf, 0, msg_id, _READ, size, _REPLY, 0, offset, region, count)
-    buf[ACCESS_SIZE:size] = value.to_bytes(count, "little")
+    _WITH_VALUE[count].pack_into(buf, 0, msg_id, _READ, size, _REPLY, 0, offset, region,
+                                 count, value)
     return size
 
 
@@ -98,22 +107,22 @@ def parse_request(buf: bytearray | bytes, at: int, end: int
         return None
     if end - at < size:
         return None
-    start = at + ACCESS_SIZE
     return (msg_id, _WRITE, bool(flags), region, offset, count,
-            int.from_bytes(buf[start:start + count], "little"))
+            _WITH_VALUE[count].unpack_from(buf, at)[8])
 
 
 def read_reply_value(buf: bytearray | bytes, nbytes: int, msg_id: int, count: int
                      ) -> int | None:
     """The value in ``buf[:nbytes]`` when it is exactly the successful reply to REGION_READ
     ``msg_id`` of ``count`` bytes; None for anything else (the full codec takes over)."""
-    if nbytes != ACCESS_SIZE + count:
+    layout = _WITH_VALUE.get(count)
+    if layout is None or nbytes != ACCESS_SIZE + count:
         return None
-    rid, command, size, flags, _e, _o, _r, rcount = ACCESS.unpack_from(buf)
+    rid, command, size, flags, _e, _o, _r, rcount, value = layout.unpack_from(buf)
     if (rid != msg_id or command != _READ or flags != _REPLY or size != nbytes
             or rcount != count):
         return None
-    return int.from_bytes(buf[ACCESS_SIZE:nbytes], "little")
+    return value
 
 
 def is_write_reply(buf: bytearray | bytes, nbytes: int, msg_id: int) -> bool:
