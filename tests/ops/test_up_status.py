@@ -203,3 +203,31 @@ def test_an_unknown_service_user_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == (f"platpass: error: {path}: service.user: unknown user "
                              "'no-such-user-pp'\n")
+
+
+def test_up_serves_a_device_as_pci_function(tmp_path: Path) -> None:
+    import platpass as pkg
+
+    board = Path(pkg.__file__).parent / "boards" / "sim-pci-uart.dts"
+    path = tmp_path / "pci.toml"
+    path.write_text(f"""
+[service]
+run_dir = "{tmp_path}/run"
+
+[[device]]
+node = "/soc@9000000/serial@50000"
+source = "dts"
+firmware = "{board}"
+backend = "sim"
+socket = "{tmp_path}/uart.sock"
+pci = "auto"
+""")
+    try:
+        platpass("up", str(path))
+        with VfioUserClient.connect(tmp_path / "uart.sock") as client:
+            info = client.device_info()
+            assert info.flags & 0x2 and (info.num_regions, info.num_irqs) == (9, 5)  # PCI
+            assert client.read(7, 0, 4) == 0x0101115D      # config space: 115d:0101
+            assert client.irq_info(0).count == 1 and client.irq_info(1).count == 0
+    finally:
+        platpass("down", str(path), check=False)
