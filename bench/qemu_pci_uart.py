@@ -85,6 +85,10 @@ def main() -> int:
                 sys.exit(f"platpass guest timed out:\n{run.tail()}")
             count, guest_seconds = _flood(run, "platpass")
             received = len(model.tx_output)
+            stats = served.device.stats
+            accesses = (stats.backend_reads + stats.backend_writes + stats.trapped_reads
+                        + stats.trapped_writes)
+            interrupts = stats.irqs[0].delivered
             host_seconds = times[-1] - times[0] if len(times) > 1 else float("nan")
         finally:
             served.close()
@@ -108,6 +112,10 @@ def main() -> int:
     print(f"platpass 16550 via vfio-user-pci : {count} B in {guest_seconds:.2f} s (guest) = "
           f"{platpass_rate:,.0f} B/s; host received {received} B, first to last byte "
           f"{host_seconds:.2f} s = {received / host_seconds:,.0f} B/s")
+    print(f"platpass device side             : {accesses} register accesses "
+          f"({accesses / max(received, 1):.2f} per byte, each a vfio-user round trip), "
+          f"{interrupts} INTx triggers; {guest_seconds / max(accesses, 1) * 1e6:.0f} us "
+          "of guest time per access")
     print(f"QEMU pci-serial (emulated)       : {count2} B in {seconds2:.2f} s (guest) = "
           f"{qemu_rate:,.0f} B/s; chardev got {received2} B")
     print(f"ratio platpass / QEMU pci-serial : {platpass_rate / qemu_rate:.3f}x")

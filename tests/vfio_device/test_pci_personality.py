@@ -364,3 +364,35 @@ def test_serve_pci_refuses_a_layout_with_the_reason(tmp_path, capsys):
     assert rc == 1
     assert "no PCI identity fits ns16550 with reg-shift 2, 4-byte accesses" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_serve_pci_with_uart_output_end_to_end(tmp_path):
+    """The README's server: a vfio-user client enables memory decoding in config space and
+    writes the THR through BAR0; the byte lands in --uart-output."""
+    import subprocess
+    import sys
+    import time
+
+    from platpass.vfio_user.client import VfioUserClient
+
+    sock, out = tmp_path / "uart.sock", tmp_path / "uart.out"
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--dts", str(PCI_BOARD),
+                             "--backend", "sim", UART, "--pci", "auto", "--socket", str(sock),
+                             "--uart-output", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert "PCI personality 115d:0101" in lines[0] and lines[2] == "ready\n", lines
+        with VfioUserClient.connect(sock) as client:
+            assert client.read(CONFIG_REGION_INDEX, 0, 4) == 0x0101115D
+            client.write(CONFIG_REGION_INDEX, Reg.COMMAND, 2, int(Command.MEMORY))
+            client.write(0, 2, 1, 0x01)                    # FCR: FIFOs on (16 deep)
+            for byte in b"hi\n":
+                client.write(0, 0, 1, byte)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and out.read_bytes() != b"hi\n":
+                time.sleep(0.05)
+        assert out.read_bytes() == b"hi\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -148,6 +148,23 @@ def _driver_instance(driver: Any, node: DeviceNode) -> Any:
     return driver(node) if isinstance(driver, type) else driver
 
 
+def _tap_uart(backend: Backend, export: Export, path: str, out: Any) -> Any:
+    """``--uart-output``: every byte a simulated UART transmits is appended to ``path`` (the
+    far end of its wire); returns the open file (shared by every UART served)."""
+    model = getattr(backend, "model", None)
+    if model is None or not hasattr(model, "on_tx"):
+        raise HostError(f"{export.node.path}: --uart-output needs a simulated UART "
+                        "(--backend sim)")
+    if out is None:  # O_NOFOLLOW: a root server never writes through a planted link
+        import os
+
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        out = os.fdopen(fd, "ab", buffering=0)
+    model.on_tx = out.write
+    return out
+
+
 def _pci_view(device: Any, export: Export, requested: str) -> Any:
     """The device as a PCI function (``--pci``); PciIdError/PciPersonalityError say why
     not."""
@@ -204,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     reactor = EpollReactor()
     server = VfioUserServer(reactor)
     devices: list[Any] = []
+    uart_out: Any = None
     writer = TraceWriter(args.trace, reactor.time, reactor=reactor) if args.trace else None
     control: ControlServer | None = None
     try:
@@ -225,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
             devices.append(device)
             if writer is not None:
                 DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
+            if args.uart_output:
+                uart_out = _tap_uart(backend, export, args.uart_output, uart_out)
             if args.pci is not None:
                 device = devices[-1] = _pci_view(device, export, args.pci)
             passed = None
@@ -277,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
             control.close()
         server.close()
         close_devices(devices, log)
+        if uart_out is not None:
+            uart_out.close()
         if writer is not None:
             writer.close()
         reactor.close()
@@ -311,6 +333,9 @@ def register(subparsers: Any) -> None:
                              "clients such as QEMU >= 10.1): auto picks the PCI ID that "
                              "unmodified Linux drivers bind for the device's family and "
                              "register layout, or name one")
+    parser.add_argument("--uart-output", metavar="FILE",
+                        help="simulated UARTs (--backend sim): append every byte the guest "
+                             "transmits to FILE (the far end of the wire)")
     parser.add_argument("--dma", choices=("allow", "deny"), default="allow",
                         help="accept DMA_MAP into the emulated IOMMU, or refuse (ENOTSUP)")
     add_socket_file_arguments(parser)
