@@ -17,6 +17,7 @@ Pure logic: no I/O.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from platpass.errors import VfioError
@@ -34,8 +35,6 @@ class PciIdError(VfioError):
     why. An errno-carrying VfioError (EINVAL) so a transport could report it as such."""
 
     def __init__(self, message: str) -> None:
-        import errno
-
         super().__init__(errno.EINVAL, message)
 
 
@@ -82,8 +81,8 @@ PCI_ID_TABLE: tuple[PciIdEntry, ...] = (
         layout=Layout(reg_shift=0, io_width=1, clock_hz=1_843_200),
         linux_driver="8250_pci (drivers/tty/serial/8250/8250_pci.c, Xircom RBM56G entry, "
                      "board pbn_b0_1_115200)",
-        verified="QEMU 11.1 vfio-user-pci + Debian 6.1 amd64 kernel "
-                 "(tests/integration/qemu_pci)",
+        verified="QEMU 11.1 vfio-user-pci + Debian 6.1 amd64 (q35) and arm64 (virt) "
+                 "kernels (tests/integration/qemu_pci)",
     ),
 )
 
