@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from platpass.errors import NodeError
 from platpass.firmware.rawtree import RawNode, RawTree
@@ -32,9 +32,11 @@ from platpass.firmware.resolve import interrupt_parent
 __all__ = ["CELLS_PROPERTIES", "PHANDLE_PROPERTIES", "Reference", "phandle_entries", "references"]
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
-    """``consumer``'s property ``property`` names ``supplier`` (node paths)."""
+class Reference(NamedTuple):
+    """``consumer``'s property ``property`` names ``supplier`` (node paths).
+
+    A named tuple rather than a dataclass: a tree has thousands, built on every scan.
+    """
 
     consumer: str
     property: str
@@ -242,13 +244,15 @@ def references(tree: RawTree) -> list[Reference]:
     out: list[Reference] = []
     add = out.append
     by_phandle = tree.by_phandle
+    kinds_get = _kinds.get
     for node in tree.nodes:
         if node.path in _SKIPPED_NODES:
             continue
         path = node.path
         props = node.props
         for name, value in props.items():
-            kind, cells_name = _kind(name)
+            known = kinds_get(name)
+            kind, cells_name = known if known is not None else _kind(name)
             if kind == _KIND_NONE or len(value) < 4:
                 continue
             if kind == _KIND_CELLS:

@@ -489,11 +489,39 @@ def _up(path: str) -> Iterator[str]:
         path = path.rsplit("/", 1)[0]
 
 
+class _Holders:
+    """Which of ``wanted`` hold a path in their subtree (the path itself, or an ancestor),
+    innermost first; memoised per path, so a tree costs one walk however many questions.
+    ``paths`` (parents before children, as a blob lists them) fills the memo up front."""
+
+    __slots__ = ("_memo", "_wanted")
+
+    def __init__(self, wanted: Iterable[str], paths: Iterable[str] = ()) -> None:
+        self._wanted = wanted = set(wanted)
+        memo: dict[str, tuple[str, ...]] = {"/": (), "": ()}
+        self._memo = memo
+        for path in paths:
+            above = memo.get(path.rsplit("/", 1)[0])
+            if above is None:
+                continue
+            memo[path] = (path, *above) if path in wanted else above
+
+    def __call__(self, path: str) -> tuple[str, ...]:
+        known = self._memo.get(path)
+        if known is not None:
+            return known
+        above = self(path.rsplit("/", 1)[0])
+        result = (path, *above) if path in self._wanted else above
+        self._memo[path] = result
+        return result
+
+
 def host_use(
         refs: Iterable[Reference],
         enabled: Callable[[str], bool],
         devices: Iterable[str],
         groups: Iterable[Iterable[str]] = (),
+        paths: Iterable[str] = (),
 ) -> tuple[dict[str, list[Reference]], dict[str, list[Reference]]]:
     """For each device of ``devices`` (paths), who still needs what it takes to a guest.
 
@@ -505,8 +533,10 @@ def host_use(
     * *needed providers*: references from an enabled node strictly inside the subtree to a
       node outside it, through a property the guest's tree keeps (interrupts, GPIOs,
       PWMs...): the child would need a host resource that cannot follow it.
+
+    ``paths`` (every node path, parents first) only makes it faster.
     """
-    wanted = set(devices)
+    holders = _Holders(devices, paths)
     roots: dict[str, tuple[str, ...]] = {}
     for group in groups:
         members = tuple(dict.fromkeys(group))
@@ -518,18 +548,17 @@ def host_use(
         consumer, supplier = ref.consumer, ref.supplier
         if not enabled(consumer):
             continue
-        for holder in _up(supplier):
+        for holder in holders(supplier):
             if _inside(consumer, holder):
                 break
-            if holder in wanted:
-                outside.setdefault(holder, []).append(ref)
-        if guest_drops(ref.property):
+            outside.setdefault(holder, []).append(ref)
+        inner = holders(consumer.rsplit("/", 1)[0])
+        if not inner or guest_drops(ref.property):
             continue
-        for holder in _up(consumer.rsplit("/", 1)[0]):
+        for holder in inner:
             if _inside(supplier, holder):
                 break
-            if holder in wanted:
-                needs.setdefault(holder, []).append(ref)
+            needs.setdefault(holder, []).append(ref)
     for device, members in roots.items():
         if device in outside:
             outside[device] = [r for r in outside[device]
@@ -540,14 +569,31 @@ def host_use(
     return outside, needs
 
 
+#: compatible value -> what makes it host-critical ("" for nothing); values recur everywhere.
+_critical_memo: dict[bytes, str] = {}
+
+
+def _critical_compatible(compatible: bytes) -> str:
+    known = _critical_memo.get(compatible)
+    if known is None:
+        known = ""
+        lowered = compatible.decode("utf-8", "replace").lower()
+        for name, pattern in _CRITICAL_RES:
+            if pattern.search(lowered):
+                known = f"{name} ({lowered.rstrip(chr(0)).replace(chr(0), ', ')})"
+                break
+        if len(_critical_memo) < 65536:
+            _critical_memo[compatible] = known
+    return known
+
+
 def _critical(node: RawNode, has_child: Callable[[str, str], bool]) -> str | None:
     """What makes ``node`` host-critical, or None."""
     compatible = node.props.get("compatible")
     if compatible:
-        lowered = compatible.decode("utf-8", "replace").lower()
-        for name, pattern in _CRITICAL_RES:
-            if pattern.search(lowered):
-                return f"{name} ({lowered.rstrip(chr(0)).replace(chr(0), ', ')})"
+        found = _critical_compatible(compatible)
+        if found:
+            return found
     for prop, name in _CRITICAL_PROPERTIES:
         if prop in node.props:
             return f"{name} ({prop})"
@@ -560,7 +606,7 @@ def _critical(node: RawNode, has_child: Callable[[str, str], bool]) -> str | Non
 def host_critical(tree: RawTree, devices: Iterable[str]) -> dict[str, list[Evidence]]:
     """For each device of ``devices`` (paths), the host-critical nodes in its subtree
     (itself included), enabled or not (see :data:`HOST_CRITICAL_FAMILIES`)."""
-    wanted = set(devices)
+    holders = _Holders(devices, (node.path for node in tree.nodes))
     by_path = tree.by_path
 
     def has_child(path: str, name: str) -> bool:
@@ -568,17 +614,17 @@ def host_critical(tree: RawTree, devices: Iterable[str]) -> dict[str, list[Evide
 
     out: dict[str, list[Evidence]] = {}
     for node in tree.nodes:
-        if node.parent is None or node.path.startswith("/__"):
+        if node.parent is None:
             continue
-        if not any(holder in wanted for holder in _up(node.path)):
+        held = holders(node.path)
+        if not held:
             continue
         what = _critical(node, has_child)
         if what is None:
             continue
         evidence = Evidence("host-critical-child", "", f"{node.path}: {what}")
-        for holder in _up(node.path):
-            if holder in wanted:
-                out.setdefault(holder, []).append(evidence)
+        for holder in held:
+            out.setdefault(holder, []).append(evidence)
     return out
 
 
@@ -611,6 +657,8 @@ def host_use_evidence(outside: Sequence[Reference], needs: Sequence[Reference],
                       device_of: Callable[[str], str] = str) -> list[Evidence]:
     """The evidence lines of :func:`host_use`'s findings for one device; ``device_of``
     names the device a supplier node belongs to (an endpoint's or a pin group's device)."""
+    if not outside and not needs:
+        return []
     found = [Evidence("host-consumer", "", str(ref)) for ref in dict.fromkeys(outside)]
     found.extend(Evidence("needs-host-resource", "",
                           f"{ref}: outside the subtree; assign it together with "
@@ -755,7 +803,8 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     page_shares = shared_pages(mmio)
     overlaps = overlapping_regions(mmio)
     outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
-                              (n.path for n in nodes), groups)
+                              (n.path for n in nodes), groups,
+                              paths=(raw.path for raw in tree.raw.nodes))
     critical = host_critical(tree.raw, (n.path for n in nodes))
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
