@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from platpass.errors import NodeError
 from platpass.firmware.rawtree import RawNode, RawTree
-from platpass.firmware.resolve import interrupt_parent
+from platpass.firmware.resolve import cells, interrupt_parent
 
 __all__ = ["CELLS_PROPERTIES", "PHANDLE_PROPERTIES", "Reference", "phandle_entries", "references"]
 
@@ -99,6 +99,8 @@ _KIND_PHANDLES = 2
 _KIND_SUPPLY = 3
 
 _kinds: dict[str, tuple[int, str]] = {}
+#: Property names known to refer to nothing (grows as trees are read; bounded).
+_BORING: set[str] = set()
 
 
 def _kind(name: str) -> tuple[int, str]:
@@ -123,8 +125,8 @@ def _kind(name: str) -> tuple[int, str]:
     return kind
 
 
-def _words(value: bytes) -> list[int]:
-    return [int.from_bytes(value[i:i + 4], "big") for i in range(0, len(value) - 3, 4)]
+def _words(value: bytes) -> tuple[int, ...]:
+    return cells(value[:len(value) & ~3])
 
 
 def _u32(node: RawNode, prop: str) -> int | None:
@@ -134,7 +136,7 @@ def _u32(node: RawNode, prop: str) -> int | None:
     return int.from_bytes(value, "big")
 
 
-def _with_cells(tree: RawTree, words: list[int], cells_name: str) -> Iterator[RawNode]:
+def _with_cells(tree: RawTree, words: tuple[int, ...], cells_name: str) -> Iterator[RawNode]:
     by_phandle = tree.by_phandle
     i, n = 0, len(words)
     while i < n:
@@ -244,16 +246,23 @@ def references(tree: RawTree) -> list[Reference]:
     out: list[Reference] = []
     add = out.append
     by_phandle = tree.by_phandle
-    kinds_get = _kinds.get
+    boring = _BORING
     for node in tree.nodes:
         if node.path in _SKIPPED_NODES:
             continue
         path = node.path
         props = node.props
-        for name, value in props.items():
-            known = kinds_get(name)
-            kind, cells_name = known if known is not None else _kind(name)
-            if kind == _KIND_NONE or len(value) < 4:
+        # the set difference runs in C: most properties (reg, compatible, status...) never
+        # refer to anything, and most nodes are left with nothing to look at
+        candidates = props.keys() - boring
+        for name in ([n for n in props if n in candidates] if candidates else ()):
+            value = props[name]
+            kind, cells_name = _kind(name)
+            if kind == _KIND_NONE:
+                if len(boring) < 65536:
+                    boring.add(name)
+                continue
+            if len(value) < 4:
                 continue
             if kind == _KIND_CELLS:
                 if cells_name == "#gpio-cells" and "gpio-hog" in props:

@@ -522,6 +522,8 @@ def host_use(
         devices: Iterable[str],
         groups: Iterable[Iterable[str]] = (),
         paths: Iterable[str] = (),
+        *,
+        holders: _Holders | None = None,
 ) -> tuple[dict[str, list[Reference]], dict[str, list[Reference]]]:
     """For each device of ``devices`` (paths), who still needs what it takes to a guest.
 
@@ -536,7 +538,9 @@ def host_use(
 
     ``paths`` (every node path, parents first) only makes it faster.
     """
-    holders = _Holders(devices, paths)
+    if holders is None:
+        holders = _Holders(devices, paths)
+    known_enabled: dict[str, bool] = {}
     roots: dict[str, tuple[str, ...]] = {}
     for group in groups:
         members = tuple(dict.fromkeys(group))
@@ -546,7 +550,10 @@ def host_use(
     needs: dict[str, list[Reference]] = {}
     for ref in refs:
         consumer, supplier = ref.consumer, ref.supplier
-        if not enabled(consumer):
+        ok = known_enabled.get(consumer)
+        if ok is None:
+            ok = known_enabled[consumer] = enabled(consumer)
+        if not ok:
             continue
         for holder in holders(supplier):
             if _inside(consumer, holder):
@@ -587,31 +594,38 @@ def _critical_compatible(compatible: bytes) -> str:
     return known
 
 
-def _critical(node: RawNode, has_child: Callable[[str, str], bool]) -> str | None:
-    """What makes ``node`` host-critical, or None."""
-    compatible = node.props.get("compatible")
+_CRITICAL_PROPERTY_SET = frozenset(prop for prop, _name in _CRITICAL_PROPERTIES)
+
+
+def _critical(node: RawNode, critical_child: Mapping[str, str]) -> str | None:
+    """What makes ``node`` host-critical, or None; ``critical_child`` maps a node path to the
+    name of its child that makes it critical."""
+    props = node.props
+    compatible = props.get("compatible")
     if compatible:
         found = _critical_compatible(compatible)
         if found:
             return found
-    for prop, name in _CRITICAL_PROPERTIES:
-        if prop in node.props:
-            return f"{name} ({prop})"
-    for child, name in _CRITICAL_CHILDREN:
-        if has_child(node.path, child):
-            return f"{name} (a {child!r} node)"
+    if not _CRITICAL_PROPERTY_SET.isdisjoint(props):
+        for prop, name in _CRITICAL_PROPERTIES:
+            if prop in props:
+                return f"{name} ({prop})"
+    child = critical_child.get(node.path)
+    if child is not None:
+        return f"{dict(_CRITICAL_CHILDREN)[child]} (a {child!r} node)"
     return None
 
 
-def host_critical(tree: RawTree, devices: Iterable[str]) -> dict[str, list[Evidence]]:
+def host_critical(tree: RawTree, devices: Iterable[str], *,
+                  holders: _Holders | None = None) -> dict[str, list[Evidence]]:
     """For each device of ``devices`` (paths), the host-critical nodes in its subtree
     (itself included), enabled or not (see :data:`HOST_CRITICAL_FAMILIES`)."""
-    holders = _Holders(devices, (node.path for node in tree.nodes))
-    by_path = tree.by_path
-
-    def has_child(path: str, name: str) -> bool:
-        return f"{path}/{name}" in by_path
-
+    if holders is None:
+        holders = _Holders(devices, (node.path for node in tree.nodes))
+    suffixes = tuple(f"/{child}" for child, _name in _CRITICAL_CHILDREN)
+    critical_child = {node.parent.path: node.path.rsplit("/", 1)[1]
+                      for node in tree.nodes
+                      if node.parent is not None and node.path.endswith(suffixes)}
     out: dict[str, list[Evidence]] = {}
     for node in tree.nodes:
         if node.parent is None:
@@ -619,7 +633,7 @@ def host_critical(tree: RawTree, devices: Iterable[str]) -> dict[str, list[Evide
         held = holders(node.path)
         if not held:
             continue
-        what = _critical(node, has_child)
+        what = _critical(node, critical_child)
         if what is None:
             continue
         evidence = Evidence("host-critical-child", "", f"{node.path}: {what}")
@@ -686,7 +700,7 @@ def assess_node(
         shared_irq: Sequence[Evidence] = (),
         shared_page: Sequence[Evidence] = (),
         overlaps: Sequence[Evidence] = (),
-        host_in_use: Sequence[Evidence] = (),
+        host_in_use: Sequence[Evidence] | Callable[[], Sequence[Evidence]] = (),
         consumers: Sequence[Reference] = (),
         waived: Iterable[str] = (),
 ) -> Assessment:
@@ -705,6 +719,8 @@ def assess_node(
     if shared_irq or overlaps:
         return Assessment(node, Verdict.REFUSED_SHARED, (*shared_irq, *overlaps), driver,
                           consumers)
+    if callable(host_in_use):  # built only for a device that gets this far
+        host_in_use = host_in_use()
     host_in_use = [*host_in_use, *system_reset_evidence(node, driver)]
     kept = [e for e in host_in_use if e.rule not in waivers]
     overridden = tuple(Evidence("override", e.rule, f"waived by the user: {e}")
@@ -750,6 +766,12 @@ def _unknown_or_assignable(node: DeviceNode, driver: type[PlatformDriver] | None
     if traps:
         return Assessment(node, Verdict.ASSIGNABLE_WITH_TRAPS, (claim, *traps), driver)
     return Assessment(node, Verdict.ASSIGNABLE, (claim,), driver)
+
+
+def _host_in_use(consumers: Sequence[Reference], needs: Sequence[Reference],
+                 device_of: Callable[[str], str], critical: Sequence[Evidence],
+                 live: Sequence[Evidence]) -> list[Evidence]:
+    return [*host_use_evidence(consumers, needs, device_of), *critical, *live]
 
 
 def _ancestor_evidence(raw: RawNode | None,
@@ -802,10 +824,10 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     mmio = [(n.path, n.regions) for n in nodes if n.is_mmio]
     page_shares = shared_pages(mmio)
     overlaps = overlapping_regions(mmio)
+    holders = _Holders((n.path for n in nodes), (raw.path for raw in tree.raw.nodes))
     outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
-                              (n.path for n in nodes), groups,
-                              paths=(raw.path for raw in tree.raw.nodes))
-    critical = host_critical(tree.raw, (n.path for n in nodes))
+                              (n.path for n in nodes), groups, holders=holders)
+    critical = host_critical(tree.raw, (n.path for n in nodes), holders=holders)
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
 
@@ -826,8 +848,9 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
             shared_irq=irq_shares.get(path, ()),
             shared_page=page_shares.get(path, ()),
             overlaps=overlaps.get(path, ()),
-            host_in_use=[*host_use_evidence(consumers, needs.get(path, ()), device_of),
-                         *critical.get(path, ()), *live.get(path, ())],
+            host_in_use=functools.partial(
+                _host_in_use, consumers, needs.get(path, ()), device_of,
+                critical.get(path, ()), live.get(path, ())),
             consumers=tuple(dict.fromkeys(consumers)),
             waived=overrides.get(path, ()),
         ))
