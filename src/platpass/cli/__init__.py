@@ -52,15 +52,20 @@ def _module_for(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser: every subcommand, or only the one ``argv`` names."""
+    from platpass.cli.reference import docs_epilog
+
     parser = argparse.ArgumentParser(
         prog="platpass",
         description="Pass simple non-DMA platform devices through to VMs without an IOMMU.",
+        epilog=docs_epilog(),
     )
     parser.add_argument("--version", action="version", version=f"platpass {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     only = _module_for(argv) if argv is not None else None
     for name in (only,) if only else SUBCOMMANDS:
         importlib.import_module(f"platpass.cli.{name}").register(subparsers)
+    for command, sub in subparsers.choices.items():  # every --help ends with the docs link
+        sub.epilog = "\n\n".join(filter(None, (sub.epilog, docs_epilog(command))))
     return parser
 
 
