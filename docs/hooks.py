@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
-def on_files(files, config):  # noqa: ANN001, ANN201 - mkdocs hook signature
+def on_files(files, config):
     from mkdocs.structure.files import File
 
     if str(SRC) not in sys.path:
@@ -34,6 +34,6 @@ def _role(match: re.Match[str]) -> str:
     return f"<code>{shown}</code>"
 
 
-def on_page_content(html, page, config, files):  # noqa: ANN001, ANN201 - mkdocs hook
+def on_page_content(html, page, config, files):
     """Docstrings use Sphinx roles (``:class:`~a.B```): show them as plain code names."""
     return _ROLE.sub(_role, html)
