@@ -39,6 +39,7 @@ TOOLS: dict[str, str] = {
     "taskset": "util-linux",
     "dmesg": "util-linux",
     "systemd-analyze": "systemd",
+    "groff": "groff-base",
 }
 
 
