@@ -17,7 +17,7 @@ SHARED = DTB_DIR
 RK3568 = SHARED / "rockchip__rk3568-evb1-v10.dtb"
 
 KEYS = {"file", "path", "compatible", "status", "verdict", "reasons", "regions", "irqs",
-        "driver", "consumers"}
+        "driver", "consumers", "backend"}
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list, str]:

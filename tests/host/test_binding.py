@@ -154,3 +154,13 @@ def test_state_directory_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
             StateFile(tmp_path / "run").locked():
         pass
     assert list(real.iterdir()) == []
+
+
+def test_auto_backend_prefers_the_module_when_loaded_then_uio(tmp_path: Path) -> None:
+    assert binding.auto_backend("platform", tmp_path) == "uio"
+    assert binding.auto_backend("amba", tmp_path) == "uio"  # refused by host_driver_for, named
+    (tmp_path / "bus/platform/drivers/platpass-vfio-platform").mkdir(parents=True)
+    (tmp_path / "bus/amba/drivers/platpass-vfio-amba").mkdir(parents=True)
+    assert binding.auto_backend("platform", tmp_path) == "kmod"
+    assert binding.auto_backend("amba", tmp_path) == "kmod"
+    assert binding.host_driver_for("kmod", "amba") == "platpass-vfio-amba"

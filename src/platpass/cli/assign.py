@@ -1,11 +1,16 @@
 """``platpass assign`` / ``platpass release``: hand a real device to a vfio-user server.
 
-    platpass assign /pl061@9030000 --backend uio --socket /run/pl061.sock
+    platpass assign /pl061@9030000 --socket /run/pl061.sock
     platpass release /pl061@9030000
+
+Without ``--backend`` (``auto``) the module is used when it is loaded, else UIO; no-IOMMU
+VFIO taints the kernel and is used only when named. With ``kmod`` and ``vfio`` the client's
+interrupt eventfds go straight to the kernel (:mod:`platpass.host.vfio_kernel.passthrough`).
 
 ``assign`` judges the device on the live device tree (refused verdicts are refused with
 their evidence unless ``--force-unsafe``), records its current driver in
-``/run/platpass/assignments.json``, binds it to ``uio_pdrv_genirq`` (``--backend uio``) or
+``/run/platpass/assignments.json``, binds it to ``platpass-vfio-platform``/``-amba`` (the
+project's kernel module, ``--backend kmod``), ``uio_pdrv_genirq`` (``--backend uio``) or
 ``vfio-platform``/``vfio-amba`` (``--backend vfio``), and serves it over vfio-user until
 SIGTERM/SIGINT; then it resets the device through its platpass driver and puts it back on
 its original driver. Without ``--foreground`` it returns once the socket listens, leaving
@@ -131,6 +136,8 @@ def assign(args: argparse.Namespace) -> int:
     node_path = device.of_node
     if node_path is None:
         raise HostError(f"{device.name} has no device-tree node")
+    if args.backend == "auto":
+        args.backend = binding.auto_backend(device.bus)
     assessment = _assess(node_path, args.dtb)
     warnings: list[str] = []
     if not assessment.may_assign:
@@ -347,8 +354,12 @@ def register(subparsers: Any) -> None:
                     "until SIGTERM, then reset it and restore its original driver.")
     parser.add_argument("node", metavar="NODE",
                         help="device-tree path (/pl061@9030000) or device name")
-    parser.add_argument("--backend", choices=("uio", "vfio"), default="uio",
-                        help="uio (no IOMMU needed, no taint; default) or kernel vfio")
+    parser.add_argument("--backend", choices=("auto", "kmod", "uio", "vfio"), default="auto",
+                        help="kmod (platpass's kernel module: no IOMMU, no taint, interrupts "
+                             "straight to the client), uio (no taint, interrupts relayed), "
+                             "vfio (vfio-platform/vfio-amba: an IOMMU, or no-IOMMU mode, "
+                             "which taints); auto (default): kmod when the module is "
+                             "loaded, else uio")
     parser.add_argument("--socket", required=True, metavar="PATH",
                         help="vfio-user socket to listen on")
     parser.add_argument("--force-unsafe", action="store_true",

@@ -101,8 +101,31 @@ def _fail(message: str) -> Callable[[], DeviceTree]:
     return loader
 
 
-def as_json(source: str, assessment: Assessment) -> dict[str, Any]:
-    """One entry of ``scan --json`` (the documented, stable schema)."""
+def live_backend(assessment: Assessment, sysfs: Path = Path("/sys")) -> str | None:
+    """On the live tree: the backend ``assign`` would use for an assignable device, with
+    its host driver (``kmod (platpass-vfio-platform)``), or why there is none; None for a
+    refused device or one the kernel created no platform/AMBA device for."""
+    from platpass.errors import HostError
+    from platpass.host import binding
+    from platpass.host.sysfs import device_for_node
+
+    if not assessment.verdict.assignable:
+        return None
+    try:
+        device = device_for_node(assessment.node.path, sysfs)
+    except HostError:
+        return None
+    backend = binding.auto_backend(device.bus, sysfs)
+    try:
+        return f"{backend} ({binding.host_driver_for(backend, device.bus)})"
+    except HostError:
+        return f"none: {device.bus} device, load platpass_vfio (or --backend vfio)"
+
+
+def as_json(source: str, assessment: Assessment,
+            backend: str | None = None) -> dict[str, Any]:
+    """One entry of ``scan --json`` (the documented, stable schema); ``backend`` is
+    :func:`live_backend` on the live tree, else None."""
     node = assessment.node
     return {
         "file": source,
@@ -117,6 +140,7 @@ def as_json(source: str, assessment: Assessment) -> dict[str, Any]:
         "driver": assessment.driver.name if assessment.driver is not None else None,
         "consumers": [{"consumer": c.consumer, "property": c.property, "supplier": c.supplier}
                       for c in assessment.consumers],
+        "backend": backend,
     }
 
 
@@ -130,8 +154,10 @@ def _irqs_text(assessment: Assessment) -> str:
     ) or "-"
 
 
-def print_table(source: str, assessments: list[Assessment], out: TextIO) -> None:
-    """The human-readable report of one tree: a row per device, its reasons below it."""
+def print_table(source: str, assessments: list[Assessment], out: TextIO,
+                backends: dict[str, str | None] | None = None) -> None:
+    """The human-readable report of one tree: a row per device, its reasons below it
+    (and on the live tree the backend ``assign`` would use, from ``backends``)."""
     print(f"== {source}: {len(assessments)} devices", file=out)
     if not assessments:
         return
@@ -148,6 +174,8 @@ def print_table(source: str, assessments: list[Assessment], out: TextIO) -> None
         print(fmt.format(*row).rstrip(), file=out)
         for reason in a.reasons:
             print(f"    - {reason}", file=out)
+        if backends and backends.get(a.node.path):
+            print(f"    backend: {backends[a.node.path]}", file=out)
 
 
 def _progress(done: int, total: int, label: str) -> None:
@@ -190,10 +218,12 @@ def scan(args: argparse.Namespace, registry: DriverRegistry | None = None,
         _progress(done, len(sources), label)
         log_waivers(label, assessments)
         totals.update(a.verdict for a in assessments)
+        backends = ({a.node.path: live_backend(a) for a in assessments}
+                    if label == str(LIVE_FDT) else {})
         if args.json:
-            entries.extend(as_json(label, a) for a in assessments)
+            entries.extend(as_json(label, a, backends.get(a.node.path)) for a in assessments)
         else:
-            print_table(label, assessments, out)
+            print_table(label, assessments, out, backends)
             print(file=out)
     if args.json:
         json.dump(entries, out, indent=1)

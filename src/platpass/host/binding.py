@@ -29,15 +29,23 @@ from platpass.host.sysfs import SysfsDevice
 DEFAULT_STATE_DIR = Path("/run/platpass")
 STATE_NAME = "assignments.json"
 
-#: (backend, bus) -> the host driver that hands the device to userspace.
+#: (backend, bus) -> the host driver that hands the device to userspace. ``kmod`` is the
+#: project's own kernel module (kmod/: VFIO with an emulated IOMMU, no taint), ``vfio``
+#: the kernel's vfio-platform/vfio-amba (an IOMMU, or no-IOMMU mode).
 HOST_DRIVERS: dict[tuple[str, str], str] = {
+    ("kmod", "platform"): "platpass-vfio-platform",
+    ("kmod", "amba"): "platpass-vfio-amba",
     ("uio", "platform"): "uio_pdrv_genirq",
     ("vfio", "platform"): "vfio-platform",
     ("vfio", "amba"): "vfio-amba",
 }
 #: host driver -> the module that provides it (tried with modprobe when not registered).
 DRIVER_MODULES = {"uio_pdrv_genirq": "uio_pdrv_genirq", "vfio-platform": "vfio-platform",
-                  "vfio-amba": "vfio-amba"}
+                  "vfio-amba": "vfio-amba", "platpass-vfio-platform": "platpass_vfio",
+                  "platpass-vfio-amba": "platpass_vfio"}
+#: The backends ``assign`` tries, in order, when none is named: the module when it is
+#: loaded, then UIO. No-IOMMU VFIO taints the kernel: only when asked for by name.
+AUTO_BACKENDS = ("kmod", "uio")
 
 
 def host_driver_for(backend: str, bus: str) -> str:
@@ -46,8 +54,21 @@ def host_driver_for(backend: str, bus: str) -> str:
         return HOST_DRIVERS[(backend, bus)]
     except KeyError:
         raise HostError(f"backend {backend!r} cannot take a device on the {bus} bus "
-                        f"(UIO's uio_pdrv_genirq is a platform driver; use --backend vfio "
-                        f"for AMBA devices)") from None
+                        f"(UIO's uio_pdrv_genirq is a platform driver; use --backend kmod "
+                        f"or vfio for AMBA devices)") from None
+
+
+def auto_backend(bus: str, sysfs: Path = Path("/sys")) -> str:
+    """The backend ``assign`` uses for a device on ``bus`` when none is named: ``kmod``
+    when the platpass_vfio module is loaded (its driver is registered on the bus), else
+    ``uio`` (which the caller refuses for an AMBA device, naming the alternatives)."""
+    for backend in AUTO_BACKENDS:
+        driver = HOST_DRIVERS.get((backend, bus))
+        if driver is None:
+            continue
+        if backend != "kmod" or (sysfs / "bus" / bus / "drivers" / driver).is_dir():
+            return backend
+    return "uio"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ and the tests all drive the same object. It promises ``linux/vfio.h`` semantics:
   straddles a trap boundary is split into naturally aligned halves until every piece is
   either wholly inside one trap or touches none, so an untrapped byte never reaches the
   driver and a trapped byte never reaches the backend;
-* interrupts: :mod:`platpass.vfio_device.irqs`;
+* interrupts: :mod:`platpass.vfio_device.irqs`, or passed straight through to a kernel
+  VFIO device (:mod:`platpass.host.vfio_kernel.passthrough`);
 * DMA: the emulated IOMMU (:mod:`platpass.vfio_device.iommu`), never backed by memory.
 
 Life cycle: :meth:`open` (a client starts: driver reset, fresh IRQ state),
@@ -28,6 +29,7 @@ import errno
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from platpass.drivers.common import PlatformDriver, Trap
 from platpass.errors import PlatpassError, VfioError
@@ -38,6 +40,9 @@ from platpass.vfio_device.iommu import DmaMapping, EmulatedIommu
 from platpass.vfio_device.irqs import IrqController, IrqInfo, IrqStats
 from platpass.vfio_device.regions import RegionInfo, SparseArea, region_info
 from platpass.vfio_device.uapi import ACCESS_SIZES, DeviceFlags
+
+if TYPE_CHECKING:
+    from platpass.host.vfio_kernel.passthrough import KernelIrqs
 
 __all__ = [
     "ACCESS_SIZES",
@@ -122,11 +127,17 @@ class VfioDevice:
             irq.trigger.is_level or irq.trigger == Trigger.UNKNOWN
             for irq in node.interrupts[:irq_count]
         ]
-        self.irqs = IrqController(levels, backend, reactor)
+        # A kernel VFIO backend takes the client's eventfds itself (no relay, the kernel's
+        # interrupt semantics); every other backend reports line events to the controller.
+        offer = getattr(backend, "irq_passthrough", None)
+        passthrough = offer() if callable(offer) else None
+        self.irqs: IrqController | KernelIrqs = (
+            passthrough if passthrough is not None else IrqController(levels, backend, reactor))
         self._stats = DeviceStats(irqs=tuple(line.stats for line in self.irqs.lines))
         self._closed = False
         self._region_infos = tuple(self._build_region_info(r) for r in range(len(self._regions)))
-        backend.attach(reactor, self.irqs)
+        if passthrough is None:
+            backend.attach(reactor, self.irqs)
 
     # -- info -------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ single ``ioread``/``iowrite`` of the same width. Interrupts are passed through: 
 trigger is our own eventfd (``SET_IRQS`` TRIGGER), read from the reactor, and mask/unmask are
 the kernel's ``ACTION_MASK``/``ACTION_UNMASK`` (vfio-platform automasks level lines itself,
 so the semantics the VFIO device layer sees are the kernel's own).
+
+That relay is for direct users of the backend. A :class:`VfioDevice` takes
+:meth:`VfioKernelBackend.irq_passthrough` instead: the client's own eventfds go to the
+kernel, and no interrupt passes through this process (see ``passthrough``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from platpass.errors import HostError
 from platpass.host.backend import BackendRegion, IrqListener, MapSource
@@ -23,6 +28,9 @@ from platpass.host.vfio_kernel import uapi
 from platpass.host.vfio_kernel.syscalls import KernelCallError, Syscalls
 from platpass.reactor import Reactor
 from platpass.vfio_device.uapi import IrqInfoFlags, IrqSetFlags, RegionFlags
+
+if TYPE_CHECKING:
+    from platpass.host.vfio_kernel.passthrough import KernelIrqs
 
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 _BUSES = ("platform", "amba")
@@ -45,10 +53,14 @@ class VfioKernelBackend:
     """:class:`platpass.host.backend.Backend` over a device bound to a kernel VFIO driver."""
 
     def __init__(self, device: str, *, bus: str = "platform", sysfs: Path = Path("/sys"),
-                 dev: Path = Path("/dev"), syscalls: Syscalls | None = None) -> None:
+                 dev: Path = Path("/dev"), syscalls: Syscalls | None = None,
+                 passthrough: bool = True) -> None:
         if not _DEVICE_NAME.fullmatch(device) or bus not in _BUSES:
             raise HostError(f"bad device {device!r} on bus {bus!r}")
         self.name = device
+        #: Offer :meth:`irq_passthrough` (the VFIO device then hands the client's eventfds
+        #: to the kernel); False makes the device relay through :meth:`attach` instead.
+        self.passthrough = passthrough
         self._sys = syscalls or Syscalls()
         self._container = self._group = self._device = -1
         self._windows: dict[int, MappedRegisters] = {}
@@ -150,6 +162,26 @@ class VfioKernelBackend:
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self._sys.pwrite(self._device, data, self.region_infos[region].offset + offset,
                          f"{self.name} region {region}")
+
+    def irq_passthrough(self) -> KernelIrqs | None:
+        """The interrupt controller that passes SET_IRQS straight to the kernel device
+        (:mod:`platpass.host.vfio_kernel.passthrough`), or None when this backend relays
+        (``passthrough=False``, or :meth:`attach` already set our own eventfds)."""
+        if not self.passthrough or self._eventfds:
+            return None
+        from platpass.host.vfio_kernel.passthrough import KernelIrqs
+
+        return KernelIrqs(self)
+
+    def set_irqs(self, flags: IrqSetFlags, index: int, start: int, count: int, *,
+                 bools: tuple[bool, ...] = (), fds: tuple[int, ...] = ()) -> None:
+        """``VFIO_DEVICE_SET_IRQS`` on the kernel device as given; the kernel takes its own
+        references to ``fds``. Raises :class:`KernelCallError` with the kernel's errno."""
+        if not 0 <= index < self.irq_count:
+            raise HostError(f"{self.name}: no interrupt line {index}")
+        self._sys.ioctl(self._device, uapi.VfioIoctl.DEVICE_SET_IRQS,
+                        uapi.pack_irq_set(flags, index, start, count, fds=fds, bools=bools),
+                        f"{self.name} irq {index}")
 
     def attach(self, reactor: Reactor, listener: IrqListener) -> None:
         self._reactor = reactor
