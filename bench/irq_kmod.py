@@ -22,9 +22,10 @@ before that MMIO store, t1 when the waiter's blocking ``read`` of its eventfd re
 
 Between samples the line is quietened (GPIOIE cleared, GPIOIC written) and unmasked, the
 unmask through the same path as the trigger (the kernel ioctl, or the VfioDevice). The raw
-and pass-through figures alternate over ``--rounds`` rounds so drift hits both alike; the
-medians are over all their samples. Everything runs in this process (CPU placement: the
-scheduler's; the interrupt is taken on whichever vCPU the GIC routes it to).
+and pass-through figures alternate over ``--rounds`` rounds (which goes first alternating
+too) so drift hits both alike; the medians are over all their samples. Everything runs in
+this process, pinned to ``--cpu`` (default 0; the GIC routes the SPI to CPU 0 unless told
+otherwise, see /proc/interrupts); the placement is printed with the figures.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from irq_kernel import GPIOIC, GPIOIE, LINE, _arm_level, _on, _us, measure_uio, measure_vfio
 from platpass.drivers.registry import default_registry
 from platpass.firmware.devicetree import load_live
+from platpass.firmware.model import DeviceNode
 from platpass.host.sysfs import SysfsDevice
 from platpass.host.vfio_kernel.backend import VfioKernelBackend
 from platpass.reactor import EpollReactor
@@ -50,10 +52,10 @@ from platpass.vfio_device.uapi import IrqSetFlags
 KMOD_DRIVER = "platpass-vfio-platform"
 
 
-def measure_passthrough(device: SysfsDevice, samples: int) -> tuple[list[float], int]:
+def measure_passthrough(device: SysfsDevice, samples: int,
+                        node: DeviceNode) -> tuple[list[float], int]:
     """Latencies (s) with the client's eventfd passed to the kernel by the VfioDevice, and
     how many interrupts the VfioDevice itself saw (0: nothing relayed)."""
-    node = load_live().node(device.of_node or "")
     driver = default_registry().match(node.compatible)
     assert driver is not None, f"no platpass driver for {node.compatible}"
     reactor = EpollReactor()
@@ -84,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="9030000.pl061", help="PL061 platform device")
     parser.add_argument("--samples", type=int, default=600, help="per figure")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--no-uio", action="store_true", help="skip the UIO bridge")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU to pin this process to "
+                        "(-1: leave it to the scheduler)")
     args = parser.parse_args(argv)
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})
+    placement = (f"pinned to CPU {args.cpu}" if args.cpu >= 0 else "unpinned") + \
+        f" of {os.cpu_count()}"
     device = SysfsDevice("platform", args.device, Path("/sys"))
     if not device.exists():
         print(f"no platform device {args.device}", file=sys.stderr)
@@ -96,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     passed: list[float] = []
     relayed = 0
 
+    node = load_live().node(device.of_node or "")
+
     def kmod_rounds(dev: SysfsDevice, _samples: int) -> list[float]:
         nonlocal relayed
-        for _ in range(args.rounds):
-            raw.extend(measure_vfio(dev, per_round))
-            got, seen = measure_passthrough(dev, per_round)
+        for i in range(args.rounds):
+            if i % 2:   # the order alternates too: neither figure always goes first
+                raw.extend(measure_vfio(dev, per_round))
+            got, seen = measure_passthrough(dev, per_round, node)
             passed.extend(got)
             relayed += seen
+            if not i % 2:
+                raw.extend(measure_vfio(dev, per_round))
         return raw
 
     _on(device, KMOD_DRIVER, kmod_rounds, 0)
     uio = [] if args.no_uio else _on(device, "uio_pdrv_genirq", measure_uio, args.samples)
+    print(f"placement: {placement}; {args.rounds} rounds, raw and pass-through alternating")
     print(f"raw kernel VFIO eventfd (platpass_vfio): {_us(raw)}")
     print(f"platpass pass-through (platpass_vfio)  : {_us(passed)}  relayed by platpass: "
           f"{relayed}")

@@ -146,7 +146,7 @@ def serve_passthrough() -> None:
 
 
 def bench() -> None:
-    out = subprocess.run(["python3", "/platpass/bench/irq_kmod.py", "--samples", "500"],
+    out = subprocess.run(["python3", "/platpass/bench/irq_kmod.py", "--samples", "1000"],
                          capture_output=True, text=True, timeout=400)
     print(out.stdout, out.stderr, flush=True)
     lines = out.stdout.splitlines()
