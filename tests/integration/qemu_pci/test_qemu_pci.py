@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from qemu_image import LOG_DIR, QemuImage
 
 import platpass
-from conftest import LOG_DIR, QemuImage
 from platpass.firmware import devicetree
 from platpass.reactor import EpollReactor
 from platpass.vmm.qemu_pci import (
