@@ -15,7 +15,7 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     node = "/soc@9000000/gpio@30000"
     source = "sim"               # sim | dtb | dts | live
     firmware = "/boot/board.dtb" # the file, for source = dtb | dts only
-    backend = "sim"              # sim (default for source sim) | uio | vfio
+    backend = "sim"              # sim (default for source sim) | kmod | uio | vfio
     socket = "/run/platpass/gpio0.sock"
     owner = "root"  group = "kvm"  mode = "0660"
     allow_uids = [1000]  allow_gids = ["kvm"]
@@ -53,7 +53,9 @@ from platpass.inputs import (
 from platpass.ops.logs import FORMATS, LEVELS
 
 SOURCES = ("sim", "dtb", "dts", "live")
-BACKENDS = ("sim", "uio", "vfio")
+#: kmod: platpass_vfio (kmod/), through ``platpass assign --backend kmod``.
+BACKENDS = ("sim", "kmod", "uio", "vfio")
+_KERNEL = ("kmod", "uio", "vfio")
 DMA_POLICIES = ("allow", "deny")
 DEFAULT_RUN_DIR = "/run/platpass"
 PAGE_SIZE = 4096
@@ -288,10 +290,10 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
     if backend == "sim" and source == "live":
         check.fail(f"{where}.backend", "the sim backend models a described board; source "
                    "'live' is this host's hardware")
-    if source == "sim" and backend in ("uio", "vfio"):
+    if source == "sim" and backend in _KERNEL:
         check.fail(f"{where}.backend", f"{backend!r} drives real hardware; the simulated "
                    "board needs backend 'sim'")
-    if backend in ("uio", "vfio") and source == "dts":
+    if backend in _KERNEL and source == "dts":
         check.fail(f"{where}.backend", f"{backend!r} judges the device on the live tree or "
                    "a dtb (platpass assign); source 'dts' is not supported")
     if "socket" not in table:
@@ -332,7 +334,7 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
             parse_pci_id(pci)
         except ValueError as err:
             check.fail(f"{where}.pci", str(err))
-        if backend in ("uio", "vfio"):
+        if backend in _KERNEL:
             check.fail(f"{where}.pci", f"backend {backend!r} devices are served by platpass "
                        "assign, which has no PCI personality yet (use platpass serve --pci)")
     if len(check.problems) != before:
