@@ -396,3 +396,15 @@ def test_serve_pci_with_uart_output_end_to_end(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_auto_picks_by_clock():
+    src = PCI_BOARD.read_text().replace("clock-frequency = <1843200>",
+                                        "clock-frequency = <14745600>")
+    tree = devicetree.load_dts_source(src)
+    node = tree.node(UART)
+    driver = default_registry(plugins=False).match(node.compatible)(node)
+    identity, why = choose_identity(node, driver, "auto")
+    assert (identity.vendor, identity.device) == (0x14D2, 0xA001) and "Titan 100" in why
+    with pytest.raises(PciIdError, match="assumes a 1843200 Hz input clock"):
+        choose_identity(node, driver, "115d:0101")

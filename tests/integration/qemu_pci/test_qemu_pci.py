@@ -74,17 +74,29 @@ class Host:
         return run
 
 
-@pytest.fixture
-def host(qemu_image: QemuImage) -> Iterator[Host]:
+def _host(image: QemuImage, tree) -> Iterator[Host]:
     reactor = EpollReactor()
     with tempfile.TemporaryDirectory(prefix="platpass-qemu-") as tmp:
         socket = Path(tmp) / "uart.sock"
-        served = serve_pci_uart(reactor, devicetree.load_dts(BOARD), UART, socket)
+        served = serve_pci_uart(reactor, tree, UART, socket)
         try:
-            yield Host(reactor, served, socket, Path(tmp), qemu_image)
+            yield Host(reactor, served, socket, Path(tmp), image)
         finally:
             served.close()
             reactor.close()
+
+
+@pytest.fixture
+def host(qemu_image: QemuImage) -> Iterator[Host]:
+    yield from _host(qemu_image, devicetree.load_dts(BOARD))
+
+
+@pytest.fixture
+def host_14m(qemu_image: QemuImage) -> Iterator[Host]:
+    """The same 16550 clocked at 14.7456 MHz (base baud 921600): another table entry."""
+    source = BOARD.read_text().replace("clock-frequency = <1843200>",
+                                       "clock-frequency = <14745600>")
+    yield from _host(qemu_image, devicetree.load_dts_source(source))
 
 
 def _transfer(host: Host, name: str, arm64: bool = False) -> PciUartRun:
@@ -198,3 +210,19 @@ def test_arm64_virt_guest_binds_and_moves_data_both_ways(host: Host):
     trace = LOG_DIR / "qemu-pci-arm64.trace"
     assert count_trace(trace, "vfio_intx_interrupt") == delivered > 0
     assert 0 < int(run.first("IRQS") or -1) <= delivered
+
+
+def test_a_14_7456_mhz_16550_gets_the_titan_100_id_and_binds(host_14m: Host):
+    ident = host_14m.served.device.identity
+    assert (ident.vendor, ident.device) == (0x14D2, 0xA001)
+    run = _transfer(host_14m, "qemu-pci-titan")
+    assert (run.first("PCI") or "").endswith("driver=serial"), run.tail()
+    dmesg = run.markers.get("DMESG", [])
+    assert any("ttyS4 at MMIO" in line and "base_baud = 921600" in line for line in dmesg), \
+        dmesg
+    sent = tx_payload(TX_LINES)
+    model = host_14m.served.model
+    host_14m.reactor.run_until(lambda: len(model.tx_output) >= len(sent), 10)
+    assert bytes(model.tx_output) == sent
+    assert model.divisor == 8    # the guest asked for 115200 of a 921600 base
+    assert run.first("RX") == RX_TEXT.decode(), run.tail()

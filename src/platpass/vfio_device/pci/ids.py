@@ -84,6 +84,19 @@ PCI_ID_TABLE: tuple[PciIdEntry, ...] = (
         verified="QEMU 11.1 vfio-user-pci + Debian 6.1 amd64 (q35) and arm64 (virt) "
                  "kernels (tests/integration/qemu_pci)",
     ),
+    PciIdEntry(
+        drivers=("ns16550",),
+        # Titan 100: serial_pci_tbl entry {TITAN, TITAN_100, ANY, ANY} -> pbn_b0_1_921600
+        # (FL_BASE0, one port, base_baud 921600, reg_shift 0); no quirk (the Titan quirks
+        # are for the 400L/800L), so pci_default_setup: UPIO_MEM on a memory BAR.
+        identity=Identity(vendor=0x14D2, device=0xA001, subsystem_vendor=0x14D2,
+                          subsystem=0xA001, class_code=CLASS_SERIAL_16550),
+        layout=Layout(reg_shift=0, io_width=1, clock_hz=14_745_600),
+        linux_driver="8250_pci (drivers/tty/serial/8250/8250_pci.c, Titan 100 entry, "
+                     "board pbn_b0_1_921600)",
+        verified="QEMU 11.1 vfio-user-pci + Debian 6.1 amd64 kernel (q35) "
+                 "(tests/integration/qemu_pci)",
+    ),
 )
 
 #: Families platpass supports that have no entry, and why (Linux 6.1 sources).
