@@ -645,3 +645,204 @@ def test_item8_limiter_reports_suppressed_lines_after_the_interval() -> None:
                            "10 s)", "short header 10"]
     limiter.flush()
     assert len(records) == 5
+
+
+# ---------------------------------------------------------------- item 5: one-line errors
+
+def _main_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run ``platpass ARGS`` in-process; it must fail with one ``platpass`` error line."""
+    from platpass.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    assert code not in (0, None), err
+    assert "Traceback" not in err and err, err
+    assert err.startswith("platpass"), err
+    return err
+
+
+def _corrupt_dtb(tmp_path: Path) -> Path:
+    from platpass.host.simulated.board import board_dtb
+
+    blob = bytearray(board_dtb())
+    off = struct.unpack_from(">I", blob, 8)[0]  # off_dt_struct
+    blob[off:off + 4] = b"\xff\xff\xff\xff"
+    path = tmp_path / "bad.dtb"
+    path.write_bytes(blob)
+    return path
+
+
+def test_item5_corrupt_base_dtb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _main_error(capsys, *_guest_dt("--flavour", "qemu", "--base-dtb",
+                                         str(_corrupt_dtb(tmp_path)), "-o",
+                                         str(tmp_path / "o.dtb")))
+    assert "corrupt device tree" in err
+
+
+@pytest.mark.parametrize("target", ["missing/dir/out.dtbo", "DIR", "/proc/version"])
+def test_item5_guest_dt_output_that_cannot_be_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str) -> None:
+    out = str(tmp_path) if target == "DIR" else \
+        target if target.startswith("/") else str(tmp_path / target)
+    err = _main_error(capsys, *_guest_dt("--flavour", "crosvm", "-o", out))
+    assert f"cannot write {out}" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--fd", "-1"), "fd -1 is not a socket"),
+    (("--socket", "S", "--group", str(2**32 + 5)), "out of range"),
+    (("--socket", "S", "--owner", "99999999999"), "out of range"),
+    (("--socket", "S", "--allow-gid", "4294967296"), "out of range"),
+])
+def test_item5_serve_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 args: tuple[str, ...], words: str) -> None:
+    args = tuple(str(tmp_path / "s.sock") if a == "S" else a for a in args)
+    done = _platpass("serve", "--sim", *args, RTC, timeout=30)  # a subprocess: never serves
+    _one_line_error(done, words)
+    assert not (tmp_path / "s.sock").exists()
+
+
+def _config(tmp_path: Path, *, run_dir: str | None = None, socket_path: str | None = None,
+            extra: str = "") -> Path:
+    run_dir = run_dir or str(tmp_path / "run")
+    socket_path = socket_path or str(tmp_path / "rtc.sock")
+    path = tmp_path / "up.toml"
+    path.write_text(f'[service]\nrun_dir = "{run_dir}"\n\n[[device]]\nnode = "{RTC}"\n'
+                    f'source = "sim"\nsocket = "{socket_path}"\n{extra}')
+    return path
+
+
+def test_item5_deeply_nested_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert "nested too deeply" in _main_error(capsys, "up", "--check", str(path))
+
+
+@pytest.mark.parametrize("case", ["nul-socket", "run-dir-file", "run-dir-others",
+                                  "socket-too-long", "run-dir-full", "owner-range"])
+def test_item5_up_check_refuses_what_up_would(tmp_path: Path, case: str,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of these passed ``up --check`` and then failed in ``up`` (with a traceback)."""
+    kwargs: dict[str, str] = {}
+    if case == "nul-socket":
+        kwargs["socket_path"] = str(tmp_path / "a\\u0000b.sock")
+    elif case == "run-dir-file":
+        (tmp_path / "runfile").write_text("")
+        kwargs["run_dir"] = str(tmp_path / "runfile")
+    elif case == "run-dir-others":
+        (tmp_path / "shared").mkdir(mode=0o777)
+        (tmp_path / "shared").chmod(0o777)
+        kwargs["run_dir"] = str(tmp_path / "shared")
+    elif case == "socket-too-long":
+        kwargs["socket_path"] = str(tmp_path / ("x" * 120 + ".sock"))
+    elif case == "run-dir-full":
+        real = os.statvfs
+
+        def full(path: Any) -> Any:
+            st = real(path)
+            return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0,
+                                      st.f_files, st.f_ffree, st.f_favail, st.f_flag,
+                                      st.f_namemax))
+        monkeypatch.setattr(os, "statvfs", full)
+    elif case == "owner-range":
+        kwargs["extra"] = "owner = 99999999999\n"
+    config = _config(tmp_path, **kwargs)
+    err = _main_error(capsys, "up", "--check", str(config))
+    expected = {"nul-socket": "NUL character", "run-dir-file": "is not a directory",
+                "run-dir-others": "writable by other users",
+                "socket-too-long": "longer than 107 bytes", "run-dir-full": "no space left",
+                "owner-range": "out of range"}[case]
+    assert expected in err
+    if case != "run-dir-full":  # (the full filesystem is simulated in this process)
+        # and up itself refuses with the same words, before starting anything
+        _one_line_error(_platpass("up", "--foreground", str(config), timeout=30), expected)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", "longer than 64 KiB"),
+    (b"[" * 30_000 + b"]" * 30_000 + b"\n", "nested too deeply"),
+    (bytes(range(256)) * 4, "not"),
+    (b'{"event":"open","device":"/soc@9000000/rtc@20000","clock":"abc","t":1}\n',
+     "'clock' must be a number"),
+    (b'{"event":"open","device":"/soc@9000000/rtc@20000","clock":1,"t":1}\n'
+     b'{"event":"read","device":"/soc@9000000/rtc@20000","t":Infinity,"region":0,'
+     b'"offset":0,"size":4,"value":1}\n', "'t' must be a number"),
+])
+def test_item5_replay_of_bad_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    content: bytes, words: str) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(content)
+    assert words in _main_error(capsys, "replay", str(trace))
+
+
+@pytest.mark.parametrize("answer", [
+    b'{"ok": true, "status": {"pid": 1}}\n',
+    b'{"ok": true, "status": {"pid": 1, "control": "x", "devices": [{"name": 5}]}}\n',
+    b'{"ok": true, "status": [1, 2]}\n',
+    b'{"ok": true}\n',
+    b"[" * 50_000 + b"]" * 50_000 + b"\n",
+    b'"just a string"\n',
+])
+def test_item5_status_against_a_control_socket_answering_unexpected_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: bytes) -> None:
+    import threading
+
+    path = tmp_path / "fake.ctl"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(answer)
+        conn.close()
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    try:
+        err = _main_error(capsys, "status", "--control", str(path))
+    finally:
+        thread.join(5)
+        listener.close()
+    assert str(path) in err
+
+
+def test_item5_down_by_a_user_who_may_not_signal_the_server(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from platpass.ops import service
+
+    def refuse(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(service, "running_pid", lambda config: 4242)
+    monkeypatch.setattr(service.os, "kill", refuse)
+    err = _main_error(capsys, "down", str(_config(tmp_path)))
+    assert "not permitted to stop server pid 4242" in err
+
+
+def test_item5_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    """``platpass scan ... | head -1``: BrokenPipeError traceback (and "Exception ignored"
+    at exit). Now one line and a non-zero exit."""
+    import subprocess
+    import sys
+
+    from platpass.host.simulated.board import board_dtb
+
+    folder = tmp_path / "dtbs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"b{i}.dtb").write_bytes(board_dtb())
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "scan", "--dtb", str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=SRC))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what head -1 does
+    err = proc.stderr.read().decode()
+    proc.wait(60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "broken pipe" in err

@@ -7,7 +7,9 @@ Each subcommand module exports ``register(subparsers)`` which adds its parser an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,12 +82,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit-time flush
+        return code
     except PlatpassError as err:
-        print(f"platpass: error: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``platpass scan | head -1``): nothing more
+        # can be printed there; stop quietly instead of a traceback, and keep Python's
+        # final flush of stdout from complaining again.
+        _silence_stdout()
+        return _fail("output closed by the reader (broken pipe)")
+    except OSError as err:
+        # A file or socket operation the command did not turn into its own message.
+        where = f": {err.filename}" if err.filename else ""
+        return _fail(f"{err.strerror or err}{where}")
+    except RecursionError:
+        return _fail("input nested too deeply")
+    except MemoryError:
+        return _fail("out of memory")
+    except Exception as err:  # last resort: one line, never a traceback
+        if os.environ.get("PLATPASS_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(err).__name__}: {err} "
+                     "(PLATPASS_DEBUG=1 shows the traceback; please report it)", code=70)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"platpass: error: {message}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m platpass.cli

@@ -221,11 +221,21 @@ def select_devices(tree: DeviceTree, wanted: list[str],
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    """Write ``path`` whole or not at all; GuestError (one line) when it cannot be."""
+    if path.is_dir():
+        raise GuestError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    except OSError as err:
+        raise GuestError(f"cannot write {path}: {err.strerror or err} "
+                         f"(creating a file in {path.parent or Path('.')})") from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise GuestError(f"cannot write {path}: {err.strerror or err}") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -13,17 +13,24 @@ import argparse
 import grp
 import pwd
 
+from platpass.host.privilege import checked_id
 from platpass.vfio_user.server import SocketOptions
 
 
 def uid_of(value: str) -> int:
-    """A user name or number as a uid (KeyError for an unknown name)."""
-    return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+    """A user name or number as a uid (KeyError for an unknown name, PrivilegeError for
+    a number no uid can have)."""
+    if value.isascii() and value.isdigit():
+        return checked_id(int(value), "uid")
+    return pwd.getpwnam(value).pw_uid
 
 
 def gid_of(value: str) -> int:
-    """A group name or number as a gid (KeyError for an unknown name)."""
-    return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+    """A group name or number as a gid (KeyError for an unknown name, PrivilegeError for
+    a number no gid can have)."""
+    if value.isascii() and value.isdigit():
+        return checked_id(int(value), "gid")
+    return grp.getgrnam(value).gr_gid
 
 
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:

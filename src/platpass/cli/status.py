@@ -60,17 +60,28 @@ def _main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     results: list[dict[str, Any]] = []
+    answered: list[Path] = []
     failed = 0
     for target in targets:
         try:
             results.append(query(target))
+            answered.append(target)
         except OpsError as err:
             failed += 1
             print(f"platpass status: {err}", file=sys.stderr)
     if args.json:
         print(json.dumps({"servers": results}, indent=2))
-    else:
-        print("\n".join(render(r) for r in results))
+        return 1 if failed else 0
+    for target, result in zip(answered, results, strict=True):
+        try:
+            text = render(result)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            # Not what a platpass server answers (another program, another version).
+            failed += 1
+            print(f"platpass status: {target}: unexpected status reply "
+                  f"({type(err).__name__}: {str(err)[:200]})", file=sys.stderr)
+            continue
+        print(text)
     return 1 if failed else 0
 
 

@@ -227,6 +227,8 @@ class GuestPlacement:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as err:
             raise GuestError(f"placement record is not JSON: {err}") from err
+        except RecursionError as err:
+            raise GuestError("placement record is not JSON: nested too deeply") from err
         if not isinstance(data, dict) or data.get("platpass_guest_placement") != FORMAT_VERSION:
             raise GuestError("not a platpass guest placement record (version "
                              f"{FORMAT_VERSION} expected)")
@@ -235,7 +237,7 @@ class GuestPlacement:
             window = AddressRange(int(data["window"]["base"]), int(data["window"]["size"]))
             pool = SpiPool(int(data["spi_pool"]["start"]), int(data["spi_pool"]["count"]))
             devices = tuple(DevicePlacement.from_dict(d) for d in data["devices"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
             raise GuestError(f"malformed placement record: {err!r}") from err
         if page_size <= 0 or page_size & (page_size - 1):
             raise GuestError(f"placement record page size {page_size} is not a power of two")

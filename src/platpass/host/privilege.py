@@ -162,6 +162,17 @@ def last_capability() -> int:
         return max(CAPABILITIES.values())
 
 
+#: Largest uid/gid a file or process can have ((uid_t)-1 means "leave unchanged").
+MAX_ID = 2**32 - 2
+
+
+def checked_id(value: int, kind: str = "id") -> int:
+    """``value`` if it can be a uid/gid; PrivilegeError (a one-line reason) otherwise."""
+    if not 0 <= value <= MAX_ID:
+        raise PrivilegeError(f"{kind} {value} is out of range (0..{MAX_ID})")
+    return value
+
+
 def resolve_run_as(user: str | int, group: str | int | None = None) -> RunAs:
     """Turn ``user`` (name or number) and ``group`` (name or number; default: the user's
     primary group) into ids. A named user gets its supplementary groups from the group
@@ -172,8 +183,8 @@ def resolve_run_as(user: str | int, group: str | int | None = None) -> RunAs:
     spec = str(user) if group is None else f"{user}:{group}"
     entry: pwd.struct_passwd | None
     try:
-        if isinstance(user, int) or str(user).isdigit():
-            uid = int(user)
+        if isinstance(user, int) or (str(user).isascii() and str(user).isdigit()):
+            uid = checked_id(int(user), "uid")
             try:
                 entry = pwd.getpwuid(uid)
             except KeyError:
@@ -188,8 +199,8 @@ def resolve_run_as(user: str | int, group: str | int | None = None) -> RunAs:
             raise PrivilegeError(f"uid {uid} has no passwd entry: give its group too "
                                  f"({uid}:GID)")
         gid = entry.pw_gid
-    elif isinstance(group, int) or str(group).isdigit():
-        gid = int(group)
+    elif isinstance(group, int) or (str(group).isascii() and str(group).isdigit()):
+        gid = checked_id(int(group), "gid")
     else:
         try:
             gid = grp.getgrnam(str(group)).gr_gid

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from platpass.errors import ConfigError
+from platpass.host.privilege import PrivilegeError, checked_id
 from platpass.inputs import (
     MAX_CONFIG_BYTES,
     MAX_DTB_BYTES,
@@ -156,6 +157,9 @@ class _Checker:
                  parent_must_exist: bool = False) -> Path | None:
         if value is None:
             return None
+        if "\0" in value:
+            self.fail(where, f"{value!r} contains a NUL character")
+            return None
         path = Path(value)
         if not path.is_absolute():
             self.fail(where, f"must be an absolute path, got {value!r}")
@@ -171,7 +175,7 @@ class _Checker:
 
 def _uid(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return checked_id(value, "uid")
     if isinstance(value, str):
         return pwd.getpwnam(value).pw_uid
     raise KeyError(value)
@@ -179,7 +183,7 @@ def _uid(value: object) -> int:
 
 def _gid(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return checked_id(value, "gid")
     if isinstance(value, str):
         return grp.getgrnam(value).gr_gid
     raise KeyError(value)
@@ -194,6 +198,8 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from err
     check.keys("top level", data, ("service", "device"))
     service = data.get("service", {})
     if not isinstance(service, dict):
@@ -244,12 +250,75 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
         control = run_dir / f"{name}.ctl"
         if control in sockets:
             check.fail(sockets[control], f"socket {control} is the control socket")
+    if not check.problems:
+        assert name is not None and run_dir is not None
+        _check_places(check, run_dir, name, devices, trace, user)
     if check.problems:
         raise ConfigError("\n".join(check.problems))
     assert name is not None and run_dir is not None
     assert log_format is not None and log_level is not None
     return ServiceConfig(path, name, run_dir, log_format, log_level, trace, tuple(devices),
                          user)
+
+
+#: Longest path a client can connect to (``sun_path`` holds 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def _check_places(check: _Checker, run_dir: Path, name: str,
+                  devices: list[DeviceConfig], trace: Path | None, user: Any) -> None:
+    """What ``up`` would refuse about the places it creates files in, found without
+    creating anything (so ``up --check`` refuses everything ``up`` would)."""
+    from platpass.errors import HostError
+    from platpass.host.safepath import check_trusted_directory, open_directory
+
+    def trusted(where: str, directory: Path, owners: tuple[int, ...] = ()) -> None:
+        try:
+            fd = open_directory(directory)
+        except HostError as err:
+            check.fail(where, str(err))
+            return
+        try:
+            check_trusted_directory(fd, directory, owners)
+        except HostError as err:
+            check.fail(where, str(err))
+        finally:
+            os.close(fd)
+
+    # run_dir: up creates it (with its parents) and refuses one others may write.
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        check.fail("service.run_dir", f"{existing} exists and is not a directory")
+    else:
+        if existing == run_dir:
+            trusted("service.run_dir", run_dir)
+        space = os.statvfs(existing)
+        if (space.f_bfree if os.geteuid() == 0 else space.f_bavail) == 0 or \
+                space.f_favail == 0:
+            check.fail("service.run_dir", f"no space left on the filesystem of {existing} "
+                       "(up writes its pid file, log and control socket there)")
+    control = run_dir / f"{name}.ctl"
+    if len(os.fsencode(control)) > MAX_SOCKET_PATH:
+        check.fail("service.run_dir", f"control socket {control} is longer than "
+                   f"{MAX_SOCKET_PATH} bytes (the limit of a unix socket path)")
+    if (control.is_symlink() or control.exists()) and not control.is_socket():
+        check.fail("service.run_dir", f"{control} exists and is not a socket")
+    if (run_dir / f"{name}.pid").is_dir():
+        check.fail("service.run_dir", f"{run_dir / f'{name}.pid'} is a directory")
+    if trace is not None and (trace.is_symlink()
+                              or (trace.exists() and not trace.is_file())):
+        check.fail("service.trace", f"{trace} exists and is not a regular file")
+    server_uid = None if user is None else user.uid
+    for device in devices:
+        where = f"{device.label}.socket"
+        if len(os.fsencode(device.socket)) > MAX_SOCKET_PATH:
+            check.fail(where, f"{device.socket} is longer than {MAX_SOCKET_PATH} bytes "
+                       "(the limit of a unix socket path)")
+        if device.socket.parent.is_dir():
+            trusted(where, device.socket.parent,
+                    tuple(u for u in (device.owner, server_uid) if u is not None))
 
 
 def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
@@ -368,8 +437,11 @@ def _identity(check: _Checker, where: str, table: dict[str, Any], key: str,
         return None
     try:
         return int(resolve(table[key]))
-    except KeyError:
+    except (KeyError, ValueError):
         check.fail(where, f"no such {kind} {table[key]!r}")
+        return None
+    except PrivilegeError as err:
+        check.fail(where, str(err))
         return None
 
 
@@ -382,7 +454,9 @@ def _identities(check: _Checker, where: str, values: object, resolve: Any,
     for value in values:
         try:
             result.add(int(resolve(value)))
-        except KeyError:
+        except PrivilegeError as err:
+            check.fail(where, str(err))
+        except (KeyError, ValueError):
             check.fail(where, f"no such {kind} {value!r}")
     return frozenset(result)
 

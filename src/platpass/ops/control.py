@@ -210,26 +210,50 @@ class ControlServer:
         self._socket_file.close()
 
 
+#: Largest status reply ``query`` reads (a status of many devices is a few KiB each).
+MAX_REPLY = 16 << 20
+
+
 def query(path: str | Path, request: str = "status", timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the server behind control socket ``path``; OpsError when it cannot answer."""
+    """Ask the server behind control socket ``path``; OpsError when it cannot answer, or
+    answers something other than a status (too big, too slow in total, not JSON, not a
+    JSON object with a ``status`` object)."""
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
             sock.sendall((json.dumps({"request": request}) + "\n").encode())
             chunks = []
-            while chunk := sock.recv(1 << 16):
+            size = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OpsError(f"{path}: the server did not finish its answer within "
+                                   f"{timeout:.0f} s")
+                sock.settimeout(left)
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_REPLY:
+                    raise OpsError(f"{path}: the reply is larger than {MAX_REPLY >> 20} MiB")
         except OSError as err:
             raise OpsError(f"{path}: no answer from the server: {err}") from err
     try:
         reply = json.loads(b"".join(chunks))
     except ValueError as err:
         raise OpsError(f"{path}: the reply is not JSON: {err}") from err
+    except RecursionError as err:
+        raise OpsError(f"{path}: the reply is not JSON: nested too deeply") from err
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = reply.get("error") if isinstance(reply, dict) else reply
-        raise OpsError(f"{path}: request refused: {error}")
-    return reply["status"]  # type: ignore[no-any-return]
+        raise OpsError(f"{path}: request refused: {str(error)[:200]}")
+    status = reply.get("status")
+    if not isinstance(status, dict):
+        raise OpsError(f"{path}: the reply holds no status object")
+    return status
 
 
 __all__ = ["ControlServer", "endpoint_status", "query"]

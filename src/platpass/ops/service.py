@@ -369,6 +369,13 @@ def up_background(config: ServiceConfig, config_arg: str, timeout: float = 30.0)
     log_path = config.run_dir / f"{config.name}.log"
     log_fd = open_append(log_path)
     try:
+        # The server reports why it failed only through this log: if it cannot be
+        # written (a full run_dir), say so now instead of "exited with 1" and no reason.
+        os.write(log_fd, f"platpass up: starting {config.name}\n".encode())
+    except OSError as err:
+        os.close(log_fd)
+        raise OpsError(f"cannot write the server log {log_path}: {err.strerror}") from err
+    try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "platpass", "up", "--foreground", str(config.path)],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
@@ -391,9 +398,11 @@ def up_background(config: ServiceConfig, config_arg: str, timeout: float = 30.0)
 
 def _tail(path: Path, lines: int = 5) -> str:
     try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
         return "(no log)"
+    lines_seen = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(lines_seen) or f"(nothing in {path})"
 
 
 def down(config: ServiceConfig, timeout: float = 10.0) -> list[str]:
@@ -402,18 +411,29 @@ def down(config: ServiceConfig, timeout: float = 10.0) -> list[str]:
     problems: list[str] = []
     pid = running_pid(config)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except PermissionError:
+            return [f"not permitted to stop server pid {pid} (it runs as another user; "
+                    "run platpass down as root or as that user)"]
+        except ProcessLookupError:
+            pid = None  # it exited meanwhile: clean up after it below
+    if pid is not None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
             _reap(pid)
             time.sleep(0.02)
         if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             problems.append(f"server pid {pid} ignored SIGTERM for {timeout:.0f} s; killed")
             _reap(pid)
     # Whatever a dead server left: its pid file, sockets nobody listens on (a live server
     # of another configuration on the same path is left alone), kernel devices.
-    config.pid_path.unlink(missing_ok=True)
+    try:
+        config.pid_path.unlink(missing_ok=True)
+    except OSError as err:
+        problems.append(f"cannot remove {config.pid_path}: {err.strerror}")
     for path in [config.control_path, *(d.socket for d in config.devices if not d.kernel)]:
         try:
             if stat.S_ISSOCK(path.lstat().st_mode) and not _socket_in_use(path):

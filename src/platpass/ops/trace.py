@@ -32,6 +32,7 @@ import contextlib
 import errno as errno_module
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ from platpass.reactor import Reactor
 from platpass.vfio_device.device import VfioDevice
 
 TRACE_VERSION = 1
+#: Largest time a trace record may carry (seconds of CLOCK_MONOTONIC: ~31,700 years).
+MAX_TRACE_TIME = 1e12
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +325,7 @@ def replay(path: str | Path, node: str | None = None) -> ReplayReport:
             if event == "open":
                 if name in devices:
                     devices.pop(name).close()
-                devices[name] = _ReplayDevice(name, float(record.get("clock", 0.0)))
+                devices[name] = _ReplayDevice(name, _time(record, "clock", path, 0.0))
                 accesses.setdefault(name, 0)
                 continue
             target = devices.get(name)
@@ -331,7 +334,7 @@ def replay(path: str | Path, node: str | None = None) -> ReplayReport:
                     skipped.append(name)
                 continue
             try:
-                target.at(float(record["t"]))
+                target.at(_time(record, "t", path))
                 if event == "reset":
                     if record.get("why") == "open":
                         target.device.open()
@@ -340,7 +343,7 @@ def replay(path: str | Path, node: str | None = None) -> ReplayReport:
                 elif event in ("read", "write"):
                     accesses[name] += 1
                     _replay_access(target.device, record, divergences)
-            except (KeyError, TypeError, ValueError) as err:
+            except (KeyError, TypeError, ValueError, OverflowError) as err:
                 raise OpsError(f"{path}:{record['line']}: malformed {event} record: "
                                f"{err}") from err
     finally:
@@ -349,6 +352,17 @@ def replay(path: str | Path, node: str | None = None) -> ReplayReport:
     if node is not None and node not in accesses:
         raise OpsError(f"replay: {path} has no record of {node}")
     return ReplayReport(accesses, tuple(divergences), tuple(skipped))
+
+
+def _time(record: dict[str, Any], key: str, path: str | Path,
+          default: float | None = None) -> float:
+    """A record's clock field: a finite number of seconds (OpsError naming the line)."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value < 0 or value > MAX_TRACE_TIME:
+        raise OpsError(f"{path}:{record['line']}: {record['event']} record: {key!r} must be "
+                       f"a number of seconds (0..{MAX_TRACE_TIME:g}), got {value!r}")
+    return float(value)
 
 
 def _replay_access(device: VfioDevice, record: dict[str, Any],

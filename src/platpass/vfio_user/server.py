@@ -575,7 +575,7 @@ class VfioUserServer:
         """Serve on an inherited listening socket (``--fd``, vfio-user's convention)."""
         try:
             sock = socket.socket(fileno=fd)
-        except OSError as err:
+        except (OSError, ValueError, OverflowError) as err:  # ValueError: negative fd
             raise HostError(f"fd {fd} is not a socket: {err}") from err
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             sock.detach()

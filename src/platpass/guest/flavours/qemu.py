@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import libfdt
 
-from platpass.errors import GuestError
+from platpass.errors import DeviceTreeLoadError, GuestError
+from platpass.firmware.rawtree import read_blob
 from platpass.guest.dtc import baseline_warnings, compile_dts, decompile_dtb
 from platpass.guest.dts import cells_of, comment_safe, render_nodes
 from platpass.guest.flavours import FlavourOutput
@@ -65,11 +66,22 @@ def inspect_base(blob: bytes, disable: Sequence[str] = (),
     and 2 size cells, its interrupt parent is not a 3-cell GIC, or a path in ``disable``
     does not exist.
     """
+    # The whole blob is validated first (header, structure block, names: libfdt's
+    # fdt_check_full, as for every host tree); a corrupt one is a one-line error.
     try:
-        fdt = libfdt.FdtRo(blob)
-        root = fdt.path_offset("/")
+        read_blob(blob, "base DTB")
+    except DeviceTreeLoadError as err:
+        raise GuestError(f"base DTB is not a valid device tree: "
+                         f"{str(err).removeprefix('base DTB: ')}") from err
+    try:
+        return _inspect(blob, disable, remove)
     except libfdt.FdtException as err:
         raise GuestError(f"base DTB is not a valid device tree: {err}") from err
+
+
+def _inspect(blob: bytes, disable: Sequence[str], remove: Sequence[str]) -> BaseTree:
+    fdt = libfdt.FdtRo(blob)
+    root = fdt.path_offset("/")
     acells, scells = _u32(fdt, root, "#address-cells"), _u32(fdt, root, "#size-cells")
     if (acells, scells) != (2, 2):
         raise GuestError(f"base DTB root has #address-cells={acells} #size-cells={scells};"
