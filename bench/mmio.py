@@ -9,8 +9,14 @@ counter is shown beside it, which adds what the simulated model costs per access
 
 Server baseline in C: the same Python client against a C server that answers each
 32-byte request with 36 bytes and does nothing else (built here with ``cc`` when there is
-one) - the floor under any vfio-user server, libvfio-user's included (libvfio-user itself
-is not packaged for Debian or PyPI, so it cannot be built here).
+one) - the floor under any vfio-user server, libvfio-user's included.
+
+libvfio-user's own server: with ``--libvfio-user-server PATH``, the same client also reads
+BAR2 offset 0 (4 bytes) of libvfio-user's ``samples/gpio-pci-idio-16`` in the same run, and
+the platpass reply is given as a ratio to it (goal: 1.05x). libvfio-user is packaged
+neither for Debian nor on PyPI, so the bench does not build it: build it from its source
+(``meson setup build -Dbuildtype=release && ninja -C build samples/gpio-pci-idio-16``,
+with Debian's meson, ninja-build, pkg-config and libjson-c-dev) and pass the binary.
 
 Posted writes: what the client pays for a REGION_WRITE with the no-reply flag
 (``post_write``) beside one that waits for its reply (``write``), to the same trapped
@@ -25,7 +31,7 @@ PL031's page is mapped whole) through the mapping the client got from GET_REGION
 Both processes are pinned (``os.sched_setaffinity``); each figure is measured with the
 server on the same CPU as the client and on the other CPU, and the placement is printed.
 
-    python3 bench/mmio.py [--iterations N]
+    python3 bench/mmio.py [--iterations N] [--libvfio-user-server PATH]
 """
 
 from __future__ import annotations
@@ -87,6 +93,21 @@ def _c_server(tmp: str, cpu: int) -> tuple[subprocess.Popen[bytes], str] | None:
     if proc.stdout.readline() != b"ready\n":
         proc.kill()
         return None
+    return proc, path
+
+
+def _libvfio_user_server(binary: str, tmp: str,
+                         cpu: int) -> tuple[subprocess.Popen[bytes], str]:
+    """libvfio-user's gpio-pci-idio-16 sample serving ``tmp/lvu.sock``, pinned to ``cpu``."""
+    path = os.path.join(tmp, "lvu.sock")
+    proc = subprocess.Popen([binary, path], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(cpu))
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"{binary} did not start serving {path}")
+        time.sleep(0.01)
     return proc, path
 
 
@@ -175,7 +196,8 @@ def _time_batched(fn: object, iterations: int, batch: int = 1000) -> tuple[float
     return _percentiles(samples)
 
 
-def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[float, float]]:
+def run(client_cpu: int, server_cpu: int, iterations: int,
+        lvu_binary: str | None = None) -> dict[str, tuple[float, float]]:
     from platpass.vfio_user.client import VfioUserClient
 
     ctx = mp.get_context("fork")
@@ -214,6 +236,15 @@ def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[fl
                     c_send(request)
                     c_recv_into(buf)
 
+            lvu_server = lvu = None
+            if lvu_binary is not None:
+                lvu_server = _libvfio_user_server(lvu_binary, tmp, server_cpu)
+                lvu = VfioUserClient.connect(lvu_server[1])
+                lvu_read = lvu.read
+
+                def lvu_trapped() -> None:
+                    lvu_read(2, 0, 4)  # BAR2 offset 0: the sample's input register
+
             uart = VfioUserClient.connect(os.path.join(tmp, "uart.sock"))
             rtc = VfioUserClient.connect(os.path.join(tmp, "rtc.sock"))
             uart_read, rtc_read = uart.read, rtc.read
@@ -248,12 +279,18 @@ def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[fl
                        "posted_burst": (posted_burst, 16)}
             if c_round_trip is not None:
                 figures["c_raw"] = (c_round_trip, 2)
+            if lvu is not None:
+                figures["lvu"] = (lvu_trapped, 2)
             runs: dict[str, list[tuple[float, float]]] = {key: [] for key in figures}
             for _round in range(2):
                 for key, (fn, share) in figures.items():
                     runs[key].append(_time(fn, iterations // share))
             for key, timed in runs.items():
                 results[key] = (min(f[0] for f in timed), min(f[1] for f in timed))
+            if lvu_server is not None and lvu is not None:
+                lvu.close()
+                lvu_server[0].kill()
+                lvu_server[0].wait()
             if c_server is not None:
                 c_sock.close()
                 c_server[0].kill()
@@ -304,6 +341,9 @@ def run(client_cpu: int, server_cpu: int, iterations: int) -> dict[str, tuple[fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--libvfio-user-server", metavar="PATH",
+                        help="libvfio-user's built samples/gpio-pci-idio-16, read with the "
+                             "same client in the same run")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     placements = [(cpus[0], cpus[0])]
@@ -313,7 +353,7 @@ def main() -> int:
           f"{args.iterations} round trips per figure")
     for client_cpu, server_cpu in placements:
         where = "same CPU" if client_cpu == server_cpu else "different CPUs"
-        r = run(client_cpu, server_cpu, args.iterations)
+        r = run(client_cpu, server_cpu, args.iterations, args.libvfio_user_server)
         print(f"\nclient on CPU {client_cpu}, server on CPU {server_cpu} ({where})")
         print(f"  raw AF_UNIX 32/36 B request/reply : median {r['raw'][0]:7.2f} us  "
               f"p99 {r['raw'][1]:7.2f} us")
@@ -327,6 +367,10 @@ def main() -> int:
                   "doing nothing, same client)")
         else:
             print("  C server baseline: no C compiler here")
+        if "lvu" in r:
+            print(f"  libvfio-user gpio-pci-idio-16 BAR2: median {r['lvu'][0]:7.2f} us  "
+                  f"p99 {r['lvu'][1]:7.2f} us   platpass / libvfio-user "
+                  f"{r['trapped'][0] / r['lvu'][0]:.2f}x (target <= 1.05x, same client)")
         print(f"  replied REGION_WRITE 4 B          : median {r['write'][0]:7.2f} us  "
               f"p99 {r['write'][1]:7.2f} us")
         print(f"  posted REGION_WRITE 4 B (no reply): median {r['posted'][0]:7.2f} us  "
