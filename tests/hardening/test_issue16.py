@@ -888,3 +888,72 @@ def test_item7_two_serve_processes_racing_for_one_socket_path(tmp_path: Path) ->
                     proc.terminate()
                 proc.communicate(timeout=30)
         assert not path.exists()
+
+
+# ---------------------------------------------------------------- Also
+
+def test_also_serve_refuses_a_node_named_twice(tmp_path: Path) -> None:
+    """``serve NODE NODE`` served one node twice, on two sockets (two independent models
+    of one device on the simulated board)."""
+    from platpass.cli.serve import choose_exports
+    from platpass.host.simulated.board import load_board
+
+    exports, refusals = choose_exports(load_board(), [RTC, RTC], everything_assignable=False)
+    assert len(exports) == 1 and refusals == [f"{RTC}: named more than once"]
+    done = _platpass("serve", "--sim", "--socket-dir", str(tmp_path / "s"), RTC, RTC,
+                     timeout=30)
+    _one_line_error(done, "named more than once")
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
+
+
+@pytest.mark.parametrize("address, size", [
+    (0xFFFF_FFFF_FFFF_F000, 0x2000),  # wraps past 2**64
+    (0xFFFF_FFFF_FFFF_F000, 0xFFFF_FFFF_FFFF_F000),
+    (0x1000, 0),  # empty
+    (0x1001, 0x1000),  # unaligned
+])
+def test_also_dma_unmap_of_an_invalid_range_is_einval(reactor: EpollReactor, address: int,
+                                                      size: int) -> None:
+    """A DMA_UNMAP whose range wraps past 2**64 was ENOENT ("matches no mapping"): the
+    exact-match lookup ran before the range check DMA_MAP has. Now EINVAL, like VFIO."""
+    from platpass.vfio_user.protocol.connection import Message
+    from platpass.vfio_user.session import Session
+
+    device = sim_device(reactor, "arm,pl031")
+    try:
+        session = Session(device)
+        body = NEGOTIATE.encode()
+        reply = session.handle(Message(Header(0, Command.VERSION, HEADER_SIZE + len(body), 0),
+                                       body))
+        assert reply is not None and not reply.header.is_error
+        payload = m.DmaUnmap(24, 0, address, size).encode()
+        reply = session.handle(Message(Header(1, Command.DMA_UNMAP,
+                                              HEADER_SIZE + len(payload), 0), payload))
+        assert reply is not None and reply.header.error == errno.EINVAL
+        payload = m.DmaUnmap(24, 0, 0x10_0000, 0x1000).encode()  # valid, nothing mapped
+        reply = session.handle(Message(Header(2, Command.DMA_UNMAP,
+                                              HEADER_SIZE + len(payload), 0), payload))
+        assert reply is not None and reply.header.error == errno.ENOENT
+    finally:
+        device.close()
+
+
+def test_also_uart_output_never_blocks_or_stops_serving(
+        tmp_path: Path, warnings_logged: list[str]) -> None:
+    """Same classes as items 3 and 4 in serve --uart-output (added since the review): it
+    opened a FIFO blocking (no reader: the server hung at start) and a failing write
+    raised out of the UART model's timer, i.e. out of the reactor."""
+    from platpass.cli.serve import _UartSink
+    from platpass.errors import HostError
+
+    fifo = tmp_path / "uart.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(HostError, match="uart-output"):
+        _UartSink(str(fifo))  # ENXIO at once, instead of blocking
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    sink = _UartSink(str(fifo))
+    os.close(reader)  # the reader goes away
+    for _ in range(3):
+        sink.write(b"hello")  # EPIPE: logged once, no exception
+    assert sink.fd is None
+    assert len([line for line in warnings_logged if "UART output stopped" in line]) == 1

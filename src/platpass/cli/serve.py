@@ -127,6 +127,9 @@ def choose_exports(tree: Any, paths: list[str], *, everything_assignable: bool
             if assessment is None:
                 refusals.append(f"{path}: no such device node in the tree")
                 continue
+            if assessment in chosen:  # one device, one socket, one model
+                refusals.append(f"{path}: named more than once")
+                continue
             chosen.append(assessment)
     elif everything_assignable:
         chosen = list(assessments.values())
@@ -155,14 +158,48 @@ def _tap_uart(backend: Backend, export: Export, path: str, out: Any) -> Any:
     if model is None or not hasattr(model, "on_tx"):
         raise HostError(f"{export.node.path}: --uart-output needs a simulated UART "
                         "(--backend sim)")
-    if out is None:  # O_NOFOLLOW: a root server never writes through a planted link
-        import os
-
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        out = os.fdopen(fd, "ab", buffering=0)
+    if out is None:
+        out = _UartSink(path)
     model.on_tx = out.write
     return out
+
+
+class _UartSink:
+    """Where ``--uart-output`` bytes go. Opened O_NOFOLLOW (a root server never writes
+    through a planted link) and O_NONBLOCK (a FIFO nobody reads fails at once instead of
+    blocking the server). Like tracing and logging, it never stops serving: the first
+    write that fails (a full filesystem, a full or closed pipe) stops the output with
+    one warning."""
+
+    def __init__(self, path: str) -> None:
+        import os
+
+        self.path = path
+        try:
+            self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                          | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                          0o600)
+        except OSError as err:
+            raise HostError(f"--uart-output {path}: {err.strerror or err}") from err
+
+    def write(self, data: bytes) -> None:
+        import os
+
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, data)
+        except OSError as err:
+            log.warning("--uart-output %s: writing failed (%s); UART output stopped, "
+                        "serving continues", self.path, err)
+            self.close()
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
 
 
 def _pci_view(device: Any, export: Export, requested: str) -> Any:

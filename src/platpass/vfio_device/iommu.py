@@ -81,7 +81,7 @@ class EmulatedIommu:
         """
         if self.deny:
             raise VfioError(errno.ENOTSUP, "DMA mapping refused: --dma deny")
-        self._check_range("DMA_MAP", iova, size)
+        self.check_range("DMA_MAP", iova, size)
         known = int(DmaMapFlags.READ | DmaMapFlags.WRITE)
         if int(flags) & ~known or not int(flags) & known:
             raise VfioError(
@@ -111,7 +111,7 @@ class EmulatedIommu:
         """
         if self.deny:
             raise VfioError(errno.ENOTSUP, "DMA unmapping refused: --dma deny")
-        self._check_range("DMA_UNMAP", iova, size)
+        self.check_range("DMA_UNMAP", iova, size)
         end = iova + size
         first = bisect.bisect_left(self._starts, iova)
         # A mapping that starts before iova but reaches into the range would be split.
@@ -141,7 +141,9 @@ class EmulatedIommu:
         return removed
 
     @staticmethod
-    def _check_range(what: str, iova: int, size: int) -> None:
+    def check_range(what: str, iova: int, size: int) -> None:
+        """EINVAL unless ``[iova, iova+size)`` is a non-empty, page-aligned range below
+        2**64 (what every map and unmap must be before anything is looked up)."""
         if size <= 0:
             raise VfioError(errno.EINVAL, f"{what}: size {size} must be > 0")
         if iova < 0 or iova % IOMMU_PAGE_SIZE or size % IOMMU_PAGE_SIZE:

@@ -289,6 +289,10 @@ class Session:
                 raise VfioError(errno.ENOTSUP, "DMA unmapping refused: --dma deny")
             self.device.iommu.clear()
         else:
+            if not self.device.iommu.deny:
+                # A range that is empty, unaligned or wraps past 2**64 is EINVAL, as for
+                # DMA_MAP, before any lookup could call it "not mapped" (ENOENT).
+                self.device.iommu.check_range("DMA_UNMAP", request.address, request.size)
             # The specification: "address and size ... must match exactly a previous
             # mapping" (the IOMMU alone would also accept a range holding several).
             if not any(mapping.iova == request.address and mapping.size == request.size
