@@ -5,7 +5,8 @@
  *   echo platpass-vfio-amba > /sys/bus/amba/devices/X/driver_override
  *   echo X > /sys/bus/amba/drivers/platpass-vfio-amba/bind
  * The entry is found from the device tree node, and the peripheral ID the
- * hardware reports must be the entry's.
+ * hardware reports must be the entry's (an entry without one, such as a
+ * 16550, is not a PrimeCell and is refused here).
  */
 #include <linux/amba/bus.h>
 #include <linux/vfio.h>
@@ -60,7 +61,8 @@ static int platpass_amba_probe(struct amba_device *adev,
 	const struct platpass_ip *ip = platpass_vfio_match(&adev->dev);
 	int ret;
 
-	if (ip && (adev->periphid & ip->amba_mask) != ip->amba_id) {
+	if (ip && (!ip->amba_mask ||
+		   (adev->periphid & ip->amba_mask) != ip->amba_id)) {
 		dev_err(&adev->dev, "peripheral ID %08x is not a %s: refused\n",
 			adev->periphid, ip->name);
 		return -ENODEV;
