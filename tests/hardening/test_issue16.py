@@ -957,3 +957,24 @@ def test_also_uart_output_never_blocks_or_stops_serving(
         sink.write(b"hello")  # EPIPE: logged once, no exception
     assert sink.fd is None
     assert len([line for line in warnings_logged if "UART output stopped" in line]) == 1
+
+
+def test_item4_up_reads_only_the_end_of_a_large_server_log(tmp_path: Path) -> None:
+    """Same class as item 4: ``up`` read the whole server log to quote its last lines."""
+    import tracemalloc
+
+    from platpass.ops.service import _tail
+
+    log = tmp_path / "big.log"
+    with open(log, "wb") as f:
+        f.write(b"x" * 1000 + b"\n")
+        f.truncate(64 << 20)
+        f.seek(0, 2)
+        f.write(b"\nlast words\n")
+    tracemalloc.start()
+    try:
+        text = _tail(log)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert text.endswith("last words") and peak < 1 << 20

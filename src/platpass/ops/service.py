@@ -397,8 +397,10 @@ def up_background(config: ServiceConfig, config_arg: str, timeout: float = 30.0)
 
 
 def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
+    try:  # only the end: the log of a long-lived server may be large
+        with open(path, "rb") as handle:
+            handle.seek(max(os.fstat(handle.fileno()).st_size - 64 * 1024, 0))
+            text = handle.read(64 * 1024).decode(errors="replace")
     except OSError:
         return "(no log)"
     lines_seen = [line for line in text.splitlines() if line.strip()][-lines:]
