@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import svgplot
 from platpass.drivers.common import PlatformDriver
 from platpass.drivers.registry import default_registry
 from platpass.firmware.model import DeviceNode
@@ -322,6 +323,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sim", "uio", "vfio"), default="sim",
                         help="uio/vfio: real-kernel latency, UIO bridge vs kernel VFIO "
                              "(bench/irq_kernel.py; root, a free PL061 platform device)")
+    parser.add_argument("--plot", metavar="FILE.svg",
+                        help="also draw the figures: latency CDFs (relay against the raw "
+                             "eventfd baseline) per placement, and the level-IRQ rates")
     args = parser.parse_args()
     if args.backend != "sim":
         from irq_kernel import main as kernel_main
@@ -334,6 +338,9 @@ def main() -> None:
         placements.append(("cross CPU", cpus[0], cpus[1]))
     print(f"platpass bench/irq.py  python {sys.version.split()[0]}  cpus available {cpus}")
     print("device process pinned to the first CPU of each placement, waiter to the second")
+    panels: list[svgplot.Panel] = []
+    rates: dict[str, list[float]] = {label: [] for label, _ in OPENERS}
+    groups: list[str] = []
     for name, here, there in placements:
         print(f"\n== {name}: device/sender on CPU {here}, waiter on CPU {there} ==")
         raw = measure_raw(args.samples, here, there)
@@ -342,6 +349,10 @@ def main() -> None:
         print(raw.line("raw"))
         print(relay.line("relay"))
         ratio = relay.median / raw.median
+        panels.append(svgplot.cdf(f"IRQ wake-up, {name} (relay/raw {ratio:.2f}x)",
+                                  {"raw eventfd (baseline)": raw.samples_us,
+                                   "platpass relay": relay.samples_us}))
+        groups.append(name)
         verdict = "meets" if ratio <= 2.0 else "MISSES"
         print(f"  ratio relay/raw (median) {ratio:.2f}x  -> {verdict} the <= 2x target")
         print("level IRQ cycle (automask -> eventfd -> waiter process -> resampler -> "
@@ -351,6 +362,7 @@ def main() -> None:
               "median, whatever the device does)")
         for label, opener in OPENERS:
             rate, delivered, total, bad = measure_cycle(opener, args.irqs, here, there)
+            rates[label].append(rate / 1000)
             lost = delivered - total
             ok = rate >= 50_000 and not lost and not bad
             print(f"  {label:<16} {rate:9,.0f} IRQs/s  delivered {delivered}  read {total}  "
@@ -360,9 +372,17 @@ def main() -> None:
           "no second process):")
     for label, opener in OPENERS:
         rate, total = measure_inprocess(opener, args.irqs, cpus[0])
+        rates[label].append(rate / 1000)
         print(f"  {label:<16} {rate:9,.0f} IRQs/s  {total} signals for {args.irqs} + 1 "
               f"deliveries  -> {'meets' if rate >= 50_000 else 'MISSES'} the >= 50,000/s "
               "target")
+    if args.plot:
+        panels.append(svgplot.bars("Level IRQ cycles (target >= 50k/s)",
+                                   [*groups, "in-process"], rates, "thousand IRQs/s"))
+        svgplot.write(args.plot, "bench/irq.py: interrupt relay latency and level-IRQ rate",
+                      panels, note=f"python3 bench/irq.py --samples {args.samples} "
+                                   f"--irqs {args.irqs} --plot FILE.svg; CPUs {cpus}")
+        print(f"\nplot: {args.plot}")
 
 
 OPENERS: list[tuple[str, Opener]] = [

@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import svgplot
+
 REQUEST = 32
 REPLY = 36
 
@@ -164,8 +166,13 @@ def _device_server(sock_dir: str, cpu: int, ready: mp.synchronize.Event) -> None
     reactor.run_forever()
 
 
+#: The samples (us) of the last timing, for ``--plot``'s CDFs.
+_LAST: list[float] = []
+
+
 def _percentiles(samples: list[int]) -> tuple[float, float]:
     samples.sort()
+    _LAST[:] = [v / 1000 for v in samples]
     return statistics.median(samples) / 1000, samples[int(len(samples) * 0.99)] / 1000
 
 
@@ -197,7 +204,9 @@ def _time_batched(fn: object, iterations: int, batch: int = 1000) -> tuple[float
 
 
 def run(client_cpu: int, server_cpu: int, iterations: int,
-        lvu_binary: str | None = None) -> dict[str, tuple[float, float]]:
+        lvu_binary: str | None = None,
+        curves: dict[str, list[float]] | None = None) -> dict[str, tuple[float, float]]:
+    """Every figure as (median, p99) in us; ``curves`` gets each one's samples (best round)."""
     from platpass.vfio_user.client import VfioUserClient
 
     ctx = mp.get_context("fork")
@@ -285,6 +294,8 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
             for _round in range(2):
                 for key, (fn, share) in figures.items():
                     runs[key].append(_time(fn, iterations // share))
+                    if curves is not None and runs[key][-1][0] == min(r[0] for r in runs[key]):
+                        curves[key] = list(_LAST)
             for key, timed in runs.items():
                 results[key] = (min(f[0] for f in timed), min(f[1] for f in timed))
             if lvu_server is not None and lvu is not None:
@@ -344,7 +355,13 @@ def main() -> int:
     parser.add_argument("--libvfio-user-server", metavar="PATH",
                         help="libvfio-user's built samples/gpio-pci-idio-16, read with the "
                              "same client in the same run")
+    parser.add_argument("--plot", metavar="FILE.svg",
+                        help="also draw the round-trip latency CDFs against the raw AF_UNIX "
+                             "baseline, per placement, and the mapped-read figure")
     args = parser.parse_args()
+    panels: list[svgplot.Panel] = []
+    mapped_ns: dict[str, list[float]] = {"direct mmap read (baseline)": [],
+                                         "mapped register read": []}
     cpus = sorted(os.sched_getaffinity(0))
     placements = [(cpus[0], cpus[0])]
     if len(cpus) > 1:
@@ -353,7 +370,16 @@ def main() -> int:
           f"{args.iterations} round trips per figure")
     for client_cpu, server_cpu in placements:
         where = "same CPU" if client_cpu == server_cpu else "different CPUs"
-        r = run(client_cpu, server_cpu, args.iterations, args.libvfio_user_server)
+        curves: dict[str, list[float]] = {}
+        r = run(client_cpu, server_cpu, args.iterations, args.libvfio_user_server, curves)
+        named = {"raw AF_UNIX request/reply (baseline)": "raw",
+                 "C server, same sizes": "c_raw", "trapped REGION_READ": "trapped",
+                 "replied REGION_WRITE": "write", "posted REGION_WRITE": "posted"}
+        panels.append(svgplot.cdf(
+            f"vfio-user round trip, {where} (trapped/raw {r['trapped'][0] / r['raw'][0]:.2f}x)",
+            {label: curves[key] for label, key in named.items() if key in curves}))
+        mapped_ns["direct mmap read (baseline)"].append(r["direct"][0] * 1000)
+        mapped_ns["mapped register read"].append(r["mapped"][0] * 1000)
         print(f"\nclient on CPU {client_cpu}, server on CPU {server_cpu} ({where})")
         print(f"  raw AF_UNIX 32/36 B request/reply : median {r['raw'][0]:7.2f} us  "
               f"p99 {r['raw'][1]:7.2f} us")
@@ -386,6 +412,14 @@ def main() -> int:
         print(f"  mapped register 4 B read         : median {r['mapped'][0] * 1000:7.1f} ns"
               f"   ratio {r['mapped'][0] / r['direct'][0]:.2f}x (target 1.0x)  "
               "[PL031 RTCDR]")
+    if args.plot:
+        groups = ["same CPU", "different CPUs"][:len(placements)]
+        panels.append(svgplot.bars("Register read through the mapped page (median)",
+                                   groups, mapped_ns, "ns per 4-byte read"))
+        svgplot.write(args.plot, "bench/mmio.py: trapped and mapped register access",
+                      panels, note=f"python3 bench/mmio.py --iterations {args.iterations} "
+                                   f"--plot FILE.svg; CPUs {cpus}")
+        print(f"\nplot: {args.plot}")
     return 0
 
 
