@@ -37,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+import svgplot
 from platpass.vmm.client import attach_socket
 from platpass.vmm.guest_programs import BootInfo, load_program
 from platpass.vmm.kvm import Vm, kvm_unavailable_reason
@@ -136,6 +137,9 @@ def main() -> int:
     parser.add_argument("--vmm-cpu", type=int, default=0)
     parser.add_argument("--server-cpu", type=int, action="append",
                         help="CPU(s) for platpass serve (default: the VMM's, then the other)")
+    parser.add_argument("--plot", metavar="FILE.svg",
+                        help="also draw the figures: interrupt-delivery CDFs against the raw "
+                             "irqfd baseline, and the guest-visible access costs, per placement")
     args = parser.parse_args()
     reason = kvm_unavailable_reason()
     if reason:
@@ -146,11 +150,30 @@ def main() -> int:
     cpus = args.server_cpu or [args.vmm_cpu, 1 - args.vmm_cpu if args.vmm_cpu < 2 else 0]
     print(f"host KVM: {'PVM (kvm_pvm)' if pvm else 'hardware KVM'}; "
           f"{os.cpu_count()} CPUs")
+    panels: list[svgplot.Panel] = []
+    costs: dict[str, list[float]] = {}
+    groups: list[str] = []
     for server_cpu in cpus:
         print()
         print(f"=== CPU placement: VMM (vCPU thread) on CPU {args.vmm_cpu}, "
               f"platpass serve on CPU {server_cpu} ===")
-        measure(args, server_cpu)
+        figures = measure(args, server_cpu)
+        where = "same CPU" if server_cpu == args.vmm_cpu else "server on other CPU"
+        groups.append(where)
+        raw, dev = figures.pop("irq raw"), figures.pop("irq device")
+        panels.append(svgplot.cdf(
+            f"Interrupt to guest ISR, {where}",
+            {"eventfd -> irqfd -> ISR (baseline)": raw,
+             "device trigger -> eventfd -> irqfd -> ISR": dev}))
+        for key, value in figures.items():
+            costs.setdefault(key, []).append(value[0])
+    if args.plot:
+        panels.append(svgplot.bars("Guest-visible access (µs, mean)", groups, costs,
+                                   "µs per guest access"))
+        svgplot.write(args.plot, "bench/kvm.py: a KVM guest on a platpass device", panels,
+                      note=f"python3 bench/kvm.py --reads {args.reads} --irqs {args.irqs} "
+                           f"--plot FILE.svg; {'PVM' if pvm else 'hardware KVM'}")
+        print(f"\nplot: {args.plot}")
     if pvm:
         print()
         print("Note: this host's KVM is PVM (no VT-x/SVM): a guest with paging off runs in "
@@ -159,8 +182,8 @@ def main() -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, server_cpu: int) -> None:
-    """One placement: every figure and its baseline."""
+def measure(args: argparse.Namespace, server_cpu: int) -> dict[str, list[float]]:
+    """One placement: every figure and its baseline (returned for ``--plot``, in µs)."""
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), server_cpu)
         try:
@@ -238,6 +261,12 @@ def measure(args: argparse.Namespace, server_cpu: int) -> None:
                       f"{dmed / rmed:8.2f}x")
                 print("   (the device figure includes the trigger request's trip to the "
                       "server; the ISR's report exit is in both)")
+                figures = {"raw exit read (baseline)": [raw_ns / 1000],
+                           "trapped read": [dev_ns / 1000],
+                           "raw exit store": [raw_w_ns / 1000],
+                           "posted write": [posted_ns / 1000],
+                           "replied write": [replied_ns / 1000],
+                           "irq raw": raw, "irq device": dev}
                 device.detach()
                 channel.close()
                 uart.detach()
@@ -246,6 +275,7 @@ def measure(args: argparse.Namespace, server_cpu: int) -> None:
         finally:
             server.terminate()
             server.wait(10)
+    return figures
 
 
 if __name__ == "__main__":
