@@ -978,3 +978,12 @@ def test_item4_up_reads_only_the_end_of_a_large_server_log(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert text.endswith("last words") and peak < 1 << 20
+
+
+def test_item5_mode_out_of_range_is_refused_like_the_toml(tmp_path: Path) -> None:
+    """Variation found while checking item 5: ``--mode 77777777`` was accepted (TOML's
+    ``mode`` allows 0..0777)."""
+    done = _platpass("serve", "--sim", "--socket", str(tmp_path / "m.sock"), "--mode",
+                     "77777777", RTC, timeout=30)
+    _one_line_error(done, "0..0777")
+    assert not (tmp_path / "m.sock").exists()

@@ -13,6 +13,7 @@ import argparse
 import grp
 import pwd
 
+from platpass.errors import HostError
 from platpass.host.privilege import checked_id
 from platpass.vfio_user.server import SocketOptions
 
@@ -31,6 +32,18 @@ def gid_of(value: str) -> int:
     if value.isascii() and value.isdigit():
         return checked_id(int(value), "gid")
     return grp.getgrnam(value).gr_gid
+
+
+def socket_mode(text: str) -> int:
+    """``--mode``: octal permission bits 0..0777, as the TOML ``mode`` key takes (HostError
+    otherwise; setuid/setgid/sticky bits mean nothing on a socket)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise HostError(f"--mode {text!r}: expected octal permission bits 0..0777")
+    return mode
 
 
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +76,7 @@ def socket_options(args: argparse.Namespace, server_uid: int | None = None) -> S
     not octal, KeyError for an unknown name)."""
     allow_uids, allow_gids = allow_lists(args)
     return SocketOptions(
-        mode=int(args.mode, 8),
+        mode=socket_mode(args.mode),
         owner=uid_of(args.owner) if args.owner else None,
         group=gid_of(args.group) if args.group else None,
         allow_uids=allow_uids,
@@ -83,4 +96,4 @@ def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 __all__ = ["add_access_arguments", "add_ops_arguments", "add_socket_file_arguments",
-           "allow_lists", "gid_of", "socket_options", "uid_of"]
+           "allow_lists", "gid_of", "socket_mode", "socket_options", "uid_of"]
