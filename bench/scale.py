@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import svgplot
+
 RTCDR = 0x000
 
 _HEADER = """/dts-v1/;
@@ -249,6 +251,9 @@ def main() -> int:
                              "one CPU, or wherever the scheduler puts them")
     parser.add_argument("--profile", metavar="SVG",
                         help="record the server with py-spy during the 256-client phase")
+    parser.add_argument("--plot", metavar="FILE.svg",
+                        help="also draw the latency CDFs: N active clients and the control "
+                             "against 1 active client (the baseline), and the p50/p99 bars")
     args = parser.parse_args()
     if args.devices % args.workers:
         parser.error("--devices must be a multiple of --workers")
@@ -356,6 +361,23 @@ def main() -> int:
     print(f"server code per request, in-process (no scheduling): "
           f"{handling['one']:.1f}us on 1 connection, {handling['all']:.1f}us rotating over "
           f"{args.devices} ({handling['all'] / handling['one']:.2f}x)")
+    if args.plot:
+        labels = ("1 active client (baseline)", f"control: {args.workers} active clients",
+                  f"{args.devices} active clients")
+        series = (one, few, many)
+        us = {label: [v / 1000 for v in samples] for label, samples in zip(labels, series,
+                                                                           strict=True)}
+        panels = [svgplot.cdf(f"Trapped read, {args.devices} connections "
+                              f"(p99 ratio {ratio:.2f}x)", us),
+                  svgplot.bars("p50 and p99 (µs)", ["p50", "p99"],
+                               {label: [_summary(samples)[0], _summary(samples)[2]]
+                                for label, samples in zip(labels, series, strict=True)},
+                               "µs")]
+        svgplot.write(args.plot, "bench/scale.py: one server, many clients", panels,
+                      note=f"python3 bench/scale.py --devices {args.devices} --reads "
+                           f"{args.reads} --rounds {args.rounds} --placement "
+                           f"{args.placement} --plot FILE.svg")
+        print(f"plot: {args.plot}")
     return 0
 
 
