@@ -179,6 +179,14 @@ def manpage(date: datetime.date | None = None) -> str:
                 out += [".PP", _para(sub.description)]
             out += _options(sub)
         out += [
+            ".SH EXAMPLES",
+            ".nf",
+            _roff("platpass demo                  # the whole path on the simulated board\n"
+                  "platpass scan                  # this host's devices, with verdicts\n"
+                  "platpass assign /soc/serial@ff1a0000 --socket /run/platpass/uart2.sock\n"
+                  "platpass guest-dt /soc/serial@ff1a0000 --flavour crosvm -o uart2.dtbo\n"
+                  "platpass release /soc/serial@ff1a0000"),
+            ".fi",
             ".SH EXIT STATUS",
             _para("0 on success; 1 when platpass refuses or fails (the reason is on "
                   "standard error, prefixed platpass: error:); 2 for a usage error."),
