@@ -36,74 +36,71 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.assembly import (
+    DevicePlan,
+    Export,
+    Listen,
+    Serving,
+    TreeSource,
+    backend_opener,
+    load_tree,
+)
+from platpass.assembly.plan import assess
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
+    add_privilege_arguments,
     add_socket_file_arguments,
+    run_as_from_args,
     socket_options,
 )
 from platpass.errors import HostError
+from platpass.firmware.verdict import Assessment
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
-from platpass.host.privilege import RunAs, add_privilege_arguments, run_as_from_args
+from platpass.host.privilege import RunAs
 from platpass.host.safepath import open_append
 from platpass.host.sysfs import SysfsDevice, device_for_node
 from platpass.vfio_user.server import SocketOptions
 
 log = logging.getLogger(__name__)
 
-#: linux/prctl.h: signal this process when its parent dies.
-PR_SET_PDEATHSIG = 1
-
-def _assess(node_path: str, dtb: str | None) -> Any:
+def _assess(node_path: str, dtb: str | None) -> Assessment:
     """The assessment of ``node_path`` on the live tree (or ``dtb``)."""
-    from platpass.drivers.registry import default_registry
-    from platpass.firmware import devicetree
-    from platpass.firmware.verdict import assess_tree
-
-    tree = devicetree.load_dtb(dtb) if dtb else devicetree.load_live()
-    for assessment in assess_tree(tree, default_registry()):
-        if assessment.node.path == node_path:
-            return assessment
-    raise HostError(f"{node_path}: not a device node of the device tree")
+    tree = load_tree(TreeSource("dtb", Path(dtb)) if dtb else TreeSource("live"))
+    assessment = assess(tree).get(node_path)
+    if assessment is None:
+        raise HostError(f"{node_path}: not a device node of the device tree")
+    return assessment
 
 
 def _reset_entry(entry: Assignment) -> None:
     """Reset a device a dead server left behind, through its platpass driver (best effort:
     the device must still be bound to the host driver of ``entry``)."""
-    from platpass.drivers.registry import default_registry
-    from platpass.firmware import devicetree
+    from platpass.reactor import EpollReactor
 
     device = SysfsDevice(entry.bus, entry.device)
     if device.driver != entry.host_driver:
         return
-    node = devicetree.load_live().node(entry.node)
-    driver_cls = default_registry().match(node.compatible)
-    if driver_cls is None:
+    assessment = assess(load_tree(TreeSource("live"))).get(entry.node)
+    if assessment is None or assessment.driver is None:
         return
-    backend = _open_backend(entry.backend, node, device)
+    export = Export.forced(assessment)
+    reactor = EpollReactor()
     try:
-        driver_cls(node).reset(backend)
+        backend = backend_opener(entry.backend)(export.node, reactor)
+        try:
+            export.driver.reset(backend)
+        finally:
+            backend.close()
     finally:
-        backend.close()
-
-
-def _open_backend(name: str, node: Any, device: SysfsDevice) -> Any:
-    if name == "uio":
-        from platpass.host.uio import UioBackend
-
-        levels = [irq.trigger.is_level for irq in node.interrupts] or [True]
-        return UioBackend.for_device(device.path, level_triggered=levels)
-    from platpass.host.vfio_kernel.backend import VfioKernelBackend
-
-    return VfioKernelBackend(device.name, bus=device.bus)
+        reactor.close()
 
 
 def _report_recovered(state: StateFile) -> None:
@@ -149,11 +146,10 @@ def assign(args: argparse.Namespace) -> int:
                    "reach memory the guest does not own")
         print("platpass assign: WARNING: " + warning, file=sys.stderr)
         warnings.append(warning)
-    driver_cls = assessment.driver
-    if driver_cls is None:
-        from platpass.drivers.common import PlatformDriver
-
-        driver_cls = PlatformDriver
+    # A refused device (forced) gets the generic driver if none claims it, and never has
+    # a page mapped; the assessment decides that, as for every other entry point.
+    export = Export.of(assessment) if assessment.may_assign and assessment.driver \
+        else Export.forced(assessment)
     host_driver = binding.host_driver_for(args.backend, device.bus)
     with state.locked() as entries:
         if device.name in entries:
@@ -171,8 +167,8 @@ def assign(args: argparse.Namespace) -> int:
     print(f"bound {device.name} ({node_path}) to {host_driver}; was on "
           f"{original or 'no driver'}", flush=True)
     try:
-        return _serve(args, access, state, device, assessment.node, driver_cls,
-                      not assessment.may_map)
+        plan = DevicePlan(export, args.backend, Listen(Path(args.socket)), access.socket)
+        return _serve(args, access, state, device, plan)
     except BaseException:
         _restore(state, device.name)
         raise
@@ -201,101 +197,43 @@ class Access:
 
 
 def _serve(args: argparse.Namespace, access: Access, state: StateFile, device: SysfsDevice,
-           node: Any, driver_cls: Any, force_trap_all: bool) -> int:
+           plan: DevicePlan) -> int:
     from platpass.ops.control import ControlServer
-    from platpass.ops.trace import DeviceTracer, TraceWriter
-    from platpass.reactor import EpollReactor
-    from platpass.vfio_device.device import VfioDevice, close_devices
-    from platpass.vfio_device.iommu import EmulatedIommu
-    from platpass.vfio_user.server import VfioUserServer
+    from platpass.ops.trace import TraceWriter
 
-    reactor = EpollReactor()
-    server = VfioUserServer(reactor)
-    backend = _open_backend(args.backend, node, device)
-    vdev = None
-    writer: TraceWriter | None = None
-    control: ControlServer | None = None
+    node = plan.node
+    serving = Serving()
     code = 0
     try:
-        opened_at = reactor.time()
         if args.trace:
-            writer = TraceWriter(args.trace, reactor.time, reactor=reactor)
-        vdev = VfioDevice(node, driver_cls(node), backend, reactor, EmulatedIommu(),
-                          force_trap_all=force_trap_all or writer is not None)
-        if writer is not None:
-            DeviceTracer(writer, vdev, node.path, opened_at=opened_at)
-        server.serve(node.path, vdev, Path(args.socket), access.socket)
+            serving.recorder = TraceWriter(args.trace, serving.reactor.time,
+                                           reactor=serving.reactor)
+        serving.add(plan)
         if args.control:
-            control = ControlServer(reactor, server, args.control, name="platpass assign")
+            serving.control = ControlServer(serving.reactor, serving.server, args.control,
+                                            name="platpass assign")
         if not args.foreground:
             _daemonize(state, device.name, Path(args.state_dir) / f"{device.name}.log")
-        reactor.stop_on_signals()
+        serving.reactor.stop_on_signals()
         if access.run_as is None:
             print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
                   f"{os.getpid()})", flush=True)
-            reactor.run_forever()
+            serving.serve_forever()
         else:
-            code = _serve_separated(access.run_as, args, node, reactor, server, control,
-                                    writer)
+            def announce() -> None:
+                print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
+                      f"{os.getpid()}, as uid {os.getuid()} gid {os.getgid()}; root monitor "
+                      f"pid {os.getppid()})", flush=True)
+
+            code = serving.serve_separated(access.run_as, announce)
+            if code != 0:
+                print(f"platpass assign: the unprivileged server exited with {code}; "
+                      "resetting and restoring the device", file=sys.stderr, flush=True)
     finally:
-        if control is not None:
-            control.close()
-        server.close()
-        if vdev is not None:
-            close_devices([vdev], log)  # driver reset, then the backend lets go of it
-        else:
-            backend.close()
-        if writer is not None:
-            writer.close()
-        reactor.close()
+        serving.close()  # the driver resets the device, then the backend lets go of it
         problems = _restore(state, device.name)
         for problem in problems:
             print(f"platpass assign: restoring {device.name}: {problem}", file=sys.stderr)
-    return code
-
-
-def _serve_separated(run_as: RunAs, args: argparse.Namespace, node: Any, reactor: Any,
-                     server: Any, control: Any, writer: Any) -> int:
-    """Serve from a child that drops to ``run_as``; returns its exit code.
-
-    This process stays root and does nothing until the child is gone; :func:`_serve`'s
-    cleanup then runs here, with root: the device reset through the fds this process
-    still holds, the sockets unlinked from root's directory, the host driver swapped back.
-    """
-    from platpass.host.privilege import prctl, run_separated
-
-    monitor = os.getpid()
-    if writer is not None:
-        writer.flush()  # the child must not write this process's buffered records again
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-    def serve() -> int:
-        reactor.stop_on_signals()  # run_separated reset the handlers in this child
-        # A SIGKILLed root process cannot forward SIGTERM: the kernel sends it instead, so
-        # the server never outlives the process that would restore the device. Set after
-        # the drop (a credential change clears it), then the race with an early death.
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != monitor:
-            return 0
-        print(f"serving {node.path} on {args.socket} (backend {args.backend}, pid "
-              f"{os.getpid()}, as uid {os.getuid()} gid {os.getgid()}; root monitor pid "
-              f"{os.getppid()})", flush=True)
-        reactor.run_forever()
-        # The socket files are in root's directories: the root parent removes them.
-        if control is not None:
-            control.close(unlink=False)
-        for endpoint in server.endpoints:
-            endpoint.path = None
-        server.close()
-        if writer is not None:
-            writer.close()
-        return 0
-
-    code = run_separated(run_as, serve, lambda _code: None)
-    if code != 0:
-        print(f"platpass assign: the unprivileged server exited with {code}; resetting "
-              "and restoring the device", file=sys.stderr, flush=True)
     return code
 
 

@@ -4,7 +4,8 @@ Both commands put a device on a vfio-user socket, so they take the same peer all
 (``--allow-uid``/``--allow-gid``, checked with SO_PEERCRED) and the same operations
 options (``--control``, ``--trace``). Keeping one definition means one spelling, one help
 text and one way of turning names into ids, whichever command an operator (or ``up``)
-runs. ``--user`` lives with the privilege code (:mod:`platpass.host.privilege`).
+runs. ``--user`` is turned into a :class:`~platpass.host.privilege.RunAs` here; dropping
+to it is the privilege code's (:mod:`platpass.host.privilege`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import grp
 import pwd
 
 from platpass.errors import HostError
-from platpass.host.privilege import checked_id
+from platpass.host.privilege import RunAs, checked_id, parse_run_as
 from platpass.vfio_user.server import SocketOptions
 
 
@@ -85,6 +86,23 @@ def socket_options(args: argparse.Namespace, server_uid: int | None = None) -> S
     )
 
 
+def add_privilege_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--user USER[:GROUP]``: the user a serving command drops to once everything that
+    needs root is open."""
+    parser.add_argument(
+        "--user", metavar="USER[:GROUP]",
+        help="once the devices and sockets are open, become USER (name or uid) and GROUP "
+             "(default: USER's primary group; a bare uid without a passwd entry needs it), "
+             "with no capabilities and no_new_privs; refuses uid/gid 0")
+
+
+def run_as_from_args(args: argparse.Namespace) -> RunAs | None:
+    """Resolve ``--user`` early (before opening anything), so a typo fails first
+    (PrivilegeError)."""
+    text = getattr(args, "user", None)
+    return parse_run_as(text) if text else None
+
+
 def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
     """``--control PATH`` (status socket) and ``--trace FILE`` (access record)."""
     parser.add_argument("--control", metavar="PATH",
@@ -95,5 +113,6 @@ def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
                              "lines) for platpass replay; traced devices map no pages")
 
 
-__all__ = ["add_access_arguments", "add_ops_arguments", "add_socket_file_arguments",
-           "allow_lists", "gid_of", "socket_mode", "socket_options", "uid_of"]
+__all__ = ["add_access_arguments", "add_ops_arguments", "add_privilege_arguments",
+           "add_socket_file_arguments", "allow_lists", "gid_of", "run_as_from_args",
+           "socket_mode", "socket_options", "uid_of"]

@@ -27,136 +27,56 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.assembly import (
+    DevicePlan,
+    Export,
+    Listen,
+    NoLiveTreeError,
+    Serving,
+    TreeSource,
+    backend_opener,
+    choose_exports,
+    load_tree,
+)
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
+    add_privilege_arguments,
     add_socket_file_arguments,
+    run_as_from_args,
     socket_options,
 )
 from platpass.errors import HostError
 from platpass.firmware.model import DeviceNode
-from platpass.host.backend import Backend
-from platpass.host.privilege import add_privilege_arguments
 from platpass.host.safepath import make_owned_directory
 from platpass.ops.logs import add_logging_options, configure_logging
-from platpass.reactor import EpollReactor, Reactor
+from platpass.vfio_device.device import VfioDevice
 
 log = logging.getLogger(__name__)
 
-#: backend name -> opener(node, reactor). The kernel backends register themselves by
-#: providing ``open_backend(node, reactor)`` in the modules named below.
-BackendOpener = Callable[[DeviceNode, Reactor], Backend]
-_BACKEND_MODULES: dict[str, str] = {
-    "uio": "platpass.host.uio",
-    "vfio": "platpass.host.vfio_kernel",
-}
 
-
-def _open_sim(node: DeviceNode, reactor: Reactor) -> Backend:
-    from platpass.host.simulated.board import open_sim_backend
-
-    return open_sim_backend(node, reactor)
-
-
-def backend_opener(name: str) -> BackendOpener:
-    """The opener for backend ``name``; HostError saying why when it is unavailable."""
-    if name == "sim":
-        return _open_sim
-    module_name = _BACKEND_MODULES.get(name)
-    if module_name is None:
-        raise HostError(f"unknown backend {name!r} (choose from sim, uio, vfio)")
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise HostError(f"backend {name!r} is not available: {err}") from err
-    opener = getattr(module, "open_backend", None)
-    if opener is None:
-        raise HostError(f"backend {name!r} is not available yet: {module_name} has no "
-                        "open_backend(node, reactor)")
-    return opener  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class Export:
-    """One device to serve: the node, its verdict, and where its socket goes."""
-
-    node: DeviceNode
-    verdict: Any
-    driver: Any
-    force_trap_all: bool
-
-
-def _load_tree(args: argparse.Namespace) -> Any:
-    from platpass.firmware import devicetree
-
+def tree_source(args: argparse.Namespace) -> TreeSource:
+    """The tree the command line names (``--sim``, ``--dtb``, ``--dts``; else the live one)."""
     if args.sim:
-        from platpass.host.simulated.board import load_board
-
-        return load_board()
+        return TreeSource("sim")
     if args.dtb:
-        return devicetree.load_dtb(args.dtb)
+        return TreeSource("dtb", Path(args.dtb))
     if args.dts:
-        return devicetree.load_dts(args.dts)
-    return devicetree.load_live()
+        return TreeSource("dts", Path(args.dts))
+    return TreeSource("live")
 
 
-def choose_exports(tree: Any, paths: list[str], *, everything_assignable: bool
-                   ) -> tuple[list[Export], list[str]]:
-    """Assess the tree and pick what to serve; returns (exports, refusal messages).
-
-    A named node that is refused or unknown is a refusal; with no node named and
-    ``everything_assignable``, every assignable device is exported.
-    """
-    from platpass.drivers.registry import default_registry
-    from platpass.firmware.verdict import assess_tree
-
-    assessments = {a.node.path: a for a in assess_tree(tree, default_registry())}
-    refusals: list[str] = []
-    chosen: list[Any] = []
-    if paths:
-        for path in paths:
-            assessment = assessments.get(path)
-            if assessment is None:
-                refusals.append(f"{path}: no such device node in the tree")
-                continue
-            if assessment in chosen:  # one device, one socket, one model
-                refusals.append(f"{path}: named more than once")
-                continue
-            chosen.append(assessment)
-    elif everything_assignable:
-        chosen = list(assessments.values())
-    exports: list[Export] = []
-    for assessment in chosen:
-        if not assessment.may_assign:
-            if paths:
-                refusals.append(f"{assessment.node.path}: {assessment.explanation}")
-            continue
-        if assessment.driver is None:
-            refusals.append(f"{assessment.node.path}: no driver")
-            continue
-        exports.append(Export(assessment.node, assessment.verdict, assessment.driver,
-                              not assessment.may_map))
-    return exports, refusals
-
-
-def _driver_instance(driver: Any, node: DeviceNode) -> Any:
-    return driver(node) if isinstance(driver, type) else driver
-
-
-def _tap_uart(backend: Backend, export: Export, path: str, out: Any) -> Any:
+def _tap_uart(device: VfioDevice, path: str, out: _UartSink | None) -> _UartSink:
     """``--uart-output``: every byte a simulated UART transmits is appended to ``path`` (the
     far end of its wire); returns the open file (shared by every UART served)."""
-    model = getattr(backend, "model", None)
+    model = getattr(device.backend, "model", None)
     if model is None or not hasattr(model, "on_tx"):
-        raise HostError(f"{export.node.path}: --uart-output needs a simulated UART "
+        raise HostError(f"{device.node.path}: --uart-output needs a simulated UART "
                         "(--backend sim)")
     if out is None:
         out = _UartSink(path)
@@ -172,8 +92,6 @@ class _UartSink:
     one warning."""
 
     def __init__(self, path: str) -> None:
-        import os
-
         self.path = path
         try:
             self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -183,8 +101,6 @@ class _UartSink:
             raise HostError(f"--uart-output {path}: {err.strerror or err}") from err
 
     def write(self, data: bytes) -> None:
-        import os
-
         if self.fd is None:
             return
         try:
@@ -195,21 +111,9 @@ class _UartSink:
             self.close()
 
     def close(self) -> None:
-        import os
-
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
-
-
-def _pci_view(device: Any, export: Export, requested: str) -> Any:
-    """The device as a PCI function (``--pci``); PciIdError/PciPersonalityError say why
-    not."""
-    from platpass.vfio_device.pci.device import as_pci_function
-
-    pci, why = as_pci_function(device, requested)
-    print(f"{export.node.path}: PCI personality {why}", flush=True)
-    return pci
 
 
 def _socket_name(node: DeviceNode, taken: set[str]) -> str:
@@ -220,15 +124,48 @@ def _socket_name(node: DeviceNode, taken: set[str]) -> str:
     return f"{name}.sock"
 
 
+def _listens(args: argparse.Namespace, exports: list[Export], inherited: list[Any]
+             ) -> list[Listen]:
+    """Where each export listens: a socket passed by the service manager (LISTEN_FDS) bound
+    to its path or named after it, ``--fd``, ``--socket`` or ``--socket-dir``/name."""
+    from platpass.ops import activation
+
+    socket_path = args.socket or args.socket_path
+    taken: set[str] = set()
+    listens: list[Listen] = []
+    for export in exports:
+        passed = None
+        if inherited:
+            want = Path(socket_path) if socket_path is not None else \
+                Path(args.socket_dir) / _socket_name(export.node, set(taken)) \
+                if args.socket_dir is not None else None
+            passed = activation.match_inherited(
+                inherited, path=None if want is None else str(want), name=export.node.name)
+            if passed is None and want is None and len(inherited) == 1:
+                passed = inherited[0]
+        if passed is not None:
+            inherited.remove(passed)
+            if args.socket_dir is not None:
+                _socket_name(export.node, taken)
+            listens.append(Listen(fd=passed.fd, label=f"fd {passed.fd} "
+                                  f"({passed.path or passed.name}, from the service manager)"))
+        elif args.fd is not None:
+            listens.append(Listen(fd=args.fd))
+        elif socket_path is None and args.socket_dir is None:
+            raise HostError(f"{export.node.path}: no passed socket (LISTEN_FDS) is "
+                            "bound to it or named after it")
+        else:
+            listens.append(Listen(Path(socket_path) if socket_path is not None else
+                                  Path(args.socket_dir) / _socket_name(export.node, taken)))
+    return listens
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
-    from platpass.host.privilege import drop_from_args, run_as_from_args
+    from platpass.host.privilege import drop_privileges
     from platpass.ops import activation
     from platpass.ops.control import ControlServer
-    from platpass.ops.trace import DeviceTracer, TraceWriter
-    from platpass.vfio_device.device import VfioDevice, close_devices
-    from platpass.vfio_device.iommu import EmulatedIommu
-    from platpass.vfio_user.server import VfioUserServer
+    from platpass.ops.trace import TraceWriter
 
     socket_path = args.socket or args.socket_path
     targets = [socket_path is not None, args.socket_dir is not None, args.fd is not None]
@@ -238,9 +175,14 @@ def run(args: argparse.Namespace) -> int:
               "--fd", file=sys.stderr)
         return 2
     backend_name = args.backend or ("sim" if args.sim else "uio")
-    opener = backend_opener(backend_name)
+    backend_opener(backend_name)  # an unavailable backend fails before anything is read
     run_as = run_as_from_args(args)  # resolved first: an unknown user fails before any open
-    tree = _load_tree(args)
+    try:
+        tree = load_tree(tree_source(args))
+    except NoLiveTreeError as err:
+        print(f"platpass serve: {err}; name the device tree to serve: --sim (the simulated "
+              "board), --dtb FILE or --dts FILE", file=sys.stderr)
+        return 2
     exports, refusals = choose_exports(tree, list(args.nodes),
                                        everything_assignable=not args.nodes)
     for refusal in refusals:
@@ -255,90 +197,54 @@ def run(args: argparse.Namespace) -> int:
               "(name one node, or use --socket-dir)", file=sys.stderr)
         return 2
     options = socket_options(args, None if run_as is None else run_as.uid)
-    reactor = EpollReactor()
-    server = VfioUserServer(reactor)
-    devices: list[Any] = []
-    uart_out: Any = None
-    writer = TraceWriter(args.trace, reactor.time, reactor=reactor) if args.trace else None
-    control: ControlServer | None = None
+    plans = [DevicePlan(export, backend_name, listen, options, dma_deny=args.dma == "deny",
+                        pci=args.pci)
+             for export, listen in zip(exports, _listens(args, exports, inherited),
+                                       strict=True)]
+    uart_out: _UartSink | None = None
     try:
-        if args.socket_dir is not None:
-            socket_dir = Path(args.socket_dir)
-            if not socket_dir.is_dir() and run_as is not None:
-                # A directory we create belongs to the user we become (as systemd's
-                # RuntimeDirectory= with User=), so the server can remove its sockets on
-                # exit; an existing directory is left as it is.
-                make_owned_directory(socket_dir, run_as.uid, run_as.gid)
-            socket_dir.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = set()
-        for export in exports:
-            opened_at = reactor.time()
-            backend = opener(export.node, reactor)
-            device = VfioDevice(export.node, _driver_instance(export.driver, export.node),
-                                backend, reactor, EmulatedIommu(deny=args.dma == "deny"),
-                                force_trap_all=export.force_trap_all or writer is not None)
-            devices.append(device)
-            if writer is not None:
-                DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
-            if args.uart_output:
-                uart_out = _tap_uart(backend, export, args.uart_output, uart_out)
-            if args.pci is not None:
-                device = devices[-1] = _pci_view(device, export, args.pci)
-            passed = None
-            if inherited:
-                want = Path(socket_path) if socket_path is not None else \
-                    Path(args.socket_dir) / _socket_name(export.node, set(taken)) \
-                    if args.socket_dir is not None else None
-                passed = activation.match_inherited(
-                    inherited, path=None if want is None else str(want), name=export.node.name)
-                if passed is None and want is None and len(inherited) == 1:
-                    passed = inherited[0]
-            if passed is not None:
-                inherited.remove(passed)
-                if args.socket_dir is not None:
-                    _socket_name(export.node, taken)
-                server.serve_fd(export.node.path, device, passed.fd, options)
-                where = f"fd {passed.fd} ({passed.path or passed.name}, from the service "\
-                    "manager)"
-            elif args.fd is not None:
-                server.serve_fd(export.node.path, device, args.fd, options)
-                where = f"fd {args.fd}"
-            elif socket_path is None and args.socket_dir is None:
-                raise HostError(f"{export.node.path}: no passed socket (LISTEN_FDS) is "
-                                "bound to it or named after it")
-            else:
-                path = Path(socket_path) if socket_path is not None else \
-                    Path(args.socket_dir) / _socket_name(export.node, taken)
-                server.serve(export.node.path, device, path, options)
-                where = str(path)
-            print(f"serving {export.node.path} ({', '.join(export.node.compatible)}; "
-                  f"{export.verdict.name}; backend {backend_name}) on {where}", flush=True)
-        reactor.stop_on_signals()
-        for unused in inherited:
-            log.warning("passed socket fd %d (%s) matches no device", unused.fd,
-                        unused.path or unused.name, extra={"socket": unused.path})
-        if args.control:
-            control = ControlServer(reactor, server, args.control, name="platpass serve")
-        # Everything that needs root (backends opened, registers mapped, sockets bound
-        # with their owner/mode) is done: from here on only held fds are used.
-        creds = drop_from_args(run_as)
-        if creds is not None:
-            print(f"running as uid {creds.uids[0]} gid {creds.gids[0]} groups "
-                  f"{list(creds.groups)}, no capabilities, no_new_privs", flush=True)
-        print("ready", flush=True)
-        activation.notify("READY=1")
-        reactor.run_forever()
-        print("platpass serve: stopping", flush=True)
+        with Serving() as serving:
+            if args.trace:
+                serving.recorder = TraceWriter(args.trace, serving.reactor.time,
+                                               reactor=serving.reactor)
+            if args.socket_dir is not None:
+                socket_dir = Path(args.socket_dir)
+                if not socket_dir.is_dir() and run_as is not None:
+                    # A directory we create belongs to the user we become (as systemd's
+                    # RuntimeDirectory= with User=), so the server can remove its sockets on
+                    # exit; an existing directory is left as it is.
+                    make_owned_directory(socket_dir, run_as.uid, run_as.gid)
+                socket_dir.mkdir(parents=True, exist_ok=True)
+            for plan in plans:
+                device = serving.add(plan)
+                if args.uart_output:
+                    uart_out = _tap_uart(device, args.uart_output, uart_out)
+                if plan.pci is not None:
+                    print(f"{plan.node.path}: PCI personality "
+                          f"{serving.pci_accounts[plan.node.path]}", flush=True)
+                print(f"serving {plan.node.path} ({', '.join(plan.node.compatible)}; "
+                      f"{plan.export.verdict.name}; backend {backend_name}) on {plan.listen}",
+                      flush=True)
+            serving.reactor.stop_on_signals()
+            for unused in inherited:
+                log.warning("passed socket fd %d (%s) matches no device", unused.fd,
+                            unused.path or unused.name, extra={"socket": unused.path})
+            if args.control:
+                serving.control = ControlServer(serving.reactor, serving.server, args.control,
+                                                name="platpass serve")
+            # Everything that needs root (backends opened, registers mapped, sockets bound
+            # with their owner/mode) is done: from here on only held fds are used.
+            if run_as is not None:
+                creds = drop_privileges(run_as)
+                print(f"running as uid {creds.uids[0]} gid {creds.gids[0]} groups "
+                      f"{list(creds.groups)}, no capabilities, no_new_privs", flush=True)
+            print("ready", flush=True)
+            activation.notify("READY=1")
+            serving.serve_forever()
+            print("platpass serve: stopping", flush=True)
     finally:
-        if control is not None:
-            control.close()
-        server.close()
-        close_devices(devices, log)
         if uart_out is not None:
             uart_out.close()
-        if writer is not None:
-            writer.close()
-        reactor.close()
     return 0
 
 
@@ -402,4 +308,4 @@ def _main(args: argparse.Namespace) -> int:
         raise HostError(str(err)) from err
 
 
-__all__ = ["backend_opener", "choose_exports", "register", "run"]
+__all__ = ["register", "run", "tree_source"]

@@ -32,9 +32,8 @@ drops (checked through ``/proc/self/task``); the uid/gid calls go through glibc,
 applies them to every thread anyway. ``prctl``/``capset`` are called through :mod:`ctypes`
 (the standard library has no binding for them).
 
-Command-line front ends share :func:`add_privilege_arguments` (``--user USER[:GROUP]``) and
-:func:`drop_from_args`; ``serve`` calls it after its sockets listen, and other front ends
-(``up``, ``assign``) can do the same at the same point. A server that has dropped its
+``serve`` calls :func:`drop_privileges` after its sockets listen (``--user USER[:GROUP]``
+is parsed by :mod:`platpass.cli.options`). A server that has dropped its
 privileges can no longer write sysfs: whatever must be undone as root afterwards (putting a
 device back on its host driver) belongs to a process that kept them. For that case
 :func:`run_separated` forks: the child drops and serves, the parent stays root, does
@@ -43,7 +42,6 @@ nothing but forward SIGTERM/SIGINT and wait, then runs the root-only cleanup.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -420,39 +418,14 @@ def run_separated(run_as: RunAs, serve: Callable[[], int],
     return code
 
 
-# ---------------------------------------------------------------- command-line hook
-
-def add_privilege_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--user USER[:GROUP]`` to a serving subcommand's parser."""
-    parser.add_argument(
-        "--user", metavar="USER[:GROUP]",
-        help="once the devices and sockets are open, become USER (name or uid) and GROUP "
-             "(default: USER's primary group; a bare uid without a passwd entry needs it), "
-             "with no capabilities and no_new_privs; refuses uid/gid 0")
-
-
-def run_as_from_args(args: argparse.Namespace) -> RunAs | None:
-    """Resolve ``--user`` early (before opening anything), so a typo fails first."""
-    text = getattr(args, "user", None)
-    return parse_run_as(text) if text else None
-
-
-def drop_from_args(run_as: RunAs | None) -> Credentials | None:
-    """Drop to ``run_as`` (from :func:`run_as_from_args`); None when not asked to."""
-    return drop_privileges(run_as) if run_as is not None else None
-
-
 __all__ = [
     "CAPABILITIES",
     "Credentials",
     "PrivilegeError",
     "RunAs",
-    "add_privilege_arguments",
     "capability_number",
-    "drop_from_args",
     "drop_privileges",
     "parse_run_as",
     "resolve_run_as",
-    "run_as_from_args",
     "run_separated",
 ]

@@ -36,7 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.assembly import (
+    DevicePlan,
+    Export,
+    Listen,
+    Serving,
+    TreeSource,
+    choose_exports,
+    load_tree,
+)
 from platpass.errors import ConfigError, OpsError, PlatpassError
+from platpass.firmware.devicetree import DeviceTree
 from platpass.host.safepath import (
     check_trusted_directory,
     open_append,
@@ -54,21 +64,16 @@ class PlannedDevice:
     """A configured device with its assessment (checked before anything starts)."""
 
     config: DeviceConfig
-    export: Any  # platpass.cli.serve.Export
+    export: Export
 
 
-def _load_tree(source: str, firmware: Path | None) -> Any:
-    from platpass.firmware import devicetree
-
-    if source == "sim":
-        from platpass.host.simulated.board import load_board
-
-        return load_board()
-    if source == "dtb":
-        return devicetree.load_dtb(firmware)
-    if source == "dts":
-        return devicetree.load_dts(firmware)
-    return devicetree.load_live()
+def tree_source(device: DeviceConfig) -> TreeSource:
+    """The tree a configured device is judged on (its ``source`` and ``firmware``)."""
+    if device.source == "dtb":
+        return TreeSource("dtb", device.firmware)
+    if device.source == "dts":
+        return TreeSource("dts", device.firmware)
+    return TreeSource("sim" if device.source == "sim" else "live")
 
 
 def _socket_in_use(path: Path) -> bool:
@@ -93,17 +98,15 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
     socket paths passed by the service manager (those are expected to be in use: by us).
     ``up --check`` does not probe: under socket activation systemd already listens on the
     configured paths when ExecStartPre runs."""
-    from platpass.cli.serve import choose_exports
-
     problems: list[str] = []
-    trees: dict[tuple[str, Path | None], Any] = {}
+    trees: dict[TreeSource, DeviceTree | None] = {}
     planned: list[PlannedDevice] = []
     for device in config.devices:
         where = f"{config.path}: {device.label}"
-        key = (device.source, device.firmware)
+        key = tree_source(device)
         if key not in trees:
             try:
-                trees[key] = _load_tree(*key)
+                trees[key] = load_tree(key)
             except PlatpassError as err:
                 problems.append(f"{where}: cannot load source {device.source}: {err}")
                 trees[key] = None
@@ -170,28 +173,22 @@ def _run_tool(argv: list[str], what: str) -> None:
 
 def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
     """Serve everything ``config`` describes until SIGTERM/SIGINT (``up --foreground``)."""
-    from platpass.cli.serve import _driver_instance, backend_opener
     from platpass.ops.control import ControlServer
     from platpass.ops.logs import configure_logging
-    from platpass.ops.trace import DeviceTracer, TraceWriter
-    from platpass.reactor import EpollReactor
-    from platpass.vfio_device.device import VfioDevice, close_devices
-    from platpass.vfio_device.iommu import EmulatedIommu
-    from platpass.vfio_user.server import SocketOptions, VfioUserServer
+    from platpass.ops.trace import TraceWriter
+    from platpass.vfio_user.server import DeviceEndpoint, SocketOptions
 
     configure_logging(config.log_format, config.log_level, log_stream)
     inherited = activation.listen_fds()
     planned = plan(config, inherited=tuple(s.path for s in inherited if s.path))
-    reactor = EpollReactor()
-    server = VfioUserServer(reactor)
-    devices: list[Any] = []
     assigned: list[DeviceConfig] = []
-    control: ControlServer | None = None
-    writer = (TraceWriter(config.trace, reactor.time, reactor=reactor) if config.trace
-              else None)
     configs: dict[str, DeviceConfig] = {}
     pid_written = False
+    serving = Serving()
     try:
+        if config.trace:
+            serving.recorder = TraceWriter(config.trace, serving.reactor.time,
+                                           reactor=serving.reactor)
         for item in planned:
             device_config = item.config
             if device_config.kernel:
@@ -202,27 +199,6 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                          device_config.socket, extra={"device": device_config.node,
                                                       "socket": str(device_config.socket)})
                 continue
-            export = item.export
-            opened_at = reactor.time()
-            backend = backend_opener(device_config.backend)(export.node, reactor)
-            try:
-                device = VfioDevice(export.node, _driver_instance(export.driver, export.node),
-                                    backend, reactor,
-                                    EmulatedIommu(deny=device_config.dma == "deny"),
-                                    force_trap_all=export.force_trap_all or writer is not None)
-            except BaseException:
-                backend.close()
-                raise
-            devices.append(device)
-            if writer is not None:
-                DeviceTracer(writer, device, export.node.path, opened_at=opened_at)
-            if device_config.pci is not None:
-                from platpass.vfio_device.pci.device import as_pci_function
-
-                device, why = as_pci_function(device, device_config.pci)
-                devices[-1] = device
-                log.info("%s: PCI personality %s", export.node.path, why,
-                         extra={"device": export.node.path})
             options = SocketOptions(mode=device_config.mode, owner=device_config.owner,
                                     group=device_config.group,
                                     allow_uids=device_config.allow_uids,
@@ -232,18 +208,25 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
             passed = activation.match_inherited(inherited, path=str(device_config.socket),
                                                 name=f"device{device_config.index}")
             if passed is not None:
-                server.serve_fd(export.node.path, device, passed.fd, options)
                 inherited.remove(passed)
-            else:
-                server.serve(export.node.path, device, device_config.socket, options)
-            configs[export.node.path] = device_config
-            log.info("serving %s on %s", export.node.path, device_config.socket,
-                     extra={"device": export.node.path, "socket": str(device_config.socket)})
+            listen = Listen(fd=passed.fd) if passed is not None else \
+                Listen(device_config.socket)
+            serving.add(DevicePlan(item.export, device_config.backend, listen, options,
+                                   dma_deny=device_config.dma == "deny",
+                                   pci=device_config.pci))
+            if device_config.pci is not None:
+                log.info("%s: PCI personality %s", item.export.node.path,
+                         serving.pci_accounts[item.export.node.path],
+                         extra={"device": item.export.node.path})
+            configs[item.export.node.path] = device_config
+            log.info("serving %s on %s", item.export.node.path, device_config.socket,
+                     extra={"device": item.export.node.path,
+                            "socket": str(device_config.socket)})
         for unused in inherited:
             log.warning("socket fd %d (%s) passed by the service manager matches no device",
                         unused.fd, unused.path or unused.name)
 
-        def describe(endpoint: Any) -> dict[str, Any]:
+        def describe(endpoint: DeviceEndpoint) -> dict[str, Any]:
             cfg = configs.get(endpoint.name)
             if cfg is None:
                 return {}
@@ -257,71 +240,40 @@ def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
                      "guest_spis": list(cfg.guest_spis)} for cfg in assigned]
 
         _prepare_run_dir(config.run_dir)
-        control = ControlServer(reactor, server, config.control_path, name=config.name,
-                                describe=describe, others=others)
+        serving.control = ControlServer(serving.reactor, serving.server, config.control_path,
+                                        name=config.name, describe=describe, others=others)
         _write_pid_file(config.pid_path)
         pid_written = True
-        reactor.stop_on_signals()
+        serving.reactor.stop_on_signals()
         activation.notify("READY=1")
         print(f"ready: {config.name} ({len(planned)} devices; control "
               f"{config.control_path})", flush=True)
         if config.user is None:
-            reactor.run_forever()
+            serving.serve_forever()
         else:
-            _serve_separated(config, reactor, server, devices, control, writer)
+            user = config.user
+
+            def announce() -> None:
+                log.info("serving as %s (pid %d)", user.spec, os.getpid(),
+                         extra={"pid": os.getpid(), "uid": os.getuid()})
+
+            code = serving.serve_separated(user, announce)
+            if code != 0:
+                log.error("the unprivileged server exited with %d", code,
+                          extra={"error": code})
         activation.notify("STOPPING=1")
         log.info("stopping %s", config.name)
     finally:
-        if control is not None:
-            control.close()
-        server.close()
-        close_devices(devices, log)
+        serving.close()
         for device_config in reversed(assigned):
             try:
                 _run_tool(release_command(device_config),
                           f"platpass release {device_config.node}")
             except OpsError as err:
                 log.error("%s", err, extra={"device": device_config.node})
-        if writer is not None:
-            writer.close()
-        reactor.close()
         if pid_written:
             config.pid_path.unlink(missing_ok=True)
     return 0
-
-
-def _serve_separated(config: ServiceConfig, reactor: Any, server: Any, devices: list[Any],
-                     control: Any, writer: Any) -> None:
-    """Serve in a child that drops to ``config.user``; this process keeps root, forwards
-    SIGTERM, and after the child exits does what needs root (unlinking sockets in root's
-    directories, ``platpass release``) in :func:`run_foreground`'s cleanup."""
-    from platpass.host.privilege import run_separated
-
-    if writer is not None:
-        writer.flush()  # the child must not write the parent's buffered records again
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-    def serve() -> int:
-        reactor.stop_on_signals()  # run_separated reset the handlers in this child
-        log.info("serving as %s (pid %d)", config.user.spec, os.getpid(),
-                 extra={"pid": os.getpid(), "uid": os.getuid()})
-        reactor.run_forever()
-        # The socket files are in root's directories: the parent removes them.
-        control.close(unlink=False)
-        for endpoint in server.endpoints:
-            endpoint.path = None
-        server.close()
-        for device in devices:
-            with contextlib.suppress(PlatpassError):
-                device.close()
-        if writer is not None:
-            writer.close()
-        return 0
-
-    code = run_separated(config.user, serve, lambda _code: None)
-    if code != 0:
-        log.error("the unprivileged server exited with %d", code, extra={"error": code})
 
 
 def _write_pid_file(path: Path) -> None:

@@ -126,6 +126,11 @@ class TraceWriter:
             except (OSError, ValueError) as err:
                 self._stop(err)
 
+    def attach(self, device: VfioDevice, name: str, opened_at: float) -> None:
+        """Record ``device`` under ``name`` from now on (its backend opened at
+        ``opened_at``); the :class:`~platpass.assembly.Recorder` the assembly layer uses."""
+        DeviceTracer(self, device, name, opened_at=opened_at)
+
     def close(self) -> None:
         if self._file.closed:
             return
@@ -275,26 +280,30 @@ class _ReplayDevice:
     """A fresh simulated device on a manual clock, built like the server builds one."""
 
     def __init__(self, node_path: str, opened_at: float) -> None:
-        from platpass.drivers.registry import default_registry
-        from platpass.firmware.verdict import assess_tree
-        from platpass.host.simulated.board import load_board, open_sim_backend
+        from platpass.assembly import (
+            TreeSource,
+            find_export,
+            load_tree,
+            open_device,
+            sim_opener,
+        )
         from platpass.host.simulated.clock import ManualClock
         from platpass.reactor import EpollReactor
 
-        tree = load_board()
-        assessment = next((a for a in assess_tree(tree, default_registry())
-                           if a.node.path == node_path), None)
-        if assessment is None:
+        tree = load_tree(TreeSource("sim"))
+        if node_path not in {n.path for n in tree.devices()}:
             raise OpsError(f"replay: {node_path} is not a device of the simulated board")
-        if assessment.driver is None:
-            raise OpsError(f"replay: {node_path} has no platpass driver")
-        driver = assessment.driver
-        driver = driver(assessment.node) if isinstance(driver, type) else driver
+        export = find_export(tree, node_path)
+        if isinstance(export, str):
+            raise OpsError(f"replay: {export}")
         self.clock = ManualClock(opened_at)
         self.reactor = EpollReactor()
-        backend = open_sim_backend(assessment.node, self.reactor, clock=self.clock)
-        self.device = VfioDevice(assessment.node, driver, backend, self.reactor,
-                                 force_trap_all=True)
+        try:
+            self.device = open_device(export, sim_opener(lambda: self.clock), self.reactor,
+                                      trap_all=True)
+        except BaseException:
+            self.reactor.close()
+            raise
 
     def at(self, t: float) -> None:
         delta = t - self.clock.now()
