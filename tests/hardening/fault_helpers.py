@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from platpass.cli.serve import choose_exports
+from platpass.assembly import Export, TreeSource, choose_exports, load_tree, open_device
 from platpass.errors import HostError
+from platpass.firmware.model import DeviceNode
+from platpass.host.backend import Backend
 from platpass.host.simulated.backend import SimulatedBackend
-from platpass.host.simulated.board import load_board, open_sim_backend
+from platpass.host.simulated.board import open_sim_backend
 from platpass.host.simulated.clock import ManualClock
-from platpass.reactor import EpollReactor
+from platpass.reactor import EpollReactor, Reactor
 from platpass.vfio_device.device import VfioDevice
-from platpass.vfio_device.iommu import EmulatedIommu
 
 
 class RemovableBackend:
@@ -61,23 +62,22 @@ class RemovableBackend:
         self.inner.unmask_irq(index)
 
 
-def export_for(compatible: str) -> Any:
+def export_for(compatible: str) -> Export:
     """The ``platpass serve`` export (node, driver, traps) of the sim board's device."""
-    exports, _ = choose_exports(load_board(), [], everything_assignable=True)
+    exports, _ = choose_exports(load_tree(TreeSource("sim")), [], everything_assignable=True)
     return next(e for e in exports if compatible in e.node.compatible)
 
 
 def sim_device(reactor: EpollReactor, compatible: str, *, removable: bool = False,
                manual_clock: bool = True) -> VfioDevice:
     """A served-as-by-``platpass serve`` device of the sim board (optionally removable)."""
-    export = export_for(compatible)
-    driver = export.driver(export.node) if isinstance(export.driver, type) else export.driver
-    backend: Any = open_sim_backend(export.node, reactor,
-                                    clock=ManualClock(1000.0) if manual_clock else None)
-    if removable:
-        backend = RemovableBackend(backend)
-    return VfioDevice(export.node, driver, backend, reactor, EmulatedIommu(),
-                      force_trap_all=export.force_trap_all)
+
+    def opener(node: DeviceNode, reactor: Reactor) -> Backend:
+        backend: Any = open_sim_backend(node, reactor,
+                                        clock=ManualClock(1000.0) if manual_clock else None)
+        return RemovableBackend(backend) if removable else backend
+
+    return open_device(export_for(compatible), opener, reactor)
 
 
 def open_fds(pid: int | str = "self") -> set[int]:

@@ -64,8 +64,7 @@ from typing import Any
 from platpass.errors import RemoteProtocolError, VfioUserError
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
-from platpass.vfio_device.iommu import EmulatedIommu
-from platpass.vfio_device.uapi import IrqSetFlags
+from platpass.vfio_device.uapi import DmaMapFlags, IrqSetFlags
 from platpass.vfio_user.protocol import messages as m
 from platpass.vfio_user.protocol.connection import (
     NEED_DATA,
@@ -151,9 +150,9 @@ def seed_corpus(region_size: int = 0x1000) -> tuple[Seed, ...]:
         Seed("version", Command.VERSION, NEGOTIATE.encode()),
         Seed("version bare", Command.VERSION, m.Version(0, 1, has_json=False).encode()),
         Seed("dma map", Command.DMA_MAP,
-             m.DmaMap(32, m.DmaMapFlags(3), 0, 0x10_0000, 0x2000).encode(), ("memfd",)),
+             m.DmaMap(32, DmaMapFlags(3), 0, 0x10_0000, 0x2000).encode(), ("memfd",)),
         Seed("dma map no fd", Command.DMA_MAP,
-             m.DmaMap(32, m.DmaMapFlags(1), 0, 0x20_0000, 0x1000).encode()),
+             m.DmaMap(32, DmaMapFlags(1), 0, 0x20_0000, 0x1000).encode()),
         Seed("dma unmap", Command.DMA_UNMAP, m.DmaUnmap(24, 0, 0x10_0000, 0x2000).encode()),
         Seed("dma unmap all", Command.DMA_UNMAP,
              m.DmaUnmap(24, m.DMA_UNMAP_FLAG_ALL, 0, 0).encode()),
@@ -464,18 +463,14 @@ def check_reply(header: Header, reply: Reply | Message | None) -> str | None:
 def sim_devices(reactor: EpollReactor) -> list[VfioDevice]:
     """Every assignable device of the simulated board, on a manual clock (registers only
     change when a message changes them) and with the traps ``platpass serve`` uses."""
-    from platpass.cli.serve import choose_exports
-    from platpass.host.simulated.board import load_board, open_sim_backend
+    from platpass.assembly import TreeSource, choose_exports, load_tree, open_device, sim_opener
     from platpass.host.simulated.clock import ManualClock
 
-    exports, _ = choose_exports(load_board(), [], everything_assignable=True)
+    exports, _ = choose_exports(load_tree(TreeSource("sim")), [], everything_assignable=True)
+    opener = sim_opener(lambda: ManualClock(1000.0))
     devices = []
     for export in exports:
-        driver = export.driver(export.node) if isinstance(export.driver, type) \
-            else export.driver
-        backend = open_sim_backend(export.node, reactor, clock=ManualClock(1000.0))
-        device = VfioDevice(export.node, driver, backend, reactor, EmulatedIommu(),
-                            force_trap_all=export.force_trap_all)
+        device = open_device(export, opener, reactor)
         device.open()
         devices.append(device)
     return devices

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from platpass.assembly import DevicePlan, Listen, Serving, TreeSource, load_tree
+from platpass.assembly.plan import Export
 from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.errors import VmmError
 from platpass.firmware.model import DeviceNode
 from platpass.firmware.verdict import Assessment, assess_tree
-from platpass.host.simulated.board import load_board, open_sim_backend
+from platpass.host.backend import Backend
+from platpass.host.simulated.backend import SimulatedBackend
 from platpass.vfio_device.device import VfioDevice
-from platpass.vfio_user.server import VfioUserServer
 from platpass.vmm.passthrough import ReactorThread
 
 
@@ -32,12 +34,14 @@ class ServedDevice:
     assessment: Assessment
     socket: Path
     device: VfioDevice
-    backend: Any
+    backend: Backend
 
     @property
     def model(self) -> Any:
         """The simulated model (host side: UART output, RTC counter...)."""
-        return self.backend.model
+        backend = self.backend
+        assert isinstance(backend, SimulatedBackend)
+        return backend.model
 
 
 class SimBoardServer:
@@ -51,7 +55,7 @@ class SimBoardServer:
     def __init__(self, compatibles: tuple[str, ...] = ("arm,pl011", "arm,pl031"),
                  socket_dir: str | Path | None = None,
                  registry: DriverRegistry | None = None) -> None:
-        self.tree = load_board()
+        self.tree = load_tree(TreeSource("sim"))
         self.registry = registry if registry is not None else default_registry()
         self.assessments = assess_tree(self.tree, self.registry)
         self._tmp = None
@@ -60,7 +64,8 @@ class SimBoardServer:
             socket_dir = self._tmp.name
         self.socket_dir = Path(socket_dir)
         self.thread = ReactorThread("platpass-sim-server")
-        self.server = self.thread.call(lambda: VfioUserServer(self.thread.reactor))
+        self.serving = self.thread.call(lambda: Serving(self.thread.reactor))
+        self.server = self.serving.server
         self.devices: list[ServedDevice] = []
         try:
             for compatible in compatibles:
@@ -76,17 +81,12 @@ class SimBoardServer:
             raise VmmError(f"the simulated board has no enabled {compatible} device")
         if not assessment.may_assign or assessment.driver is None:
             raise VmmError(f"{assessment.node.path} is {assessment.verdict.name}: not served")
-        node = assessment.node
-        driver_cls = assessment.driver
-        path = self.socket_dir / f"{node.name}.sock"
+        path = self.socket_dir / f"{assessment.node.name}.sock"
+        plan = DevicePlan(Export.of(assessment), "sim", Listen(path))
 
         def build() -> ServedDevice:
-            backend = open_sim_backend(node, self.thread.reactor)
-            driver = driver_cls(node) if isinstance(driver_cls, type) else driver_cls
-            device = VfioDevice(node, driver, backend, self.thread.reactor,
-                                force_trap_all=not assessment.may_map)
-            self.server.serve(node.path, device, path)
-            return ServedDevice(node, assessment, path, device, backend)
+            device = self.serving.add(plan)
+            return ServedDevice(plan.node, assessment, path, device, device.backend)
 
         return self.thread.call(build)
 
@@ -97,15 +97,8 @@ class SimBoardServer:
         return self.thread.call(fn)
 
     def close(self) -> None:
-        def shutdown() -> None:
-            with contextlib.suppress(Exception):
-                self.server.close()
-            for served in self.devices:
-                with contextlib.suppress(Exception):
-                    served.device.close()
-
         with contextlib.suppress(Exception):
-            self.thread.call(shutdown)
+            self.thread.call(self.serving.close)
         self.thread.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
