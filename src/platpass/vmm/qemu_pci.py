@@ -29,16 +29,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from platpass.drivers.registry import default_registry
+from platpass.assembly import DevicePlan, Listen, Serving, find_export
 from platpass.errors import VmmError
 from platpass.firmware.devicetree import DeviceTree
-from platpass.firmware.verdict import assess_tree
-from platpass.host.simulated.board import open_sim_backend
 from platpass.reactor import EpollReactor
-from platpass.vfio_device.device import VfioDevice
-from platpass.vfio_device.pci.device import PciVfioDevice, as_pci_function
+from platpass.vfio_device.pci.device import PciVfioDevice
 from platpass.vfio_user.server import VfioUserServer
 
 #: First QEMU release with ``-device vfio-user-pci``.
@@ -374,9 +371,13 @@ class RxFeeder:
 class ServedPciUart:
     """A simulated UART served as a PCI function on one socket, host side in reach."""
 
-    server: VfioUserServer
+    serving: Serving
     device: PciVfioDevice
     why: str
+
+    @property
+    def server(self) -> VfioUserServer:
+        return self.serving.server
 
     @property
     def model(self) -> Any:
@@ -385,33 +386,22 @@ class ServedPciUart:
 
     def close(self) -> None:
         """Stop serving and give the device up."""
-        self.server.close()
-        self.device.close()
+        self.serving.close()
 
 
 def serve_pci_uart(reactor: EpollReactor, tree: DeviceTree, node_path: str,
                    socket_path: Path, requested: str = "auto") -> ServedPciUart:
     """Serve ``node_path`` of ``tree`` (simulated backend) as a PCI function on
-    ``socket_path`` from ``reactor``. Raises VmmError for a device platpass refuses, and
+    ``socket_path`` from ``reactor``, built like ``platpass serve --pci`` builds it. Raises
+    VmmError for a device platpass refuses (with the assessment's evidence), and
     PciIdError/PciPersonalityError for one that cannot be this PCI function."""
-    assessment = next((a for a in assess_tree(tree, default_registry())
-                       if a.node.path == node_path), None)
-    if assessment is None:
-        raise VmmError(f"{node_path}: no such device node")
-    if not assessment.verdict.assignable or assessment.driver is None:
-        raise VmmError(f"{node_path} is {assessment.verdict.name}: not served")
-    backend = open_sim_backend(assessment.node, reactor)
+    found = find_export(tree, node_path)
+    if isinstance(found, str):
+        raise VmmError(f"not served: {found}")
+    serving = Serving(reactor)
     try:
-        inner = VfioDevice(assessment.node, assessment.driver(assessment.node), backend,
-                           reactor)
+        device = serving.add(DevicePlan(found, "sim", Listen(socket_path), pci=requested))
     except BaseException:
-        backend.close()
+        serving.close()
         raise
-    try:
-        device, why = as_pci_function(inner, requested)
-    except BaseException:
-        inner.close()
-        raise
-    server = VfioUserServer(reactor)
-    server.serve(node_path, device, socket_path)
-    return ServedPciUart(server, device, why)
+    return ServedPciUart(serving, cast(PciVfioDevice, device), serving.pci_accounts[node_path])
