@@ -113,8 +113,8 @@ class Serving:
         from platpass.vfio_device.pci.device import as_pci_function
 
         pci, why = as_pci_function(device, plan.pci)
-        # A PciVfioDevice wraps the device and offers its whole interface (not by
-        # inheritance); the server, the session and close_devices take it as one.
+        # A PciVfioDevice wraps the device and offers its interface (not by inheritance);
+        # the server, the session and close_devices take it as one.
         self.devices[-1] = cast(VfioDevice, pci)
         self.pci_accounts[plan.node.path] = why
         return self.devices[-1]

@@ -55,7 +55,7 @@ PVM_HOST = Path("/sys/module/kvm_pvm")
 RTC_READS = 10_000
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo`` to the ``platpass`` command line."""
     parser = subparsers.add_parser(
         "demo",

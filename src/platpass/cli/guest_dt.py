@@ -39,7 +39,7 @@ from platpass.inputs import MAX_CONFIG_BYTES, MAX_DTB_BYTES, read_input
 DEBUGFS_CLK = Path("/sys/kernel/debug/clk")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``guest-dt`` to the ``platpass`` command line."""
     p = subparsers.add_parser(
         "guest-dt",

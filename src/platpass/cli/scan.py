@@ -31,7 +31,7 @@ from platpass.firmware.verdict import Assessment, Verdict, assess_tree
 PROGRESS_FROM = 5
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``scan`` to the ``platpass`` command line."""
     parser = subparsers.add_parser(
         "scan",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from platpass.errors import DeviceTreeLoadError, NodeError
 from platpass.firmware.builders import new_device_node
-from platpass.firmware.model import DeviceNode, Interrupt
+from platpass.firmware.model import Clock, DeviceNode, Interrupt, MmioRange
 from platpass.firmware.rawtree import RawNode, RawTree, read_blob
 from platpass.firmware.resolve import (
     AddressMap,
@@ -191,9 +191,9 @@ class DeviceTree:
         status = (_STATUS.get(status_raw) or status_raw.rstrip(b"\0").decode("utf-8", "replace")
                   if status_raw is not None else "okay")
         is_mmio = False
-        regions: tuple = ()
-        interrupts: tuple = ()
-        clocks: tuple = ()
+        regions: tuple[MmioRange, ...] = ()
+        interrupts: tuple[Interrupt, ...] = ()
+        clocks: tuple[Clock, ...] = ()
         if "reg" in props:
             try:
                 is_mmio, regions, unmapped = resolve_regions(self._addresses, raw)

@@ -643,7 +643,7 @@ def resolve_clocks(tree: RawTree, node: RawNode) -> tuple[tuple[Clock, ...], tup
     except ValueError as err:
         return (), (str(err),)
     names = string_list(node.props.get("clock-names"))
-    out = []
+    out: list[Clock] = []
     i = 0
     index = 0
     while i < len(words):

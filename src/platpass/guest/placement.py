@@ -398,10 +398,11 @@ class Allocator:
                                      f"{err}") from None
                 free = (n for n in range(pool.start, pool.start + pool.count)
                         if n not in self._spis)
-                spi = next(free, None)
-                if spi is None:
+                next_free = next(free, None)
+                if next_free is None:
                     raise GuestError(f"{node.path}: the guest SPI pool {pool.start}.."
                                      f"{pool.start + pool.count - 1} is exhausted")
+                spi = next_free
             self._spis.add(spi)
             placed.append(InterruptPlacement(index, irq.controller, irq.type, irq.number,
                                              host_trigger, spi, trigger))

@@ -354,7 +354,8 @@ def build_guest_device(
                          source="default (APB bus clock; rate unused)")
         clocks.append(apb)
         refs.append(len(clocks) - 1)
-        names = [n if n else f"clk{i}" for i, n in enumerate(names)] + ["apb_pclk"]
+        named: list[str | None] = [n or f"clk{i}" for i, n in enumerate(names)]
+        names = [*named, "apb_pclk"]
     if refs:
         props["clocks"] = Cells(tuple(Ref(clocks[i].label) for i in refs))
         if any(names):

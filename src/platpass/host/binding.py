@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from platpass.errors import BindError, HostError
 from platpass.host.sysfs import SysfsDevice
@@ -91,7 +92,7 @@ class Assignment:
     since: float = 0.0
 
     @classmethod
-    def from_json(cls, data: dict) -> Assignment:
+    def from_json(cls, data: dict[str, Any]) -> Assignment:
         data = dict(data)
         data["warnings"] = tuple(data.get("warnings", ()))
         known = {f for f in cls.__dataclass_fields__}

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from platpass.errors import HostError
 from platpass.firmware.model import DeviceNode
@@ -34,7 +35,7 @@ PAGE_SIZE = mmap.PAGESIZE
 _UIO_NAME = re.compile(r"uio\d+")
 _IRQ_ON = struct.pack("=I", 1)
 _IRQ_OFF = struct.pack("=I", 0)
-_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_FORMATS: dict[int, Literal["B", "H", "I", "Q"]] = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _log = logging.getLogger(__name__)
 
 

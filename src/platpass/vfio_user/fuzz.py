@@ -58,6 +58,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -872,6 +873,11 @@ def _stable_offsets(path: Path, compatible: str) -> tuple[int, ...]:
                  if width == 4 and not model.read_has_side_effects(o, 4))
 
 
+def _record_finding(report: FuzzReport, target: str, case_seed: int, what: str,
+                    detail: str) -> None:
+    report.findings.append(Finding(target, case_seed, what, detail))
+
+
 def run_external(*, seconds: float, seed: int = 0, socket_dir: Path | None = None
                  ) -> FuzzReport:
     """Attack ``platpass serve --sim`` from outside through its socket files.
@@ -923,8 +929,7 @@ def run_external(*, seconds: float, seed: int = 0, socket_dir: Path | None = Non
                 before = _snapshot(device)
                 all_refused = _external_case(
                     device.path, case, report,
-                    lambda what, detail, cs=case_seed: report.findings.append(
-                        Finding("external", cs, what, detail)))
+                    partial(_record_finding, report, "external", case_seed))
                 report.cases += 1
                 after = _snapshot(device) if all_refused else before
             except RuntimeError as err:  # no well-behaved client got through

@@ -100,7 +100,7 @@ def kvm_ioctl(fd: int, request: int, arg: int | bytes | bytearray = 0, *, what: 
     Raises VmmError (with the errno) when the kernel refuses.
     """
     try:
-        return fcntl.ioctl(fd, request, arg)  # type: ignore[call-overload,no-any-return]
+        return fcntl.ioctl(fd, request, arg)  # type: ignore[return-value]
     except OSError as err:
         name = what or _ioctl_name(request)
         raise VmmError(f"{name} failed: {os.strerror(err.errno or 0)} "

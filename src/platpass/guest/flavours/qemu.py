@@ -93,8 +93,8 @@ def _inspect(blob: bytes, disable: Sequence[str], remove: Sequence[str]) -> Base
     if gic_offset < 0 or _u32(fdt, gic_offset, "#interrupt-cells") != 3:
         raise GuestError(f"base DTB interrupt parent (phandle {gic:#x}) is not a GIC with "
                          "#interrupt-cells = 3")
-    disabled_offsets = set()
-    removed_offsets = set()
+    disabled_offsets: set[int] = set()
+    removed_offsets: set[int] = set()
     for option, paths, into in (("--disable", disable, disabled_offsets),
                                 ("--remove", remove, removed_offsets)):
         for path in paths:

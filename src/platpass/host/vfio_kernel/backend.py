@@ -27,7 +27,7 @@ from platpass.host.uio import MappedRegisters
 from platpass.host.vfio_kernel import uapi
 from platpass.host.vfio_kernel.syscalls import KernelCallError, Syscalls
 from platpass.reactor import Reactor
-from platpass.vfio_device.uapi import IrqInfoFlags, IrqSetFlags, RegionFlags
+from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, IrqSetFlags, RegionFlags
 
 if TYPE_CHECKING:
     from platpass.host.vfio_kernel.passthrough import KernelIrqs
@@ -207,7 +207,7 @@ class VfioKernelBackend:
 
     def reset(self) -> bool:
         """``VFIO_DEVICE_RESET`` when the kernel offers one; False when it does not."""
-        if uapi.DeviceFlags.RESET not in self.info.flags:
+        if DeviceFlags.RESET not in self.info.flags:
             return False
         self._sys.ioctl(self._device, uapi.VfioIoctl.DEVICE_RESET, 0, self.name)
         return True

@@ -44,7 +44,8 @@ class Syscalls:
         ioctl's result (for bytes/bytearray arguments: 0 unless the kernel returned more)."""
         try:
             if isinstance(arg, bytearray):
-                return fcntl.ioctl(fd, request, arg, True)
+                filled: int = fcntl.ioctl(fd, request, arg, True)
+                return filled
             result = fcntl.ioctl(fd, request, arg)
         except OSError as err:
             name = getattr(request, "name", None)  # VfioIoctl members say what they are

@@ -125,7 +125,7 @@ def pack_group_status() -> bytearray:
     return bytearray(GROUP_STATUS.pack(GROUP_STATUS.size, 0))
 
 
-def unpack_group_status(buf: bytes) -> GroupFlags:
+def unpack_group_status(buf: bytes | bytearray) -> GroupFlags:
     """The flags of a filled ``vfio_group_status``."""
     return GroupFlags(GROUP_STATUS.unpack(buf)[1])
 
@@ -135,7 +135,7 @@ def pack_device_info() -> bytearray:
     return bytearray(DEVICE_INFO.pack(DEVICE_INFO.size, 0, 0, 0, 0, 0))
 
 
-def unpack_device_info(buf: bytes) -> KernelDeviceInfo:
+def unpack_device_info(buf: bytes | bytearray) -> KernelDeviceInfo:
     """Decode a filled ``vfio_device_info``."""
     _argsz, flags, regions, irqs, _cap, _pad = DEVICE_INFO.unpack(buf)
     return KernelDeviceInfo(DeviceFlags(flags), regions, irqs)
@@ -146,7 +146,7 @@ def pack_region_info(index: int) -> bytearray:
     return bytearray(REGION_INFO.pack(REGION_INFO.size, 0, index, 0, 0, 0))
 
 
-def unpack_region_info(buf: bytes) -> KernelRegionInfo:
+def unpack_region_info(buf: bytes | bytearray) -> KernelRegionInfo:
     """Decode a filled ``vfio_region_info``."""
     _argsz, flags, index, _cap, size, offset = REGION_INFO.unpack(buf)
     return KernelRegionInfo(index, RegionFlags(flags), size, offset)
@@ -157,7 +157,7 @@ def pack_irq_info(index: int) -> bytearray:
     return bytearray(IRQ_INFO.pack(IRQ_INFO.size, 0, index, 0))
 
 
-def unpack_irq_info(buf: bytes) -> KernelIrqInfo:
+def unpack_irq_info(buf: bytes | bytearray) -> KernelIrqInfo:
     """Decode a filled ``vfio_irq_info``."""
     _argsz, flags, index, count = IRQ_INFO.unpack(buf)
     return KernelIrqInfo(index, IrqInfoFlags(flags), count)

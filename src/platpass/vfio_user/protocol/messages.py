@@ -90,7 +90,8 @@ class _FixedStruct:
     _HEAD: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     def encode(self) -> bytes:
-        return self._LAYOUT.pack(*self._HEAD(self))
+        # _HEAD is a plain function stored on the class (never bound): called with self.
+        return self._LAYOUT.pack(*self._HEAD(self))  # type: ignore[call-arg]
 
     @classmethod
     def decode(cls, payload: bytes | memoryview) -> Self:
@@ -116,7 +117,8 @@ class _WithData(_FixedStruct):
     _WHOLE: ClassVar[str]
 
     def encode(self) -> bytes:
-        return self._LAYOUT.pack(*self._HEAD(self)) + self.data  # type: ignore[attr-defined]
+        data: bytes = self.data  # type: ignore[attr-defined]
+        return self._LAYOUT.pack(*self._HEAD(self)) + data  # type: ignore[call-arg]
 
     @classmethod
     def decode(cls, payload: bytes | memoryview) -> Self:
@@ -127,7 +129,7 @@ class _WithData(_FixedStruct):
         data = bytes(payload[layout.size:])
         if len(data) != head[-1]:
             raise _reject(f"{cls._NAME} count {head[-1]} but {len(data)} data bytes")
-        return cls(*head, data)
+        return cls(*head, data)  # type: ignore[call-arg]
 
 
 _C = TypeVar("_C", bound=type[_FixedStruct])
@@ -147,9 +149,9 @@ def _layout(layout: struct.Struct, name: str, whole: str | None = None
             cls._HEAD = attrgetter(*names)
         elif names:
             (only,) = names
-            cls._HEAD = staticmethod(lambda m: (getattr(m, only),))  # type: ignore[assignment]
+            cls._HEAD = staticmethod(lambda m: (getattr(m, only),))
         else:
-            cls._HEAD = staticmethod(lambda _m: ())  # type: ignore[assignment]
+            cls._HEAD = staticmethod(lambda _m: ())
         cls._LAYOUT = layout
         cls._NAME = name
         cls._WHOLE = whole or name  # type: ignore[attr-defined]
@@ -618,7 +620,7 @@ Request = (
 )
 
 #: How the server decodes each client->server command it understands.
-REQUEST_DECODERS: dict[int, Any] = {
+REQUEST_DECODERS: dict[int, Callable[[bytes | memoryview], Request]] = {
     Command.VERSION: Version.decode,
     Command.DMA_MAP: DmaMap.decode,
     Command.DMA_UNMAP: DmaUnmap.decode,

@@ -16,7 +16,7 @@ uses 16-bit accesses; an 8250 with ``reg-io-width = <4>`` uses 32-bit ones).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from platpass.host.simulated.clock import Cancellable, ModelClock
 
@@ -81,7 +81,7 @@ class DeviceModel:
 
     def __init__(self, clock: ModelClock) -> None:
         self.clock = clock
-        self._runner: StepRunner = _run_directly
+        self._runner: StepRunner[Any] = _run_directly
         self._lines = [False] * self.irq_count
         self._rises = [0] * self.irq_count
         self._timers: set[_ModelTimer] = set()
@@ -99,13 +99,14 @@ class DeviceModel:
 
     # -- the step machinery ------------------------------------------------------------
 
-    def attach_runner(self, runner: StepRunner) -> None:
+    def attach_runner(self, runner: StepRunner[Any]) -> None:
         """Route every step through ``runner`` (the backend's reconcile/mirror wrapper)."""
         self._runner = runner
 
     def run_step(self, step: Callable[[], T]) -> T:
         """Run one model step (host handles and timers come through here)."""
-        return self._runner(step)
+        result: T = self._runner(step)
+        return result
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Cancellable:
         """Schedule a model step; the handle is forgotten when the model is closed."""
@@ -124,7 +125,7 @@ class DeviceModel:
         """Cancel a timer made by :meth:`call_later` (None is ignored)."""
         if handle is not None:
             handle.cancel()
-            self._timers.discard(handle)  # type: ignore[arg-type]
+            self._timers.discard(handle)
 
     def close(self) -> None:
         """Stop every timer: a closed model no longer moves."""

@@ -197,7 +197,7 @@ class Ns16550(UartModel):
     def char_time(self) -> float:
         """Seconds per frame: start, 5-8 data bits, parity, 1 or 2 stop bits."""
         baud = self.clock_rate / (16 * self.divisor) if self.divisor else DEFAULT_BAUD
-        bits = 1 + 5 + (self.lcr & 3) + (1 if self.lcr & 0x08 else 0)
+        bits: float = 1 + 5 + (self.lcr & 3) + (1 if self.lcr & 0x08 else 0)
         bits += (1.5 if (self.lcr & 3) == 0 else 2) if self.lcr & 0x04 else 1
         return bits / baud
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import IntEnum
+from functools import partial
 
 from platpass.host.simulated.clock import ModelClock
 from platpass.host.simulated.models.base import DeviceModel, merge, primecell_id_registers
@@ -139,7 +140,7 @@ class Pl061(DeviceModel):
 
     def _build_tables(self) -> None:
         peekers: dict[int, Callable[[], int]] = {
-            offset: (lambda select=offset >> 2: self._pads & select)
+            offset: partial(self._peek_data, offset >> 2)
             for offset in range(0, DATA_WINDOW_END, 4)
         }
         peekers.update({
@@ -154,8 +155,7 @@ class Pl061(DeviceModel):
         })
         self.peekers = peekers
         writers: dict[int, Callable[[int, int], None]] = {
-            offset: (lambda value, mask, select=offset >> 2: self._write_data(select, value,
-                                                                                mask))
+            offset: partial(self._write_data, offset >> 2)
             for offset in range(0, DATA_WINDOW_END, 4)
         }
         writers.update({
@@ -171,6 +171,9 @@ class Pl061(DeviceModel):
 
     def after_write(self) -> None:
         self._update_line()
+
+    def _peek_data(self, select: int) -> int:
+        return self._pads & select
 
     def _write_data(self, select: int, value: int, mask: int) -> None:
         if mask & 0xFF:

@@ -177,15 +177,21 @@ class Sp805(DeviceModel):
             Reg.ITCR: self._write_itcr,
             Reg.ITOP: self._write_itop,
         }
-        self.writers = {
-            offset: (lambda value, mask, write=write: None if self.locked
-                     else write(value, mask))
-            for offset, write in self._unlocked_writers.items()
-        }
+        self.writers = {offset: self._unless_locked(write)
+                        for offset, write in self._unlocked_writers.items()}
         self.writers[Reg.LOCK] = self._write_lock
         # WdogValue moves at WDOGCLK between steps, so the mirror cannot follow it: it is
         # read through the model only (a side-effect range) and reads as 0 in the memfd.
         self.readers = {Reg.VALUE: lambda mask: self.value}
+
+    def _unless_locked(self, write: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        """``write``, ignored while the registers are locked."""
+
+        def guarded(value: int, mask: int) -> None:
+            if not self.locked:
+                write(value, mask)
+
+        return guarded
 
     def peek_reg(self, offset: int) -> int:
         if offset == Reg.VALUE:
