@@ -10,7 +10,7 @@ at verdict names or evidence rules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,15 +59,21 @@ class Export:
         return not self.assessment.may_map
 
 
-def assess(tree: DeviceTree, registry: DriverRegistry | None = None
-           ) -> dict[str, Assessment]:
-    """Every device node's assessment, by path."""
+def assess(tree: DeviceTree, registry: DriverRegistry | None = None, *,
+           groups: Iterable[Iterable[str]] = (),
+           overrides: Mapping[str, Iterable[str]] | None = None) -> dict[str, Assessment]:
+    """Every device node's assessment, by path; ``groups`` (nodes that go to one guest
+    together) and ``overrides`` (host-use rules waived per node) as
+    :func:`~platpass.firmware.verdict.assess_tree` takes them."""
     registry = registry if registry is not None else default_registry()
-    return {a.node.path: a for a in assess_tree(tree, registry)}
+    return {a.node.path: a for a in assess_tree(tree, registry, groups=groups,
+                                                overrides=overrides)}
 
 
 def choose_exports(tree: DeviceTree, paths: Sequence[str], *, everything_assignable: bool,
-                   registry: DriverRegistry | None = None
+                   registry: DriverRegistry | None = None,
+                   groups: Iterable[Iterable[str]] = (),
+                   overrides: Mapping[str, Iterable[str]] | None = None
                    ) -> tuple[list[Export], list[str]]:
     """Assess the tree and pick what to serve; returns (exports, refusal messages).
 
@@ -75,7 +81,7 @@ def choose_exports(tree: DeviceTree, paths: Sequence[str], *, everything_assigna
     with no node named and ``everything_assignable``, every assignable device is exported
     and the refused ones are skipped silently.
     """
-    assessments = assess(tree, registry)
+    assessments = assess(tree, registry, groups=groups, overrides=overrides)
     refusals: list[str] = []
     chosen: list[Assessment] = []
     if paths:
