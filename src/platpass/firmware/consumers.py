@@ -270,14 +270,14 @@ def references(tree: RawTree) -> list[Reference]:
                 for target in _with_cells(tree, _words(value), cells_name):
                     add(Reference(path, name, target.path))
             elif kind == _KIND_SUPPLY:
-                target = by_phandle.get(int.from_bytes(value[:4], "big"))
-                if target is not None:
-                    add(Reference(path, name, target.path))
+                supplier = by_phandle.get(int.from_bytes(value[:4], "big"))
+                if supplier is not None:
+                    add(Reference(path, name, supplier.path))
             else:
                 for phandle in _words(value):
-                    target = by_phandle.get(phandle)
-                    if target is not None:
-                        add(Reference(path, name, target.path))
+                    referred = by_phandle.get(phandle)
+                    if referred is not None:
+                        add(Reference(path, name, referred.path))
         if "interrupts" in props and "interrupts-extended" not in props:
             try:
                 parent = interrupt_parent(tree, node)
