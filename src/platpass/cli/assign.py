@@ -40,7 +40,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from platpass.assembly import (
     DevicePlan,
@@ -283,7 +282,7 @@ def release(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``assign`` and ``release`` to the command line."""
     parser = subparsers.add_parser(
         "assign", help="bind a real device to UIO/VFIO and serve it over vfio-user",

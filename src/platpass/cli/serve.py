@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from platpass.assembly import (
     DevicePlan,
@@ -54,6 +53,7 @@ from platpass.cli.options import (
 from platpass.errors import HostError
 from platpass.firmware.model import DeviceNode
 from platpass.host.safepath import make_owned_directory
+from platpass.ops.activation import InheritedSocket
 from platpass.ops.logs import add_logging_options, configure_logging
 from platpass.vfio_device.device import VfioDevice
 
@@ -124,8 +124,8 @@ def _socket_name(node: DeviceNode, taken: set[str]) -> str:
     return f"{name}.sock"
 
 
-def _listens(args: argparse.Namespace, exports: list[Export], inherited: list[Any]
-             ) -> list[Listen]:
+def _listens(args: argparse.Namespace, exports: list[Export],
+             inherited: list[InheritedSocket]) -> list[Listen]:
     """Where each export listens: a socket passed by the service manager (LISTEN_FDS) bound
     to its path or named after it, ``--fd``, ``--socket`` or ``--socket-dir``/name."""
     from platpass.ops import activation
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` to the command line."""
     parser = subparsers.add_parser(
         "serve", help="export devices over vfio-user sockets",

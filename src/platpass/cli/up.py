@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from platpass.ops import service
 from platpass.ops.config import load_config
@@ -44,7 +43,7 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``up`` and ``down`` to the command line."""
     parser = subparsers.add_parser(
         "up", help="serve every device a TOML configuration file describes",

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from platpass.assembly import (
     DevicePlan,
@@ -47,6 +47,7 @@ from platpass.assembly import (
 )
 from platpass.errors import ConfigError, OpsError, PlatpassError
 from platpass.firmware.devicetree import DeviceTree
+from platpass.host.privilege import RunAs
 from platpass.host.safepath import (
     check_trusted_directory,
     open_append,
@@ -132,7 +133,7 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
 
 # -- the kernel backends, through platpass assign / release ------------------------------
 
-def assign_command(device: DeviceConfig, user: Any = None) -> list[str]:
+def assign_command(device: DeviceConfig, user: RunAs | None = None) -> list[str]:
     """The ``platpass assign`` command that serves a uio/vfio device in the background:
     with the device's SO_PEERCRED allow-list and, given the service's ``user`` (a
     ``RunAs``), from a child that drops to it (assign's root process keeps the restore)."""
@@ -171,7 +172,7 @@ def _run_tool(argv: list[str], what: str) -> None:
 
 # -- the foreground server -------------------------------------------------------------
 
-def run_foreground(config: ServiceConfig, *, log_stream: Any = None) -> int:
+def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -> int:
     """Serve everything ``config`` describes until SIGTERM/SIGINT (``up --foreground``)."""
     from platpass.ops.control import ControlServer
     from platpass.ops.logs import configure_logging
