@@ -17,10 +17,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from platpass.assembly import TreeSource, load_tree
 from platpass.cli.host_use import add_override_option
 from platpass.drivers.common import PlatformDriver
 from platpass.errors import GuestError, NodeError
-from platpass.firmware.devicetree import LIVE_FDT, DeviceTree, load_dtb, load_dts, load_live
+from platpass.firmware.devicetree import LIVE_FDT, DeviceTree
 from platpass.firmware.model import DeviceNode
 from platpass.guest.dts import decode_strings
 from platpass.guest.flavours import Flavour, FlavourOutput, crosvm, qemu, xen
@@ -128,17 +129,16 @@ def parse_clock_rates(items: list[str]) -> dict[str, int]:
     return out
 
 
-def load_tree(args: argparse.Namespace) -> DeviceTree:
-    """The host tree the arguments name."""
+def tree_source(args: argparse.Namespace) -> TreeSource:
+    """The host tree the arguments name (default: the live tree where there is one, else
+    the simulated board)."""
     if args.dtb:
-        return load_dtb(args.dtb)
+        return TreeSource("dtb", Path(args.dtb))
     if args.dts:
-        return load_dts(args.dts)
+        return TreeSource("dts", Path(args.dts))
     if args.live or (not args.sim and LIVE_FDT.exists()):
-        return load_live()
-    from platpass.host.simulated.board import load_board
-
-    return load_board()
+        return TreeSource("live")
+    return TreeSource("sim")
 
 
 def provider_names(tree: DeviceTree, nodes: list[DeviceNode]) -> dict[str, tuple[str, ...]]:
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         raise GuestError("--flavour qemu needs --base-dtb (dump one with qemu-system-aarch64 "
                          "-M virt -machine dumpdtb=virt.dtb)")
     out_path = Path(args.output)
-    tree = load_tree(args)
+    tree = load_tree(tree_source(args))
     devices = select_devices(tree, args.nodes, args.override)
 
     record_path = Path(args.placement) if args.placement else None
