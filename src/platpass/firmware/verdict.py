@@ -805,9 +805,9 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     Raises ValueError for an override of a rule that cannot be waived, or an unknown live
     rule.
     """
-    live = {path: [Evidence(rule, "", what) for rule, what in facts]
-            for path, facts in (live or {}).items()}
-    for facts in live.values():
+    live_evidence = {path: [Evidence(rule, "", what) for rule, what in facts]
+                     for path, facts in (live or {}).items()}
+    for facts in live_evidence.values():
         for fact in facts:
             if fact.rule not in LIVE_RULES:
                 raise ValueError(f"{fact.rule}: not a live host-use rule")
@@ -850,7 +850,7 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
             overlaps=overlaps.get(path, ()),
             host_in_use=functools.partial(
                 _host_in_use, consumers, needs.get(path, ()), device_of,
-                critical.get(path, ()), live.get(path, ())),
+                critical.get(path, ()), live_evidence.get(path, ())),
             consumers=tuple(dict.fromkeys(consumers)),
             waived=overrides.get(path, ()),
         ))

@@ -39,7 +39,8 @@ def _inside(path: str, root: str) -> bool:
 
 
 def guest_children(tree: RawTree, device: str, label: str,
-                   travelling: Mapping[str, str] = ()) -> tuple[list[Node], dict[str, str]]:
+                   travelling: Mapping[str, str] | None = None
+                   ) -> tuple[list[Node], dict[str, str]]:
     """The guest nodes of ``device``'s descendants, and what was dropped from them.
 
     ``label`` is the device's guest label; ``travelling`` maps the paths of the other
@@ -48,15 +49,16 @@ def guest_children(tree: RawTree, device: str, label: str,
     """
     root = tree.by_path[device]
     descendants = [n for n in tree.nodes if n.path.startswith(device + "/")]
-    labels: dict[str, str] = {device: label, **dict(travelling)}
-    tops = {device: label, **dict(travelling)}
+    labels: dict[str, str] = {device: label, **dict(travelling or {})}
+    tops = {device: label, **dict(travelling or {})}
     for node in tree.nodes:
         if node.phandle is None or node.path in labels:
             continue
-        for top, top_label in tops.items():
-            if node.path.startswith(top + "/"):
+        for top_path, top_label in tops.items():
+            if node.path.startswith(top_path + "/"):
                 # the label guest_children gives it when its own device is built
-                labels[node.path] = label_for(f"{top_label}_{node.path[len(top) + 1:]}")
+                labels[node.path] = label_for(
+                    f"{top_label}_{node.path[len(top_path) + 1:]}")
                 break
 
     def label_of(target: RawNode) -> str | None:
