@@ -122,7 +122,8 @@ def read_reply_value(buf: bytearray | bytes, nbytes: int, msg_id: int, count: in
     if (rid != msg_id or command != _READ or flags != _REPLY or size != nbytes
             or rcount != count):
         return None
-    return value
+    read: int = value  # typed at no cost (struct gives Any)
+    return read
 
 
 def is_write_reply(buf: bytearray | bytes, nbytes: int, msg_id: int) -> bool:
@@ -131,7 +132,9 @@ def is_write_reply(buf: bytearray | bytes, nbytes: int, msg_id: int) -> bool:
     if nbytes != ACCESS_SIZE:
         return False
     rid, command, size, flags, _e, _o, _r, _n = ACCESS.unpack_from(buf)
-    return rid == msg_id and command == _WRITE and flags == _REPLY and size == ACCESS_SIZE
+    answers: bool = (rid == msg_id and command == _WRITE and flags == _REPLY
+                     and size == ACCESS_SIZE)
+    return answers
 
 
 __all__ = [
