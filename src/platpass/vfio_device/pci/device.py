@@ -46,7 +46,7 @@ from platpass.vfio_device.pci.config_space import (
     bar_size_for,
 )
 from platpass.vfio_device.regions import RegionInfo, SparseArea
-from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, RegionFlags
+from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, IrqSetFlags, RegionFlags
 
 #: vfio.h ``VFIO_PCI_*_REGION_INDEX``.
 ROM_REGION_INDEX = 6
@@ -246,10 +246,11 @@ class PciVfioDevice:
 
     def _command_changed(self, old: int, new: int) -> None:
         if (old ^ new) & Command.INTX_DISABLE:
-            if new & Command.INTX_DISABLE:
-                self.inner.irqs.mask(0)
-            else:
-                self.inner.irqs.unmask(0)
+            # Through SET_IRQS, which every IRQ back end of the inner device takes (the
+            # emulated controller and a kernel VFIO device's own interrupts alike).
+            action = IrqSetFlags.ACTION_MASK if new & Command.INTX_DISABLE \
+                else IrqSetFlags.ACTION_UNMASK
+            self.inner.set_irqs(0, IrqSetFlags.DATA_NONE | action, 0, 1)
 
     def _interrupt_asserted(self) -> bool:
         if self._backend_line is not None:
