@@ -136,3 +136,12 @@ def test_serving_shuts_everything_down_once(tmp_path: Path) -> None:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(HostError, match="unknown backend 'pci'"):
         assembly.backend_opener("pci")
+
+
+def test_every_backend_assign_offers_has_an_opener() -> None:
+    from platpass.cli import build_parser
+
+    parser = build_parser(["assign"])
+    for backend in ("kmod", "uio", "vfio"):
+        args = parser.parse_args(["assign", "/x", "--socket", "/x.sock", "--backend", backend])
+        assert callable(assembly.backend_opener(args.backend))

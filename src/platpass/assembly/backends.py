@@ -15,8 +15,10 @@ from platpass.reactor import Reactor
 #: Opens the backend of a node on a reactor (HostError when it cannot).
 BackendOpener = Callable[[DeviceNode, Reactor], Backend]
 
-#: The kernel backends: each module provides ``open_backend(node, reactor)``.
+#: The kernel backends: each module provides ``open_backend(node, reactor)``. ``kmod``
+#: (the project's kernel module) is kernel VFIO with an emulated IOMMU: the same uAPI.
 _KERNEL_BACKEND_MODULES: dict[str, str] = {
+    "kmod": "platpass.host.vfio_kernel",
     "uio": "platpass.host.uio",
     "vfio": "platpass.host.vfio_kernel",
 }
