@@ -28,9 +28,13 @@ WIDTH = 80
 
 
 def docs_epilog(command: str | None = None) -> str:
-    """The last line of ``platpass [COMMAND] --help``: where the documentation is."""
-    page = "docs/cli.md" + (f"#{anchor(command)}" if command else "")
-    return f"Documentation: man platpass, {page} (platpass source)"
+    """The last line of ``platpass [COMMAND] --help``: where the documentation is.
+
+    The site is built from ``docs/`` of the source tree (``mkdocs build``); its CLI
+    reference page (``cli/``) is generated from these parsers, one section per command.
+    """
+    page = f"cli/#{anchor(command)}" if command else "cli/"
+    return f"Documentation: man platpass; docs site (docs/) page {page}"
 
 
 def anchor(command: str) -> str:
