@@ -4,8 +4,8 @@ Sources, in the order given on the command line: ``--dtb FILE|DIR`` (a directory
 recursively for ``*.dtb``), ``--dts FILE``, ``--live``. With none, the live tree when the
 kernel exposes one, otherwise the simulated board shipped in the package.
 
-``--json`` prints one JSON array over every file; its shape is a public interface (see the
-README, "Scanning"): keep it stable, extend it only by adding keys.
+``--json`` prints one JSON array over every file; its shape is a public interface (see
+docs/safety.md, "--json"): keep it stable, extend it only by adding keys.
 
 A file that cannot be read is reported on stderr and skipped; the exit status is then 1.
 """
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--live", action="store_true",
                         help=f"the running kernel's tree ({LIVE_FDT})")
     parser.add_argument("--json", action="store_true",
-                        help="print a JSON array (stable schema, see README)")
+                        help="print a JSON array (stable schema: docs/safety.md)")
     parser.add_argument("--all", action="store_true",
                         help="include nodes that are not MMIO devices")
     add_override_option(parser)

@@ -1,5 +1,5 @@
 """``platpass up CONFIG`` / ``platpass down CONFIG``: serve what a configuration file
-describes, and stop it (see :mod:`platpass.ops.service` and the README's Operations).
+describes, and stop it (see :mod:`platpass.ops.service` and docs/operations.md).
 
     platpass up /etc/platpass/lab.toml            # returns once every socket listens
     platpass up --foreground /etc/platpass/lab.toml   # systemd: platpass@lab.service
