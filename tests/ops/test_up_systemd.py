@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from platpass.errors import ConfigError
 from platpass.host.simulated.board import board_dts_path
 from platpass.ops.config import load_config, parse_config
 from platpass.ops.service import assign_command, plan, release_command
@@ -89,19 +92,27 @@ def test_a_failed_start_is_rolled_back(tmp_path: Path) -> None:
 
 def test_kernel_devices_go_through_assign_and_release(tmp_path: Path,
                                                       qemu_virt_dtb: Path) -> None:
-    config = parse_config(f'[[device]]\nnode = "/pl061@9030000"\nsource = "dtb"\n'
+    config = parse_config(f'[[device]]\nnode = "/pl031@9010000"\nsource = "dtb"\n'
                           f'firmware = "{qemu_virt_dtb}"\nbackend = "vfio"\n'
-                          f'socket = "{tmp_path}/gpio.sock"\nmode = "0660"\n',
+                          f'socket = "{tmp_path}/rtc.sock"\nmode = "0660"\n',
                           tmp_path / "k.toml")
     (device,) = config.devices
     assert device.kernel
     assert assign_command(device) == [
-        sys.executable, "-m", "platpass", "assign", "/pl061@9030000", "--backend", "vfio",
-        "--socket", f"{tmp_path}/gpio.sock", "--mode", "660", "--dtb", str(qemu_virt_dtb)]
+        sys.executable, "-m", "platpass", "assign", "/pl031@9010000", "--backend", "vfio",
+        "--socket", f"{tmp_path}/rtc.sock", "--mode", "660", "--dtb", str(qemu_virt_dtb)]
     assert release_command(device) == [sys.executable, "-m", "platpass", "release",
-                                       "/pl061@9030000"]
+                                       "/pl031@9010000"]
     (planned,) = plan(config)  # judged on the dtb: assignable, nothing bound
-    assert planned.export.node.path == "/pl061@9030000"
+    assert planned.export.node.path == "/pl031@9010000"
+    # The PL061 is the power button's bank on QEMU virt (gpio-keys): up refuses it with
+    # the host-use evidence before anything is started.
+    refused = parse_config(f'[[device]]\nnode = "/pl061@9030000"\nsource = "dtb"\n'
+                           f'firmware = "{qemu_virt_dtb}"\nbackend = "vfio"\n'
+                           f'socket = "{tmp_path}/gpio.sock"\n', tmp_path / "g.toml")
+    with pytest.raises(ConfigError, match="REFUSED_HOST_IN_USE: host-consumer: "
+                                          "/gpio-keys/poweroff gpios -> /pl061@9030000"):
+        plan(refused)
 
 
 def test_check_does_not_probe_sockets_systemd_already_holds(tmp_path: Path) -> None:

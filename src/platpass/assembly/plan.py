@@ -61,13 +61,16 @@ class Export:
 
 def assess(tree: DeviceTree, registry: DriverRegistry | None = None, *,
            groups: Iterable[Iterable[str]] = (),
-           overrides: Mapping[str, Iterable[str]] | None = None) -> dict[str, Assessment]:
+           overrides: Mapping[str, Iterable[str]] | None = None,
+           live: Mapping[str, Iterable[tuple[str, str]]] | None = None
+           ) -> dict[str, Assessment]:
     """Every device node's assessment, by path; ``groups`` (nodes that go to one guest
-    together) and ``overrides`` (host-use rules waived per node) as
-    :func:`~platpass.firmware.verdict.assess_tree` takes them."""
+    together), ``overrides`` (host-use rules waived per node) and ``live`` (the running
+    kernel's view of who uses a device) as :func:`~platpass.firmware.verdict.assess_tree`
+    takes them."""
     registry = registry if registry is not None else default_registry()
     return {a.node.path: a for a in assess_tree(tree, registry, groups=groups,
-                                                overrides=overrides)}
+                                                overrides=overrides, live=live)}
 
 
 def choose_exports(tree: DeviceTree, paths: Sequence[str], *, everything_assignable: bool,

@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from platpass.assembly import (
     load_tree,
 )
 from platpass.assembly.plan import assess
+from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
@@ -63,6 +65,7 @@ from platpass.errors import HostError
 from platpass.firmware.verdict import Assessment
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
+from platpass.host.live_use import live_host_use
 from platpass.host.privilege import RunAs
 from platpass.host.safepath import open_append
 from platpass.host.sysfs import SysfsDevice, device_for_node
@@ -70,12 +73,18 @@ from platpass.vfio_user.server import SocketOptions
 
 log = logging.getLogger(__name__)
 
-def _assess(node_path: str, dtb: str | None) -> Assessment:
-    """The assessment of ``node_path`` on the live tree (or ``dtb``)."""
+def _assess(node_path: str, dtb: str | None,
+            overrides: Iterable[tuple[str, frozenset[str]]] = ()) -> Assessment:
+    """The assessment of ``node_path`` on the live tree (or ``dtb``), with the user's
+    ``--override`` waivers; on the live tree the running kernel's view of who uses the
+    device counts too."""
     tree = load_tree(TreeSource("dtb", Path(dtb)) if dtb else TreeSource("live"))
-    assessment = assess(tree).get(node_path)
+    live = None if dtb else live_host_use([node_path])
+    assessment = assess(tree, overrides=overrides_for(tree, overrides),
+                        live=live).get(node_path)
     if assessment is None:
         raise HostError(f"{node_path}: not a device node of the device tree")
+    log_waivers(tree.source, [assessment])
     return assessment
 
 
@@ -134,7 +143,7 @@ def assign(args: argparse.Namespace) -> int:
         raise HostError(f"{device.name} has no device-tree node")
     if args.backend == "auto":
         args.backend = binding.auto_backend(device.bus)
-    assessment = _assess(node_path, args.dtb)
+    assessment = _assess(node_path, args.dtb, args.override)
     warnings: list[str] = []
     if not assessment.may_assign:
         reasons = assessment.explanation
@@ -301,6 +310,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="vfio-user socket to listen on")
     parser.add_argument("--force-unsafe", action="store_true",
                         help="assign even a refused device (loud warning, recorded)")
+    add_override_option(parser)
     parser.add_argument("--foreground", action="store_true",
                         help="serve in this process instead of the background")
     parser.add_argument("--dtb", metavar="FILE",

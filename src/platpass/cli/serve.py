@@ -42,6 +42,7 @@ from platpass.assembly import (
     choose_exports,
     load_tree,
 )
+from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
@@ -184,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
               "board), --dtb FILE or --dts FILE", file=sys.stderr)
         return 2
     exports, refusals = choose_exports(tree, list(args.nodes),
-                                       everything_assignable=not args.nodes)
+                                       everything_assignable=not args.nodes,
+                                       overrides=overrides_for(tree, args.override))
+    log_waivers(tree.source, [e.assessment for e in exports])
     for refusal in refusals:
         print(f"platpass serve: refused: {refusal}", file=sys.stderr)
     if refusals and args.nodes:
@@ -269,6 +272,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="directory for one socket per device, named after the node")
     parser.add_argument("--fd", type=int, metavar="FDNUM",
                         help="inherited listening AF_UNIX socket for the one device")
+    add_override_option(parser)
     parser.add_argument("--backend", choices=("sim", "uio", "vfio"),
                         help="how the device is reached (default: sim with --sim, else uio)")
     parser.add_argument("--pci", metavar="auto|VVVV:DDDD",

@@ -15,7 +15,8 @@ def run(kernel_scenario):
 
 
 @pytest.mark.parametrize("name", ["scan.live_json", "scan.pl031_assignable",
-                                  "scan.pl061_assignable",
+                                  "scan.pl061_host_in_use",
+                                  "scan.pl061_assignable_when_waived",
                                   "scan.virtio_mmio_refused_bus_master"])
 def test_live_scan_verdicts(run, name: str) -> None:
     run.check(name)

@@ -104,7 +104,8 @@ def late_failure_rolls_back() -> None:
     PL061 back on pl061_gpio."""
     gpio = SysfsDevice("amba", "9030000.pl061")
     before = gpio.driver
-    out = platpass("assign", "/pl061@9030000", "--backend", "vfio", "--socket", "/run/g.sock")
+    out = platpass("assign", "/pl061@9030000", "--backend", "vfio", "--socket", "/run/g.sock",
+                   "--override", "/pl061@9030000=host-consumer,live-consumer")
     check("amba.late_failure_rolls_back", before == "pl061_gpio" and out.returncode == 1
           and gpio.driver == "pl061_gpio" and gpio.driver_override is None and not state()
           and not os.path.exists("/run/g.sock") and "DEVICE_SET_IRQS" in out.stderr,

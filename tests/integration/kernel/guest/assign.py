@@ -26,7 +26,10 @@ GPIO = SysfsDevice("platform", "9030000.pl061")
 STATE = "/run/platpass/assignments.json"
 #: Extra ``assign`` arguments: --force-unsafe while a node's driver is missing, so the
 #: plumbing is still exercised (the scan checks report the verdict on their own).
-FORCE: dict[str, list[str]] = {"/pl031@9010000": [], "/pl061@9030000": []}
+#: The PL061's line 3 is QEMU virt's power button (gpio-keys): a host consumer, which the
+#: scenario waives knowingly (it raises the line through that button).
+WAIVE_PL061 = ["--override", "/pl061@9030000=host-consumer,live-consumer"]
+FORCE: dict[str, list[str]] = {"/pl031@9010000": [], "/pl061@9030000": WAIVE_PL061}
 IDS = {"pl031": [0x31, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1],
        "pl061": [0x61, 0x10, 0x04, 0x00, 0x0D, 0xF0, 0x05, 0xB1]}
 GPIODIR, GPIOIS, GPIOIBE, GPIOIEV, GPIOIE, GPIORIS, GPIOMIS, GPIOIC = (
@@ -93,12 +96,25 @@ def scan() -> None:
         verdicts[path] = entry.get("verdict")
     assignable = ("ASSIGNABLE", "ASSIGNABLE_WITH_TRAPS")
     for node in FORCE:
-        if verdicts.get(node) not in assignable:
+        if node != "/pl061@9030000" and verdicts.get(node) not in assignable:
             FORCE[node] = ["--force-unsafe"]
     check("scan.pl031_assignable", verdicts.get("/pl031@9010000") in assignable,
           verdict=verdicts.get("/pl031@9010000"))
-    check("scan.pl061_assignable", verdicts.get("/pl061@9030000") in assignable,
-          verdict=verdicts.get("/pl061@9030000"))
+    pl061 = next((e for e in data if isinstance(e, dict)
+                  and e.get("path") == "/pl061@9030000"), {})
+    check("scan.pl061_host_in_use", verdicts.get("/pl061@9030000") == "REFUSED_HOST_IN_USE"
+          and any("gpio-keys" in r for r in pl061.get("reasons", []))
+          and any(c.get("consumer", "").startswith("/gpio-keys")
+                  for c in pl061.get("consumers", [])),
+          verdict=verdicts.get("/pl061@9030000"), reasons=pl061.get("reasons"))
+    waived = platpass("scan", "--live", "--json", *WAIVE_PL061)
+    try:
+        again = {e["path"]: e["verdict"] for e in json.loads(waived.stdout)}
+    except (ValueError, KeyError, TypeError):
+        again = {}
+    check("scan.pl061_assignable_when_waived", again.get("/pl061@9030000") in assignable
+          and "waived by the user" in waived.stderr,
+          verdict=again.get("/pl061@9030000"), stderr=waived.stderr[-1500:])
     check("scan.virtio_mmio_refused_bus_master",
           verdicts.get("/virtio_mmio@a000000") == "REFUSED_BUS_MASTER",
           verdict=verdicts.get("/virtio_mmio@a000000"), sample=text[:300])
