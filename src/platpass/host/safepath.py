@@ -47,6 +47,7 @@ __all__ = [
     "make_owned_directory",
     "open_append",
     "open_directory",
+    "require_trusted_directory",
     "write_file_replacing",
 ]
 
@@ -75,6 +76,16 @@ def check_trusted_directory(fd: int, path: Path, owners: tuple[int, ...] = ()) -
     if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != 0):
         raise HostError(f"{path} is writable by other users (mode {mode:04o}); refusing "
                         "to create files there (chmod go-w it, or choose another directory)")
+
+
+def require_trusted_directory(path: Path, owners: tuple[int, ...] = ()) -> None:
+    """:func:`check_trusted_directory` for a directory named by path (HostError when it
+    is missing, not a directory, or another user could write it)."""
+    fd = open_directory(path)
+    try:
+        check_trusted_directory(fd, path, owners)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -270,20 +270,13 @@ def _check_places(check: _Checker, run_dir: Path, name: str,
     """What ``up`` would refuse about the places it creates files in, found without
     creating anything (so ``up --check`` refuses everything ``up`` would)."""
     from platpass.errors import HostError
-    from platpass.host.safepath import check_trusted_directory, open_directory
+    from platpass.host.safepath import require_trusted_directory
 
     def trusted(where: str, directory: Path, owners: tuple[int, ...] = ()) -> None:
         try:
-            fd = open_directory(directory)
+            require_trusted_directory(directory, owners)
         except HostError as err:
             check.fail(where, str(err))
-            return
-        try:
-            check_trusted_directory(fd, directory, owners)
-        except HostError as err:
-            check.fail(where, str(err))
-        finally:
-            os.close(fd)
 
     # run_dir: up creates it (with its parents) and refuses one others may write.
     existing = run_dir

@@ -49,9 +49,8 @@ from platpass.errors import ConfigError, OpsError, PlatpassError
 from platpass.firmware.devicetree import DeviceTree
 from platpass.host.privilege import RunAs
 from platpass.host.safepath import (
-    check_trusted_directory,
     open_append,
-    open_directory,
+    require_trusted_directory,
     write_file_replacing,
 )
 from platpass.ops import activation
@@ -288,11 +287,7 @@ def _prepare_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as err:
         raise OpsError(f"cannot create run_dir {run_dir}: {err.strerror}") from err
-    fd = open_directory(run_dir)
-    try:
-        check_trusted_directory(fd, run_dir)
-    finally:
-        os.close(fd)
+    require_trusted_directory(run_dir)
 
 
 # -- background up / down ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from platpass.errors import VmmError
-from platpass.host.safepath import check_trusted_directory, open_directory
+from platpass.host.safepath import require_trusted_directory
 from platpass.inputs import run_tool
 from platpass.vmm.kvm import RunStopped, Vm
 
@@ -96,11 +96,7 @@ def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = base / "platpass" / "guests"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = open_directory(path)
-    try:
-        check_trusted_directory(fd, path)
-    finally:
-        os.close(fd)
+    require_trusted_directory(path)
     return path
 
 
