@@ -65,6 +65,29 @@ def test_run_forever_stops_from_callback(reactor: EpollReactor) -> None:
     reactor.run_forever()
 
 
+def test_run_forever_serves_readers_and_timers_in_order(reactor: EpollReactor) -> None:
+    """run_forever is its own loop (not run_once): it must dispatch readers, run due
+    timers in order, skip cancelled ones and wait for the next timer, not spin past it."""
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    order: list[str] = []
+
+    def on_event() -> None:
+        os.eventfd_read(efd)
+        order.append("reader")
+        reactor.call_later(0.03, lambda: (order.append("late"), reactor.stop()))
+
+    reactor.add_reader(efd, on_event)
+    reactor.call_later(0.0, lambda: (order.append("early"), os.eventfd_write(efd, 1)))
+    reactor.call_later(0.01, lambda: order.append("cancelled")).cancel()
+    reactor.call_later(60.0, lambda: pytest.fail("a far timer ran"))
+    start = reactor.time()
+    reactor.run_forever()
+    assert order == ["early", "reader", "late"]
+    assert reactor.time() - start >= 0.03
+    reactor.remove_reader(efd)
+    os.close(efd)
+
+
 def test_a_signal_stops_run_forever_and_close_restores_the_wakeup_fd() -> None:
     import signal as _signal
 

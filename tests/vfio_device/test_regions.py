@@ -15,7 +15,7 @@ from platpass.errors import VfioError
 from platpass.firmware.model import DeviceNode, Trigger
 from platpass.host.backend import MapSource
 from platpass.reactor import EpollReactor
-from platpass.vfio_device.device import VfioDevice
+from platpass.vfio_device.device import MAX_REMEMBERED_ACCESSES, VfioDevice
 from platpass.vfio_device.regions import SparseArea, mappable_areas
 from platpass.vfio_device.uapi import DeviceFlags, RegionFlags
 
@@ -224,3 +224,65 @@ def test_trapped_bytes_reach_only_the_driver(size: int, offset: int, write: bool
     finally:
         dev.close()
         reactor.close()
+
+
+def test_a_repeated_access_takes_the_route_of_the_first(reactor: EpollReactor) -> None:
+    """The device remembers each valid access's route (trap, backend or split): the
+    second and later accesses must reach exactly what the first reached, and count."""
+    backend = LineBackend()
+    node = make_node()
+    driver = RecordingDriver(node)
+    dev = VfioDevice(node, driver, backend, reactor)
+    for b in range(0x30, 0x80):
+        backend.write(0, b, 1, 0xA0 | (b & 0xF))
+    accesses = [(offset, size) for size in (1, 2, 4, 8)
+                for offset in range(0x30, 0x80, size)]
+    seen = []
+    for _round in range(3):
+        outcome = []
+        for offset, size in accesses:
+            backend.log.clear()
+            driver.bytes_seen.clear()
+            value = dev.read(0, offset, size)
+            dev.write(0, offset, size, value)  # write back what was read: nothing moves
+            outcome.append((value, list(backend.log), set(driver.bytes_seen)))
+        seen.append(outcome)
+    assert seen[0] == seen[1] == seen[2]
+    assert dev.remembered_accesses == 2 * len(accesses)
+    stats = dev.stats
+    routed_reads = stats.trapped_reads + stats.backend_reads
+    # every access counted each time (a split access counts each of its pieces)
+    assert routed_reads >= 3 * len(accesses)
+    assert routed_reads == stats.trapped_writes + stats.backend_writes
+
+
+def test_a_remembered_access_is_still_checked(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor)
+    dev.write(0, 0x10, 1, 0x5A)
+    assert dev.read(0, 0x10, 1) == 0x5A
+    backend.log.clear()
+    for value in (0x100, -1):  # too wide for the remembered 1-byte access
+        with pytest.raises(VfioError) as err:
+            dev.write(0, 0x10, 1, value)
+        assert err.value.errno == errno.EINVAL
+    assert backend.log == []
+    dev.close()
+    for call in (lambda: dev.read(0, 0x10, 1), lambda: dev.write(0, 0x10, 1, 1)):
+        with pytest.raises(VfioError) as err:
+            call()
+        assert err.value.errno == errno.ENODEV
+    assert dev.remembered_accesses == 0
+
+
+def test_remembered_routes_are_bounded(reactor: EpollReactor) -> None:
+    dev, backend = device(reactor, sizes=(0x4000,))
+    words = 0x4000 // 4 - 1  # more distinct accesses than the device remembers
+    assert words > MAX_REMEMBERED_ACCESSES
+    for index in range(1, words):
+        if index * 4 != 0x48:
+            backend.write(0, index * 4, 4, index)
+    for _round in range(2):
+        for index in range(1, words):
+            expected = 0 if index * 4 == 0x48 else index  # 0x48: QuietDriver's trap
+            assert dev.read(0, index * 4, 4) == expected
+    assert dev.remembered_accesses == MAX_REMEMBERED_ACCESSES

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from platpass.drivers.common import PlatformDriver, Trap
@@ -57,6 +58,12 @@ __all__ = [
 ]
 
 _ACCESS_SIZE_SET = frozenset(ACCESS_SIZES)
+#: size -> the first value that does not fit in it.
+_VALUE_LIMIT = {size: 1 << (8 * size) for size in ACCESS_SIZES}
+#: Routed accesses remembered per device and direction (see VfioDevice._plan_read): a
+#: device has a few dozen registers; a client sweeping a large region must not make the
+#: server remember every offset of it.
+MAX_REMEMBERED_ACCESSES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,10 @@ class VfioDevice:
             passthrough if passthrough is not None else IrqController(levels, backend, reactor))
         self._stats = DeviceStats(irqs=tuple(line.stats for line in self.irqs.lines))
         self._closed = False
+        #: (region, offset, size) -> the routed access (valid accesses only; emptied by
+        #: close(), so a closed device's accesses all take the checked path: ENODEV).
+        self._read_plans: dict[tuple[int, int, int], Callable[[], int]] = {}
+        self._write_plans: dict[tuple[int, int, int], Callable[[int], None]] = {}
         self._region_infos = tuple(self._build_region_info(r) for r in range(len(self._regions)))
         if passthrough is None:
             backend.attach(reactor, self.irqs)
@@ -163,6 +174,12 @@ class VfioDevice:
         return self.irqs.info(index)
 
     @property
+    def remembered_accesses(self) -> int:
+        """How many distinct (region, offset, size) accesses have their route remembered,
+        reads and writes together (at most ``2 * MAX_REMEMBERED_ACCESSES``)."""
+        return len(self._read_plans) + len(self._write_plans)
+
+    @property
     def stats(self) -> DeviceStats:
         """Live counters (the object is updated in place)."""
         return self._stats
@@ -185,28 +202,70 @@ class VfioDevice:
 
     def read(self, region: int, offset: int, size: int) -> int:
         """Read ``size`` bytes (little-endian value). EINVAL for a bad region/offset/size."""
+        plan = self._read_plans.get((region, offset, size))
+        if plan is not None:
+            return plan()
         self._check_access(region, offset, size)
-        end = offset + size
-        for start, stop in self._trap_spans[region]:
-            if start < end and offset < stop:
-                return self._read(region, offset, size)
-        self._stats.backend_reads += 1
-        return self.backend.read(region, offset, size)
+        return self._plan_read(region, offset, size)()
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
         """Write ``size`` bytes. EINVAL for a bad region/offset/size or a value that does not
         fit in ``size`` bytes."""
-        self._check_access(region, offset, size)
-        if not 0 <= value < 1 << (8 * size):
+        plan = self._write_plans.get((region, offset, size))
+        if plan is None:
+            self._check_access(region, offset, size)
+            plan = self._plan_write(region, offset, size)
+        if not 0 <= value < _VALUE_LIMIT[size]:
             self._stats.refused += 1
             raise VfioError(errno.EINVAL, f"value {value:#x} does not fit in {size} bytes")
-        end = offset + size
-        for start, stop in self._trap_spans[region]:
-            if start < end and offset < stop:
-                self._write(region, offset, size, value)
-                return
-        self._stats.backend_writes += 1
-        self.backend.write(region, offset, size, value)
+        plan(value)
+
+    # An access is routed (driver trap, backend, or split) the same way every time: the
+    # route of each valid access is worked out once and kept as a closure, so a register
+    # read the guest repeats costs one dict look-up and the handler itself. Bounded: past
+    # MAX_REMEMBERED_ACCESSES distinct accesses per direction, new ones are routed on each call.
+
+    def _plan_read(self, region: int, offset: int, size: int) -> Callable[[], int]:
+        stats = self._stats
+        trap, inside = self._trap_for(region, offset, size)
+        if trap is None:
+            backend_read = self.backend.read
+
+            def plan() -> int:
+                stats.backend_reads += 1
+                return backend_read(region, offset, size)
+        elif inside or size == 1:
+            trap_read, backend = self.driver.trap_read, self.backend
+
+            def plan() -> int:
+                stats.trapped_reads += 1
+                return trap_read(backend, trap, region, offset, size)
+        else:
+            plan = partial(self._read, region, offset, size)
+        if len(self._read_plans) < MAX_REMEMBERED_ACCESSES:
+            self._read_plans[(region, offset, size)] = plan
+        return plan
+
+    def _plan_write(self, region: int, offset: int, size: int) -> Callable[[int], None]:
+        stats = self._stats
+        trap, inside = self._trap_for(region, offset, size)
+        if trap is None:
+            backend_write = self.backend.write
+
+            def plan(value: int) -> None:
+                stats.backend_writes += 1
+                backend_write(region, offset, size, value)
+        elif inside or size == 1:
+            trap_write, backend = self.driver.trap_write, self.backend
+
+            def plan(value: int) -> None:
+                stats.trapped_writes += 1
+                trap_write(backend, trap, region, offset, size, value)
+        else:
+            plan = partial(self._write, region, offset, size)
+        if len(self._write_plans) < MAX_REMEMBERED_ACCESSES:
+            self._write_plans[(region, offset, size)] = plan
+        return plan
 
     def _check_access(self, region: int, offset: int, size: int) -> None:
         # On every region access: plain comparisons only.
@@ -313,6 +372,8 @@ class VfioDevice:
             self._driver_reset()
         finally:
             self._closed = True
+            self._read_plans.clear()
+            self._write_plans.clear()
             self.backend.close()
 
     @property

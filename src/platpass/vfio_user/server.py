@@ -157,11 +157,9 @@ class ClientConnection:
         device = endpoint.device
         self._read = device.read
         self._write = device.write
-        self._sizes = self.session.region_sizes
-        self._nregions = len(self._sizes)
-        self._readable = tuple(bool(f & RegionFlags.READ) for f in self.session.region_flags)
-        self._writable = tuple(bool(f & RegionFlags.WRITE) for f in self.session.region_flags)
-        self._max_xfer = limits.max_data_xfer_size
+        flags = self.session.region_flags
+        self._readable = frozenset(i for i, f in enumerate(flags) if f & RegionFlags.READ)
+        self._writable = frozenset(i for i, f in enumerate(flags) if f & RegionFlags.WRITE)
 
     # ------------------------------------------------------------------ input
 
@@ -181,7 +179,7 @@ class ClientConnection:
                 self.close()
                 return
             start = 0
-            if self._fast_ready and not ancdata and not msg_flags and nbytes >= ACCESS_SIZE:
+            if self._fast_ready and nbytes >= ACCESS_SIZE and not ancdata and not msg_flags:
                 start = self._fast_path(nbytes)
                 if start == nbytes or self.closed:
                     return
@@ -217,34 +215,29 @@ class ClientConnection:
 
         A message it does not answer (anything unusual, or an access the device refuses)
         is left, with everything after it, to the full codec, which gives the full checks
-        and error replies.
+        and error replies. The device checks region, bounds and alignment itself (and
+        remembers each valid access's route), so the only check made here is the region's
+        READ/WRITE flag, the one the device does not know about.
         """
         buf = self._buf
         reply = self._reply
-        views = self._reply_views
-        read = self._read
-        write = self._write
-        sizes = self._sizes
-        nregions = self._nregions
         at = 0
         while at < nbytes:
             access = parse_request(buf, at, nbytes)
             if access is None:
                 return at
             msg_id, command, posted, region, offset, count, value = access
-            if region >= nregions or offset + count > sizes[region]:
-                return at
             try:
                 if command == _REGION_READ:
-                    if not self._readable[region]:
+                    if region not in self._readable:
                         return at
-                    value = read(region, offset, count)
-                    length = pack_read_reply(reply, msg_id, region, offset, count, value)
+                    length = pack_read_reply(reply, msg_id, region, offset, count,
+                                             self._read(region, offset, count))
                     at += ACCESS_SIZE
                 else:
-                    if not self._writable[region]:
+                    if region not in self._writable:
                         return at
-                    write(region, offset, count, value)
+                    self._write(region, offset, count, value)
                     at += ACCESS_SIZE + count
                     if posted:
                         continue
@@ -263,7 +256,7 @@ class ClientConnection:
                     self.session.failed_posted += 1
                     continue
                 length = pack_error_reply(reply, msg_id, command, errno.EIO)
-            data = views[length]
+            data = self._reply_views[length]
             if self._out:
                 self._send_now(data)  # queued behind what already waits
             else:
