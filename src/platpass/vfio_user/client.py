@@ -176,6 +176,14 @@ class VfioUserClient:
         self._send_views = {n: send_view[:n] for n in range(ACCESS_SIZE, BUFFER_SIZE + 1)}
         self._recv_buf = bytearray(1 << 16)
         self._recv_view = memoryview(self._recv_buf)
+        #: The trapped-access fast path's per-call look-ups, bound once.
+        self._read_request = self._send_views[ACCESS_SIZE]
+        self._sendall = sock.sendall
+        self._recv_into = sock.recv_into
+        #: The framer holds nothing (its ``idle``), kept here so the fast path does not
+        #: ask it on every access: cleared whenever bytes go to the framer, set again once
+        #: a message has been taken out of it and it is idle.
+        self._fast_ok = True
         self.server_version: m.Version | None = None
         self.server_caps: dict[str, Any] = {}
         self.closed = False
@@ -257,6 +265,7 @@ class VfioUserClient:
         while True:
             event = self._framer.next_event()
             if isinstance(event, Message):
+                self._fast_ok = self._framer.idle
                 return event
             if isinstance(event, Rejected):
                 for fd in event.fds:
@@ -270,6 +279,7 @@ class VfioUserClient:
                                                                    self._anc_size)
             except OSError as err:
                 self._lose(err, "receive")
+            self._fast_ok = False
             self._framer.receive_data(self._recv_view[:nbytes], received_fds(ancdata),
                                       fds_truncated=bool(flags & socket.MSG_CTRUNC))
 
@@ -396,13 +406,13 @@ class VfioUserClient:
         """Trapped register read (fast path: one send, one recv_into).
 
         Raises VfioError (refused), ConnectionLost."""
-        if not self._framer.idle:
+        if not self._fast_ok:
             return int.from_bytes(self.read_bytes(region, offset, size), "little")
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
         pack_read(self._send_buf, msg_id, region, offset, size)
         try:
-            self.sock.sendall(self._send_views[ACCESS_SIZE])
-            nbytes = self.sock.recv_into(self._recv_buf)
+            self._sendall(self._read_request)
+            nbytes = self._recv_into(self._recv_buf)
         except OSError as err:
             self._lose(err, "REGION_READ")
         value = read_reply_value(self._recv_buf, nbytes, msg_id, size)
@@ -417,17 +427,17 @@ class VfioUserClient:
         for the reply (see :meth:`post_write`).
 
         Raises VfioError (refused; never for a posted write), ConnectionLost."""
-        if size > _MAX_ONE or not self._framer.idle:
+        if size > _MAX_ONE or not self._fast_ok:
             self.write_bytes(region, offset, value.to_bytes(size, "little"), no_reply=posted)
             return
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
         length = pack_write(self._send_buf, msg_id, region, offset, size, value,
                             posted=posted)
         try:
-            self.sock.sendall(self._send_views[length])
+            self._sendall(self._send_views[length])
             if posted:
                 return
-            nbytes = self.sock.recv_into(self._recv_buf)
+            nbytes = self._recv_into(self._recv_buf)
         except OSError as err:
             self._lose(err, "REGION_WRITE")
         if not is_write_reply(self._recv_buf, nbytes, msg_id):
@@ -445,6 +455,7 @@ class VfioUserClient:
         """The fast path got something else: hand the bytes to the framer and wait."""
         if nbytes == 0:
             self._lose(None, command.name)
+        self._fast_ok = False
         self._framer.receive_data(bytes(self._recv_view[:nbytes]))
         while True:
             reply = self._receive()

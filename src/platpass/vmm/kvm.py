@@ -41,7 +41,7 @@ from platpass.vmm.kvm_uapi import (
     IRQFD,
     KVM_API_VERSION,
     RUN_IO,
-    RUN_MMIO,
+    RUN_MMIO_ACCESS,
     USERSPACE_MEMORY_REGION,
     Cap,
     Exit,
@@ -63,6 +63,10 @@ _MMIO_DATA = int(RunOffset.MMIO_DATA)
 _IO_DIRECTION = int(RunOffset.IO_DIRECTION)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+#: Access width -> (the mask of a value of that width, its little-endian layout): an MMIO
+#: read's answer goes into ``kvm_run`` with one pack_into, no bytes object.
+_MMIO_VALUE = {size: ((1 << (8 * size)) - 1, struct.Struct("<" + code))
+               for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))}
 #: ``exit_reason`` value -> :class:`Exit`, looked up without constructing the enum.
 _EXITS: dict[int, Exit] = {int(e): e for e in Exit}
 _EXIT_MMIO = Exit.MMIO
@@ -538,8 +542,14 @@ class Vcpu:
         timer.start()
         by_reason = self.vm.exits.by_reason
         area = self.run_area
-        # Locals: this loop runs once per guest exit.
+        # Locals: this loop runs once per guest exit. An MMIO exit (a trapped register) is
+        # decoded and answered here, without a call per layer: the access from kvm_run's
+        # offsets, the handler by address, the read's value packed straight back.
         ioctl, fd, exits, exit_reason = fcntl.ioctl, self.fd, _EXITS, _U32.unpack_from
+        mmio_access = RUN_MMIO_ACCESS.unpack_from
+        find = self.vm._mmio.find
+        mmio_by_label = self.vm.exits.mmio_by_label
+        value_layouts = _MMIO_VALUE
         try:
             while True:
                 try:
@@ -558,7 +568,25 @@ class Vcpu:
                 if on_exit is not None:
                     on_exit(reason)
                 if reason is _EXIT_MMIO:
-                    self._mmio()
+                    address, length, is_write = mmio_access(area, _MMIO_PHYS_ADDR)
+                    target = find(address)
+                    if target is None:
+                        raise VmmError(
+                            f"vCPU {self.index}: guest {'wrote' if is_write else 'read'} "
+                            f"{length} bytes at {address:#x}, where nothing is mapped")
+                    mmio_by_label[target.label] += 1
+                    handler: MmioHandler = target.handler  # type: ignore[assignment]
+                    if is_write:
+                        handler.mmio_write(address, length, int.from_bytes(
+                            area[_MMIO_DATA:_MMIO_DATA + length], "little"))
+                        continue
+                    value = handler.mmio_read(address, length)
+                    layout = value_layouts.get(length)
+                    if layout is not None:
+                        layout[1].pack_into(area, _MMIO_DATA, value & layout[0])
+                    else:  # not a width a load has; kept general all the same
+                        area[_MMIO_DATA:_MMIO_DATA + length] = (
+                            value & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
                 elif reason is _EXIT_IO:
                     self._pio()
                 elif reason is Exit.INTR:
@@ -582,22 +610,6 @@ class Vcpu:
         except VmmError:
             regs = "registers unavailable"
         return f"vCPU {self.index}: unhandled exit {reason.name} (data {detail:#x}; {regs})"
-
-    def _mmio(self) -> None:
-        area = self.run_area
-        address, data, length, is_write = RUN_MMIO.unpack_from(area, _MMIO_PHYS_ADDR)
-        target = self.vm._mmio.find(address)
-        if target is None:
-            raise VmmError(f"vCPU {self.index}: guest {'wrote' if is_write else 'read'} "
-                           f"{length} bytes at {address:#x}, where nothing is mapped")
-        self.vm.exits.mmio_by_label[target.label] += 1
-        handler: MmioHandler = target.handler  # type: ignore[assignment]
-        if is_write:
-            handler.mmio_write(address, length, int.from_bytes(data[:length], "little"))
-        else:
-            value = handler.mmio_read(address, length)
-            area[_MMIO_DATA:_MMIO_DATA + length] = (
-                value & ((1 << (8 * length)) - 1)).to_bytes(length, "little")
 
     def _pio(self) -> None:
         area = self.run_area

@@ -188,11 +188,14 @@ class _TrappedRange:
         self.owner = owner
         self.region = region
         self.guest_base = guest_base
+        # Bound once: every trapped guest load comes through mmio_read.
+        self._stats = owner.stats
+        self._read = owner.channel.read
 
     def mmio_read(self, address: int, size: int) -> int:
-        self.owner.stats.forwarded_reads += 1
+        self._stats.forwarded_reads += 1
         try:
-            return self.owner.channel.read(self.region, address - self.guest_base, size)
+            return self._read(self.region, address - self.guest_base, size)
         except VfioError:
             self.owner.stats.refused += 1
             return (1 << (8 * size)) - 1
