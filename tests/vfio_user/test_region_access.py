@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from platpass.vfio_user.protocol import (
@@ -31,6 +31,7 @@ from platpass.vfio_user.protocol.region_access import (
     ACCESS_SIZE,
     ACCESS_SIZES,
     BUFFER_SIZE,
+    answer_read,
     is_write_reply,
     pack_error_reply,
     pack_read,
@@ -144,6 +145,45 @@ def test_server_parses_what_the_full_codec_decodes(access: tuple[int, ...], writ
     # Cut anywhere: not a whole message, so not the fast path's.
     for end in range(len(prefix), len(prefix) + len(wire)):
         assert parse_request(prefix + wire, len(prefix), end) is None
+
+
+@given(u16, st.sampled_from([Command.REGION_READ, Command.REGION_WRITE]), u32,
+       st.one_of(st.integers(0, (1 << 61) - 1).map(lambda n: n * 8), u64),
+       st.one_of(sizes, st.integers(0, 16)), st.one_of(st.just(0), st.integers(0, 0x3F)),
+       st.booleans())
+@example(7, Command.REGION_READ, 0, 0x48, 4, 0, True)
+def test_answer_read_answers_exactly_the_reads_parse_request_accepts(
+        msg_id: int, command: Command, region: int, offset: int, count: int, flags: int,
+        readable: bool) -> None:
+    """answer_read is parse_request's read case plus the reply: it answers a message
+    only when parse_request would take it as a read (and the region is readable), with
+    the full codec's reply bytes, and calls the device only then."""
+    data = bytes(count) if command == Command.REGION_WRITE else b""
+    wire = _command(command, RegionRead(offset, region, count).encode() + data, msg_id, flags)
+    value = 0x0123_4567_89AB_CDEF & ((1 << (8 * count)) - 1) if count in ACCESS_SIZES else 0
+    calls = []
+
+    def read(r: int, o: int, c: int) -> int:
+        calls.append((r, o, c))
+        return value
+
+    reply = bytearray(BUFFER_SIZE)
+    regions = {region} if readable else {region + 1}
+    prefix = b"\x5a" * 3
+    length = answer_read(prefix + wire, len(prefix), len(prefix) + len(wire), reply, read,
+                         regions)
+    parsed = parse_request(wire, 0, len(wire))
+    if not (readable and parsed is not None and parsed[1] == Command.REGION_READ):
+        assert (length, calls) == (0, [])
+        return
+    assert calls == [(region, offset, count)]
+    header = reply_header(Header.decode(wire), count + 16)
+    full = header.encode() + RegionReadReply(offset, region, count,
+                                             value.to_bytes(count, "little")).encode()
+    assert bytes(reply[:length]) == full
+    for end in range(len(prefix), len(prefix) + len(wire)):  # cut: never answered
+        assert answer_read(prefix + wire, len(prefix), end, reply, read, regions) == 0
+    assert len(calls) == 1
 
 
 @given(u16, st.sampled_from([Command.REGION_READ, Command.REGION_WRITE]), u64,

@@ -75,10 +75,11 @@ from platpass.vfio_user.protocol.connection import (
 )
 from platpass.vfio_user.protocol.header import Command
 from platpass.vfio_user.protocol.region_access import (
+    ACCESS,
     ACCESS_SIZE,
     BUFFER_SIZE,
+    answer_read,
     pack_error_reply,
-    pack_read_reply,
     pack_write_reply,
     parse_request,
 )
@@ -217,45 +218,48 @@ class ClientConnection:
         is left, with everything after it, to the full codec, which gives the full checks
         and error replies. The device checks region, bounds and alignment itself (and
         remembers each valid access's route), so the only check made here is the region's
-        READ/WRITE flag, the one the device does not know about.
+        READ/WRITE flag, the one the device does not know about. A read, the access a
+        guest waits for, is one codec call (:func:`answer_read`); anything else is parsed
+        by :func:`parse_request` first.
         """
         buf = self._buf
         reply = self._reply
         at = 0
         while at < nbytes:
-            access = parse_request(buf, at, nbytes)
-            if access is None:
-                return at
-            msg_id, command, posted, region, offset, count, value = access
             try:
-                if command == _REGION_READ:
-                    if region not in self._readable:
-                        return at
-                    length = pack_read_reply(reply, msg_id, region, offset, count,
-                                             self._read(region, offset, count))
-                    at += ACCESS_SIZE
-                else:
-                    if region not in self._writable:
-                        return at
-                    self._write(region, offset, count, value)
-                    at += ACCESS_SIZE + count
-                    if posted:
-                        continue
-                    length = pack_write_reply(reply, msg_id, region, offset, count)
+                length = answer_read(buf, at, nbytes, reply, self._read, self._readable)
             except VfioError:
                 return at  # the device refused before acting: the full path replies
             except (HostError, OSError) as err:
-                # The backend failed (e.g. the device went away under UIO): answer EIO
-                # here rather than retry the access on the full path or drop the client.
-                self.session.log.warning(
-                    "%s: %s%s of %d bytes at %#x failed in the backend: %s",
-                    self.endpoint.name, "posted " if posted else "",
-                    Command(command).name, count, offset, err)
-                at += ACCESS_SIZE if command == _REGION_READ else ACCESS_SIZE + count
-                if posted:
-                    self.session.failed_posted += 1
-                    continue
-                length = pack_error_reply(reply, msg_id, command, errno.EIO)
+                msg_id = self._backend_failed(_REGION_READ, False, buf, at, err)
+                at += ACCESS_SIZE
+                length = pack_error_reply(reply, msg_id, _REGION_READ, errno.EIO)
+            else:
+                if length:
+                    at += ACCESS_SIZE
+                else:  # not a plain read: a write, or something for the full codec
+                    access = parse_request(buf, at, nbytes)
+                    if access is None:
+                        return at
+                    msg_id, command, posted, region, offset, count, value = access
+                    if command == _REGION_READ or region not in self._writable:
+                        return at  # a read answer_read declined (flag): full path
+                    try:
+                        self._write(region, offset, count, value)
+                    except VfioError:
+                        return at
+                    except (HostError, OSError) as err:
+                        self._backend_failed(command, posted, buf, at, err)
+                        at += ACCESS_SIZE + count
+                        if posted:
+                            self.session.failed_posted += 1
+                            continue
+                        length = pack_error_reply(reply, msg_id, command, errno.EIO)
+                    else:
+                        at += ACCESS_SIZE + count
+                        if posted:
+                            continue
+                        length = pack_write_reply(reply, msg_id, region, offset, count)
             data = self._reply_views[length]
             if self._out:
                 self._send_now(data)  # queued behind what already waits
@@ -274,6 +278,18 @@ class ClientConnection:
             if self.closed:
                 return nbytes
         return at
+
+    def _backend_failed(self, command: int, posted: bool, buf: bytearray, at: int,
+                        err: Exception) -> int:
+        """Log an access of the fast path (the message at ``buf[at:]``) that failed in
+        the backend (e.g. the device went away under UIO); returns its message id. The
+        caller answers it EIO (or counts it, posted) rather than retry it on the full
+        path or take it as the client's fault."""
+        msg_id, _c, _s, _f, _e, offset, _r, count = ACCESS.unpack_from(buf, at)
+        self.session.log.warning("%s: %s%s of %d bytes at %#x failed in the backend: %s",
+                                 self.endpoint.name, "posted " if posted else "",
+                                 Command(command).name, count, offset, err)
+        return int(msg_id)
 
     def _drain_events(self) -> None:
         while not self.closed:

@@ -16,6 +16,7 @@ it; the value travels little-endian, as the device sees it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Container
 
 from platpass.vfio_device.uapi import ACCESS_SIZES
 from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, HeaderFlags, MessageType
@@ -111,6 +112,30 @@ def parse_request(buf: bytearray | bytes, at: int, end: int
             _WITH_VALUE[count].unpack_from(buf, at)[8])
 
 
+def answer_read(buf: bytearray | bytes, at: int, end: int, reply: bytearray,
+                read: Callable[[int, int, int], int], readable: Container[int]) -> int:
+    """Answer the message at ``buf[at:end]`` when it is a single-access REGION_READ of a
+    region in ``readable``: ``read(region, offset, count)`` gives the value, the successful
+    reply goes into ``reply``; returns the reply's length (the request's is
+    ``ACCESS_SIZE``). Returns 0, calling nothing, for any other message (then
+    :func:`parse_request` and the full codec take it).
+
+    The server's hot path: a trapped register read is one call here, with the checks of
+    :func:`parse_request` for a read. An exception from ``read`` propagates, and the
+    request then counts as not answered.
+    """
+    if end - at < ACCESS_SIZE:
+        return 0
+    msg_id, command, size, flags, _err, offset, region, count = ACCESS.unpack_from(buf, at)
+    if (command != _READ or flags or size != ACCESS_SIZE or region not in readable
+            or count not in _SIZES or offset % count):
+        return 0
+    length: int = ACCESS_SIZE + count  # typed at no cost (struct gives Any)
+    _WITH_VALUE[count].pack_into(reply, 0, msg_id, _READ, length, _REPLY, 0, offset, region,
+                                 count, read(region, offset, count))
+    return length
+
+
 def read_reply_value(buf: bytearray | bytes, nbytes: int, msg_id: int, count: int
                      ) -> int | None:
     """The value in ``buf[:nbytes]`` when it is exactly the successful reply to REGION_READ
@@ -142,6 +167,7 @@ __all__ = [
     "ACCESS_SIZE",
     "ACCESS_SIZES",
     "BUFFER_SIZE",
+    "answer_read",
     "is_write_reply",
     "pack_error_reply",
     "pack_read",
