@@ -191,6 +191,7 @@ class _TrappedRange:
         # Bound once: every trapped guest load comes through mmio_read.
         self._stats = owner.stats
         self._read = owner.channel.read
+        self._write = owner.channel.write
 
     def mmio_read(self, address: int, size: int) -> int:
         self._stats.forwarded_reads += 1
@@ -204,9 +205,9 @@ class _TrappedRange:
                            f"{address:#x} failed: {err}") from err
 
     def mmio_write(self, address: int, size: int, value: int) -> None:
-        self.owner.stats.forwarded_writes += 1
+        self._stats.forwarded_writes += 1
         try:
-            self.owner.channel.write(self.region, address - self.guest_base, size, value)
+            self._write(self.region, address - self.guest_base, size, value)
         except VfioError:
             self.owner.stats.refused += 1
         except (PlatpassError, OSError) as err:
