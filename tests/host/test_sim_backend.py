@@ -185,3 +185,46 @@ def test_closed_backend_refuses_access_and_stops_timers():
     with pytest.raises(HostError):
         backend.read(0, 0, 4)
     backend.close()                                   # idempotent
+
+
+def test_a_repeated_quiet_read_is_still_a_boundary_and_still_live(rtc):
+    """The backend remembers that a register read has no side effects, not its value:
+    a repeated read sees the model move, a mapped write pending before it is still taken
+    over (or undone) first, and a closed backend still refuses it."""
+    clock, backend, mapping = rtc
+    assert backend.read(0, Rtc.DR, 4) == 500          # first read: checked, remembered
+    assert backend.read(0, Rtc.DR, 4) == 500
+    clock.advance(3.0)
+    assert backend.read(0, Rtc.DR, 4) == 503          # the model's value, read now
+    struct.pack_into("<I", mapping, Rtc.DR, 0xDEAD)   # a mapped store to a read-only reg
+    assert backend.mapped_writes_pending
+    assert backend.read(0, Rtc.DR, 4) == 503          # boundary first: the store undone
+    assert not backend.mapped_writes_pending and u32(mapping, Rtc.DR) == 503
+    struct.pack_into("<I", mapping, Rtc.MR, 777)      # storage: taken over at the read
+    assert backend.read(0, Rtc.DR, 4) == 503
+    assert backend.read(0, Rtc.MR, 4) == 777
+    backend.close()
+    with pytest.raises(HostError):
+        backend.read(0, Rtc.DR, 4)
+
+
+def test_a_read_with_side_effects_is_never_taken_as_quiet():
+    """UARTDR pops the RX FIFO on every read: each read must reach the model's reader,
+    however often it is repeated (UARTFR, beside it, is quiet and live)."""
+    clock = ManualClock()
+    model = Pl011(clock)
+    backend = SimulatedBackend(model)
+    backend.write(0, 0x2C, 4, 0x70)      # UARTLCR_H: 8 bits, FIFOs on
+    backend.write(0, 0x30, 4, 0x301)     # UARTCR: UARTEN | TXE | RXE
+    assert backend.read(0, 0x18, 4) & 0x10 == 0x10                # UARTFR.RXFE: empty
+    model.inject_rx(b"abc")
+    assert [backend.read(0, 0x18, 4) & 0x10 for _ in range(2)] == [0, 0]  # data waits
+    source = backend.regions[0].map_source
+    assert source is not None
+    mirror = mmap.mmap(source.fd, 4096, offset=source.offset)
+    assert [backend.read(0, 0x00, 4) & 0xFF for _ in range(3)] == list(b"abc")
+    # Each pop was a model step: its effect was published to the mirror at once.
+    assert u32(mirror, 0x18) & 0x10 == 0x10
+    assert backend.read(0, 0x18, 4) & 0x10 == 0x10                # empty again
+    mirror.close()
+    backend.close()

@@ -55,6 +55,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 from platpass.errors import HostError
@@ -65,6 +66,8 @@ from platpass.reactor import Reactor
 T = TypeVar("T")
 PAGE_SIZE = mmap.PAGESIZE
 _FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+#: Side-effect-free accesses a backend remembers (see SimulatedBackend.read).
+_MAX_QUIET_READS = 1024
 
 
 def page_round_up(size: int) -> int:
@@ -162,6 +165,9 @@ class SimulatedBackend:
         self._reported = [False] * count
         self._edge_pending = [False] * count
         self._in_step = False
+        #: (region, offset, size) -> the model read of a valid, side-effect-free access
+        #: (see :meth:`read`).
+        self._quiet_reads: dict[tuple[int, int, int], Callable[[], int]] = {}
         self._delivering = False
         self._redeliver = False
         self._closed = False
@@ -184,6 +190,10 @@ class SimulatedBackend:
         return self.model.line_is_level
 
     def read(self, region: int, offset: int, size: int) -> int:
+        quiet = self._quiet_reads.get((region, offset, size))
+        if (quiet is not None and not self._in_step and not self._closed
+                and not (self._watch and self._mapped_differs())):
+            return quiet()  # what the checks below found the first time, still true
         self._check(region, offset, size)
         model = self.model
         if offset >= model.size:
@@ -192,6 +202,10 @@ class SimulatedBackend:
                 and not self._closed and not self._mapped_differs()):
             # A read without side effects changes no state: nothing to publish, no line
             # can move. Still an event boundary, but with no mapped writes to take over.
+            # Whether a register has side effects is fixed by the model (its readers), so
+            # the access is remembered as quiet (bounded: a device has few registers).
+            if len(self._quiet_reads) < _MAX_QUIET_READS:
+                self._quiet_reads[(region, offset, size)] = partial(model.read, offset, size)
             return model.read(offset, size)
         return self._run_step(lambda: model.read(offset, size))
 
