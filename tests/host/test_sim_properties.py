@@ -69,6 +69,38 @@ def test_mirror_always_shows_what_a_read_would_return(kind, ops):
         backend.close()
 
 
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(sorted(FACTORIES)), ops=st.lists(access, max_size=30))
+def test_a_quiet_read_is_the_models_read(kind, ops):
+    """What the backend repeats for a side-effect-free read (DeviceModel.quiet_read, the
+    peeker itself where the model reads the base way) returns what read() returns, in
+    every state the model passes through; read once, before the state changes."""
+    clock = ManualClock()
+    model = FACTORIES[kind](clock)
+    backend = SimulatedBackend(model, 0x1000)
+    hot = HOT[kind]
+    accesses = [(offset + lane, size) for offset in hot for size in (1, 2, 4)
+                if size <= model.reg_width for lane in range(0, model.reg_width, size)
+                if not model.read_has_side_effects(offset + lane, size)]
+    quiet = {access: model.quiet_read(*access) for access in accesses}
+    try:
+        for op, pick, size, value in ops:
+            offset = hot[pick % len(hot)]
+            size = min(size, model.reg_width)
+            if op == "write":
+                backend.write(0, offset, size, value & ((1 << (8 * size)) - 1))
+            elif op == "tick":
+                clock.advance((value % 5000) / 1000)
+            elif hasattr(model, "inject_rx"):
+                model.inject_rx(bytes([value & 0xFF]))
+            elif hasattr(model, "drive"):
+                model.drive(value % 8, bool(value & 0x100))
+            for access, read in quiet.items():
+                assert read() == model.read(*access), (kind, access)
+    finally:
+        backend.close()
+
+
 class Checker:
     """A listener (no automask) that checks every report against the contract."""
 
@@ -165,3 +197,20 @@ def test_any_aligned_access_anywhere_is_answered(kind, ops):
         assert not backend.mapped_writes_pending
     finally:
         backend.close()
+
+
+def test_a_model_that_reads_its_own_way_gets_its_own_read_repeated():
+    """A model overriding read/read_reg/peek_reg is repeated through read(), never
+    through a peeker its override would not have called."""
+
+    class Shadowed(Pl031):
+        def peek_reg(self, offset: int) -> int:
+            return 0x42 if offset == 0x04 else super().peek_reg(offset)
+
+    model = Shadowed(ManualClock(), initial=0)
+    assert not model.read_has_side_effects(0x04, 4)
+    assert model.quiet_read(0x04, 4)() == model.read(0x04, 4) == 0x42
+    plain = Pl031(ManualClock(), initial=0)
+    assert plain.quiet_read(0x04, 4) is plain.peekers[0x04]  # the base way: the peeker
+    model.close()
+    plain.close()

@@ -55,7 +55,6 @@ import mmap
 import os
 import struct
 from collections.abc import Callable
-from functools import partial
 from typing import TypeVar
 
 from platpass.errors import HostError
@@ -205,7 +204,7 @@ class SimulatedBackend:
             # Whether a register has side effects is fixed by the model (its readers), so
             # the access is remembered as quiet (bounded: a device has few registers).
             if len(self._quiet_reads) < _MAX_QUIET_READS:
-                self._quiet_reads[(region, offset, size)] = partial(model.read, offset, size)
+                self._quiet_reads[(region, offset, size)] = model.quiet_read(offset, size)
             return model.read(offset, size)
         return self._run_step(lambda: model.read(offset, size))
 

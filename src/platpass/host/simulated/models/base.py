@@ -16,6 +16,7 @@ uses 16-bit accesses; an 8250 with ``reg-io-width = <4>`` uses 32-bit ones).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from platpass.host.simulated.clock import Cancellable, ModelClock
@@ -206,6 +207,25 @@ class DeviceModel:
             return offset in readers
         first = offset - offset % width
         return any(reg in readers for reg in range(first, offset + size, width))
+
+    def quiet_read(self, offset: int, size: int) -> Callable[[], int]:
+        """What :meth:`read` of ``size`` bytes at ``offset`` does, as a callable, for an
+        access :meth:`read_has_side_effects` says is free of them (the backend keeps it to
+        repeat the access): the register's peeker itself when the access is one whole
+        register and this model reads registers the base way, else :meth:`read` bound to
+        the access. Models build their tables once, so the peeker found now is the one a
+        later read would find."""
+        cls = type(self)
+        width = self.reg_width
+        plain = (cls.read is DeviceModel.read and cls.read_reg is DeviceModel.read_reg
+                 and cls.peek_reg is DeviceModel.peek_reg)
+        if plain and size == width and not offset % width and offset not in self.readers:
+            peek = self.peekers.get(offset)
+            if peek is not None:
+                return peek
+            constant = self.constants.get(offset, 0)  # fixed for the model's life
+            return partial(int, constant)
+        return partial(self.read, offset, size)
 
     def read_reg(self, offset: int, mask: int) -> int:
         """Read the register at ``offset`` (``mask``: the lanes the access covers)."""
