@@ -60,7 +60,7 @@ def test_unknown_keys_are_named_with_the_known_ones(tmp_path: Path) -> None:
     assert message == (
         "/etc/platpass/lab.toml: device[0]: unknown key 'sockt' (known: node, source, "
         "firmware, backend, socket, owner, group, mode, allow_uids, allow_gids, dma, "
-        "guest_address, guest_spis, pci)")
+        "guest_address, guest_spis, pci, override, together)")
     assert _error('[services]\nname = "x"\n[[device]]\n').splitlines()[0] == (
         "/etc/platpass/lab.toml: top level: unknown key 'services' (known: service, device)")
 

@@ -19,7 +19,14 @@ control socket) it takes as small protocols (:class:`Recorder`, :class:`ControlE
 from __future__ import annotations
 
 from platpass.assembly.backends import BackendOpener, backend_opener, sim_opener
-from platpass.assembly.plan import DevicePlan, Export, Listen, choose_exports, find_export
+from platpass.assembly.plan import (
+    DevicePlan,
+    Export,
+    Listen,
+    choose_exports,
+    find_export,
+    merge_groups,
+)
 from platpass.assembly.serving import ControlEndpoint, Recorder, Serving, open_device
 from platpass.assembly.tree import NoLiveTreeError, TreeSource, load_tree
 
@@ -37,6 +44,7 @@ __all__ = [
     "choose_exports",
     "find_export",
     "load_tree",
+    "merge_groups",
     "open_device",
     "sim_opener",
 ]

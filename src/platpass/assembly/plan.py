@@ -10,6 +10,7 @@ at verdict names or evidence rules.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,30 @@ class Export:
     def force_trap_all(self) -> bool:
         """No page of the device may be mapped: every access is trapped."""
         return not self.assessment.may_map
+
+
+def merge_groups(groups: Iterable[Iterable[str]]) -> list[list[str]]:
+    """Co-assignment ``groups`` with every two that share a member merged (connected
+    components), each sorted, those of fewer than two members dropped: a node goes to one
+    guest, so every group it is in is one group. Pure."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for group in groups:
+        members = list(group)
+        for member in members:
+            root(member)
+        for a, b in itertools.pairwise(members):
+            parent[root(a)] = root(b)
+    components: dict[str, list[str]] = {}
+    for member in parent:
+        components.setdefault(root(member), []).append(member)
+    return sorted(sorted(c) for c in components.values() if len(c) > 1)
 
 
 def assess(tree: DeviceTree, registry: DriverRegistry | None = None, *,

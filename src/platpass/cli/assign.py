@@ -52,7 +52,13 @@ from platpass.assembly import (
     load_tree,
 )
 from platpass.assembly.plan import assess
-from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
+from platpass.cli.host_use import (
+    add_override_option,
+    add_together_option,
+    groups_for,
+    log_waivers,
+    overrides_for,
+)
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
@@ -61,7 +67,7 @@ from platpass.cli.options import (
     run_as_from_args,
     socket_options,
 )
-from platpass.errors import HostError
+from platpass.errors import HostError, NodeError
 from platpass.firmware.verdict import Assessment
 from platpass.host import binding
 from platpass.host.binding import Assignment, StateFile
@@ -74,14 +80,20 @@ from platpass.vfio_user.server import SocketOptions
 log = logging.getLogger(__name__)
 
 def _assess(node_path: str, dtb: str | None,
-            overrides: Iterable[tuple[str, frozenset[str]]] = ()) -> Assessment:
+            overrides: Iterable[tuple[str, frozenset[str]]] = (),
+            together: Iterable[Iterable[str]] = ()) -> Assessment:
     """The assessment of ``node_path`` on the live tree (or ``dtb``), with the user's
-    ``--override`` waivers; on the live tree the running kernel's view of who uses the
-    device counts too."""
+    ``--override`` waivers and ``--together`` co-assignment (the other nodes that go to
+    the same guest); on the live tree the running kernel's view of who uses the device
+    counts too."""
     tree = load_tree(TreeSource("dtb", Path(dtb)) if dtb else TreeSource("live"))
     live = None if dtb else live_host_use([node_path])
+    try:
+        groups = groups_for(tree, [(node_path, *names) for names in together])
+    except NodeError as err:
+        raise HostError(f"--together: {err}") from err
     assessment = assess(tree, overrides=overrides_for(tree, overrides),
-                        live=live).get(node_path)
+                        live=live, groups=groups).get(node_path)
     if assessment is None:
         raise HostError(f"{node_path}: not a device node of the device tree")
     log_waivers(tree.source, [assessment])
@@ -143,7 +155,7 @@ def assign(args: argparse.Namespace) -> int:
         raise HostError(f"{device.name} has no device-tree node")
     if args.backend == "auto":
         args.backend = binding.auto_backend(device.bus)
-    assessment = _assess(node_path, args.dtb, args.override)
+    assessment = _assess(node_path, args.dtb, args.override, args.together)
     warnings: list[str] = []
     if not assessment.may_assign:
         reasons = assessment.explanation
@@ -311,6 +323,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--force-unsafe", action="store_true",
                         help="assign even a refused device (loud warning, recorded)")
     add_override_option(parser)
+    add_together_option(parser, first="NODE")
     parser.add_argument("--foreground", action="store_true",
                         help="serve in this process instead of the background")
     parser.add_argument("--dtb", metavar="FILE",

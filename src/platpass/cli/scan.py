@@ -21,7 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
+from platpass.cli.host_use import (
+    add_override_option,
+    add_together_option,
+    groups_for,
+    log_waivers,
+    overrides_for,
+)
 from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.errors import DeviceTreeLoadError, FirmwareError
 from platpass.firmware.devicetree import LIVE_FDT, DeviceTree, load_dtb, load_dts, load_live
@@ -52,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--all", action="store_true",
                         help="include nodes that are not MMIO devices")
     add_override_option(parser)
+    add_together_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -209,7 +216,8 @@ def scan(args: argparse.Namespace, registry: DriverRegistry | None = None,
                 live = live_host_use(n.path for n in tree.devices(all=args.all))
             assessments = assess_tree(
                 tree, registry, all=args.all, live=live,
-                overrides=overrides_for(tree, getattr(args, "override", ())))
+                overrides=overrides_for(tree, getattr(args, "override", ())),
+                groups=groups_for(tree, getattr(args, "together", ()), strict=False))
         except FirmwareError as err:
             failed += 1
             print(f"platpass: error: {err}", file=sys.stderr)

@@ -42,7 +42,13 @@ from platpass.assembly import (
     choose_exports,
     load_tree,
 )
-from platpass.cli.host_use import add_override_option, log_waivers, overrides_for
+from platpass.cli.host_use import (
+    add_override_option,
+    add_together_option,
+    groups_for,
+    log_waivers,
+    overrides_for,
+)
 from platpass.cli.options import (
     add_access_arguments,
     add_ops_arguments,
@@ -51,7 +57,7 @@ from platpass.cli.options import (
     run_as_from_args,
     socket_options,
 )
-from platpass.errors import HostError
+from platpass.errors import HostError, NodeError
 from platpass.firmware.model import DeviceNode
 from platpass.host.safepath import make_owned_directory
 from platpass.ops.activation import InheritedSocket
@@ -184,9 +190,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"platpass serve: {err}; name the device tree to serve: --sim (the simulated "
               "board), --dtb FILE or --dts FILE", file=sys.stderr)
         return 2
+    try:
+        groups = groups_for(tree, args.together)
+    except NodeError as err:
+        print(f"platpass serve: --together: {err}", file=sys.stderr)
+        return 2
     exports, refusals = choose_exports(tree, list(args.nodes),
                                        everything_assignable=not args.nodes,
-                                       overrides=overrides_for(tree, args.override))
+                                       overrides=overrides_for(tree, args.override),
+                                       groups=groups)
     log_waivers(tree.source, [e.assessment for e in exports])
     for refusal in refusals:
         print(f"platpass serve: refused: {refusal}", file=sys.stderr)
@@ -273,6 +285,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fd", type=int, metavar="FDNUM",
                         help="inherited listening AF_UNIX socket for the one device")
     add_override_option(parser)
+    add_together_option(parser)
     parser.add_argument("--backend", choices=("sim", "uio", "vfio"),
                         help="how the device is reached (default: sim with --sim, else uio)")
     parser.add_argument("--pci", metavar="auto|VVVV:DDDD",

@@ -24,6 +24,10 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     guest_spis = [7]             # one GIC SPI per interrupt
     pci = "auto"                 # optional: a PCI function for vfio-user-pci clients
                                  # (auto | "VVVV:DDDD"; see platpass serve --pci)
+    override = ["host-consumer"] # optional: host-use rules waived for this device
+                                 # (logged; see platpass scan --override)
+    together = ["/soc@9000000/i2c@40000"]  # optional: co-assignment group: other
+                                 # [[device]] nodes (same source) that go to the same guest
 
 Validation is complete and pure (:func:`parse_config` touches nothing but the names it
 resolves: users, groups, the paths it checks for existence); every problem is reported
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from platpass.errors import ConfigError
+from platpass.firmware.verdict import WAIVABLE_RULES
 from platpass.host.privilege import PrivilegeError, checked_id
 from platpass.inputs import (
     MAX_CONFIG_BYTES,
@@ -65,7 +70,8 @@ MAX_SPI = 987
 
 SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace", "user")
 DEVICE_KEYS = ("node", "source", "firmware", "backend", "socket", "owner", "group", "mode",
-               "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis", "pci")
+               "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis", "pci",
+               "override", "together")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,15 @@ class DeviceConfig:
     guest_spis: tuple[int, ...] = ()
     #: PCI personality: None (platform device), "auto" or "VVVV:DDDD".
     pci: str | None = None
+    #: Host-use rules the user waives for this node (``--override NODE=RULE``).
+    overrides: frozenset[str] = frozenset()
+    #: Other configured nodes (same tree) that go to the same guest: judged as one group.
+    together: tuple[str, ...] = ()
+
+    @property
+    def tree_key(self) -> tuple[str, str]:
+        """Which tree the node is judged on (its source and firmware file)."""
+        return self.source, str(self.firmware)
 
     @property
     def label(self) -> str:
@@ -246,6 +261,13 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
         if key in nodes:
             check.fail(device.label, f"node {device.node} is already served by {nodes[key]}")
         nodes.setdefault(key, device.label)
+    served = {(device.tree_key, device.node) for device in devices}
+    for device in devices:
+        for other in device.together:
+            if (device.tree_key, other) not in served:
+                check.fail(f"{device.label}.together", f"{other} is not the node of a "
+                           f"[[device]] with the same source and firmware: a co-assigned "
+                           f"node goes to the guest too, so it must be served")
     if run_dir is not None and name is not None:
         control = run_dir / f"{name}.ctl"
         if control in sockets:
@@ -399,12 +421,33 @@ def _device(check: _Checker, index: int, table: object) -> DeviceConfig | None:
         if backend in _KERNEL:
             check.fail(f"{where}.pci", f"backend {backend!r} devices are served by platpass "
                        "assign, which has no PCI personality yet (use platpass serve --pci)")
+    overrides = _strings(check, f"{where}.override", table.get("override", []))
+    bad = sorted(set(overrides) - WAIVABLE_RULES)
+    if bad:
+        check.fail(f"{where}.override", f"{', '.join(bad)} cannot be waived; only "
+                   f"{', '.join(sorted(WAIVABLE_RULES))} can (bus-master and shared "
+                   "refusals never)")
+    together = _strings(check, f"{where}.together", table.get("together", []))
+    for other in together:
+        if not other.startswith("/"):
+            check.fail(f"{where}.together", f"must list device-tree paths starting with "
+                       f"'/', got {other!r}")
+        elif other == node:
+            check.fail(f"{where}.together", f"{other} is this device's own node")
     if len(check.problems) != before:
         return None
     assert node is not None and source is not None and backend is not None
     assert socket is not None and dma is not None and mode is not None
     return DeviceConfig(index, node, source, firmware, backend, socket, mode, owner, group,
-                        allow_uids, allow_gids, dma, guest_address, tuple(spis), pci)
+                        allow_uids, allow_gids, dma, guest_address, tuple(spis), pci,
+                        frozenset(overrides), tuple(dict.fromkeys(together)))
+
+
+def _strings(check: _Checker, where: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        check.fail(where, f"must be a list of strings, got {value!r}")
+        return []
+    return list(value)
 
 
 def _mode(check: _Checker, where: str, value: object) -> int | None:

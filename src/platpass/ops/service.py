@@ -44,6 +44,7 @@ from platpass.assembly import (
     TreeSource,
     choose_exports,
     load_tree,
+    merge_groups,
 )
 from platpass.errors import ConfigError, OpsError, PlatpassError
 from platpass.firmware.devicetree import DeviceTree
@@ -57,6 +58,8 @@ from platpass.ops import activation
 from platpass.ops.config import DeviceConfig, ServiceConfig
 
 log = logging.getLogger(__name__)
+#: Waivers are logged where the CLI's ``--override`` logs them.
+_override_log = logging.getLogger("platpass.override")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
     problems: list[str] = []
     trees: dict[TreeSource, DeviceTree | None] = {}
     planned: list[PlannedDevice] = []
+    groups = co_assignment_groups(config)
     for device in config.devices:
         where = f"{config.path}: {device.label}"
         key = tree_source(device)
@@ -113,7 +117,14 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
         tree = trees[key]
         if tree is None:
             continue
-        exports, refusals = choose_exports(tree, [device.node], everything_assignable=False)
+        exports, refusals = choose_exports(
+            tree, [device.node], everything_assignable=False,
+            groups=[g for g in groups.get(key, ()) if device.node in g],
+            overrides={device.node: device.overrides} if device.overrides else None)
+        for export in exports:
+            for evidence in export.assessment.waived:
+                _override_log.warning("%s: %s: %s (override in %s)", tree.source,
+                                      device.node, evidence.value, config.path)
         if refusals:
             problems.extend(f"{where}.node: {refusal}" for refusal in refusals)
             continue
@@ -130,14 +141,38 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
     return planned
 
 
+def co_assignment_groups(config: ServiceConfig) -> dict[TreeSource, list[list[str]]]:
+    """The configured co-assignment groups (``together``) per tree, merged where they
+    share a node: a node goes to one guest, so every group it is in is one group."""
+    edges: dict[TreeSource, list[tuple[str, ...]]] = {}
+    for device in config.devices:
+        if device.together:
+            edges.setdefault(tree_source(device), []).append((device.node, *device.together))
+    return {key: merge_groups(found) for key, found in edges.items()}
+
+
+def _group_of(config: ServiceConfig, device: DeviceConfig) -> list[str]:
+    for group in co_assignment_groups(config).get(tree_source(device), ()):
+        if device.node in group:
+            return group
+    return []
+
+
 # -- the kernel backends, through platpass assign / release ------------------------------
 
-def assign_command(device: DeviceConfig, user: RunAs | None = None) -> list[str]:
+def assign_command(device: DeviceConfig, user: RunAs | None = None,
+                   config: ServiceConfig | None = None) -> list[str]:
     """The ``platpass assign`` command that serves a uio/vfio device in the background:
-    with the device's SO_PEERCRED allow-list and, given the service's ``user`` (a
-    ``RunAs``), from a child that drops to it (assign's root process keeps the restore)."""
+    with the device's SO_PEERCRED allow-list, its overrides and (given the whole
+    ``config``) its co-assignment group, and, given the service's ``user`` (a ``RunAs``),
+    from a child that drops to it (assign's root process keeps the restore)."""
     argv = [sys.executable, "-m", "platpass", "assign", device.node, "--backend",
             device.backend, "--socket", str(device.socket), "--mode", f"{device.mode:o}"]
+    if device.overrides:
+        argv += ["--override", f"{device.node}={','.join(sorted(device.overrides))}"]
+    others = [n for n in (_group_of(config, device) if config else ()) if n != device.node]
+    if others:
+        argv += ["--together", ",".join(others)]
     if device.owner is not None:
         argv += ["--owner", str(device.owner)]
     if device.group is not None:
@@ -192,7 +227,7 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
         for item in planned:
             device_config = item.config
             if device_config.kernel:
-                _run_tool(assign_command(device_config, config.user),
+                _run_tool(assign_command(device_config, config.user, config),
                           f"{device_config.label}: platpass assign {device_config.node}")
                 assigned.append(device_config)
                 log.info("%s served by platpass assign on %s", device_config.node,
@@ -408,5 +443,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-__all__ = ["PlannedDevice", "assign_command", "down", "plan", "release_command",
+__all__ = ["PlannedDevice", "assign_command", "co_assignment_groups", "down", "plan",
+           "release_command",
            "run_foreground", "running_pid", "up_background"]
