@@ -14,18 +14,46 @@ safety model itself:
    (controller, type, number), or another device's registers overlap this one's (enabled
    or not: a disabled node's registers are still there; a bus is not a peer of the
    devices on it).
-3. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO.
-4. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
+3. **Host in use** (``REFUSED_HOST_IN_USE``): the device cannot write memory, but the host
+   still depends on it. A device goes to a guest *with its subtree* (itself and its
+   children on its bus), or with the union of the subtrees of its co-assignment group.
+   It is refused when:
+
+   * ``host-consumer``: an enabled node outside the subtree refers to a node inside it
+     through a property fw_devlink follows (:mod:`platpass.firmware.consumers`: clocks,
+     ``*-supply``, ``*-gpios``, ``pwms``, ``interrupt-parent``/``interrupts-extended``,
+     ``i2c-bus``, ``ddc-i2c-bus``, ``/chosen`` ``stdout-path``..., phandle lists walked
+     by their providers' ``#*-cells`` so only real references count): the console, a
+     PWM feeding a CPU regulator, the bank that is the PMIC's interrupt parent;
+   * ``needs-host-resource``: an enabled node inside the subtree takes an interrupt or a
+     GPIO (a property the guest's tree keeps) from a provider outside it; it may go only
+     together with that provider (a co-assignment group); supplies and clocks are fine,
+     the guest gets fixed ones;
+   * ``host-critical-child``: the subtree holds boot or firmware storage (flash with
+     ``partitions``), a TPM or secure element, a PMIC or regulator, a board controller;
+   * ``system-reset``: the driver can reset the whole system (watchdogs): only on the
+     user's explicit opt-in for that device; ``unstoppable-reset``: one that cannot be
+     stopped once started, refused always, since its effect outlives the VM;
+   * on a live host, the kernel's own view (:data:`LIVE_RULES`: fw_devlink links, drivers
+     bound to children, MTD devices, regulators).
+
+   Every rule in :data:`WAIVABLE_RULES` can be waived per device and per rule by the user
+   (``--override``, ``override`` in the TOML), logged and kept in the evidence; bus-master
+   and shared refusals, and ``unstoppable-reset``, never.
+4. **Not a device we can reach** (``REFUSED_UNKNOWN``): not MMIO.
+5. **No device-specific driver** (``REFUSED_UNKNOWN``): the absence of DT evidence proves
    nothing; only a driver's declaration does. A claimed device whose firmware could not be
    fully resolved is refused the same way (we cannot prove what we could not read).
-5. **Traps** (``ASSIGNABLE_WITH_TRAPS``): slave DMA (``dmas``: the guest's node drops it and
+6. **Traps** (``ASSIGNABLE_WITH_TRAPS``): slave DMA (``dmas``: the guest's node drops it and
    the driver's ``dma_traps`` apply), a region that is not page-aligned or shares a page with
    another device, enabled or not (trapped, never mapped), registers the driver always
    traps.
-6. Otherwise ``ASSIGNABLE``.
+7. Otherwise ``ASSIGNABLE``.
 
-Disabled devices are judged too. They never share an interrupt line (they do not use it),
-but their registers count for pages and overlaps.
+Disabled devices are judged too. They never share an interrupt line or consume anything
+(they do not use it), but their registers count for pages and overlaps. Every device's
+outside consumers are reported (``Assessment.consumers``, ``scan --json``) whatever its
+verdict.
 """
 
 from __future__ import annotations
