@@ -7,8 +7,11 @@ to be repeated in the other.
 
 A device (a node path) is *host-used* when an available node outside its subtree (the node
 and its descendants) refers to a node inside it, through a supplier property walked by its
-provider's ``#*-cells``, the inherited interrupt parent of a node that has ``interrupts``, an
-``interrupt-map`` parent, or ``/chosen``'s ``stdout-path`` (the host's console).
+provider's ``#*-cells``, an ``interrupt-parent`` (even on a node without interrupts: Linux's
+fw_devlink links that too, and its children inherit it), the inherited interrupt parent of a
+node that has ``interrupts``, an ``interrupt-map`` parent, or ``/chosen``'s ``stdout-path``
+(the host's console). Broader than the verdict there on purpose: an auditor errs on the side
+of "used".
 
 Usage as a script (prints every host-used device with the reference that makes it so)::
 
@@ -147,7 +150,11 @@ class Blob:
             words = u32s(value)
             if not words:
                 continue
-            if name in WITH_ARGS:
+            if name == "interrupt-parent":
+                s = self.phandles.get(words[0])
+                if s is not None:
+                    yield name, s
+            elif name in WITH_ARGS:
                 if name in ("gpio", "gpios") and "gpio-hog" in props:
                     continue
                 for s in self.walk_args(words, WITH_ARGS[name]):

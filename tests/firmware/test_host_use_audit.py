@@ -45,7 +45,7 @@ def audit(files: list[Path]) -> tuple[list[str], list[str], int, int]:
                     unsafe.append(f"{where}: {used[a.node.path]}")
                 continue
             if any(e.rule == "host-consumer" for e in a.evidence):
-                over.append(f"{where}: {a.explanation()}")
+                over.append(f"{where}: {a.explanation}")
             node = blob.nodes[a.node.path]
             family = a.driver.family if a.driver is not None else None
             if (family is None or family == "watchdog" or node.children
@@ -100,6 +100,10 @@ _EXTRACT = """/dts-v1/;
     gpio1: gpio@6000 { compatible = "rockchip,gpio-bank"; reg = <0x6000 0x100>;
         gpio-controller; #gpio-cells = <2>; interrupt-controller;
         #interrupt-cells = <2>; };
+    gpio2: gpio@7000 { compatible = "rockchip,gpio-bank"; reg = <0x7000 0x100>;
+        gpio-controller; #gpio-cells = <2>; interrupt-controller;
+        #interrupt-cells = <2>; };
+    bus { interrupt-parent = <&gpio2>; };
     vdd_cpu { compatible = "pwm-regulator"; pwms = <&pwm 0 25000 1>; };
     keys { compatible = "gpio-keys"; status = "disabled";
         key { gpios = <&gpio1 3 0>; }; };
@@ -118,7 +122,8 @@ def extract(dtc: str, tmp_path_factory: pytest.TempPathFactory) -> hostuse_label
 
 
 def test_labeller_on_a_hand_extract(extract: hostuse_labeller.Blob) -> None:
-    devices = ["/serial@2000", "/pwm@3000", "/pwm@4000", "/gpio@5000", "/gpio@6000", "/fan"]
+    devices = ["/serial@2000", "/pwm@3000", "/pwm@4000", "/gpio@5000", "/gpio@6000", "/fan",
+               "/gpio@7000"]
     used = hostuse_labeller.host_used(extract, devices)
     # the console, a pwm-regulator's PWM and a cooling device are used; a hog (its own
     # bank), ngpios / gpio-line-names, a disabled consumer and an idle PWM are not
@@ -126,10 +131,12 @@ def test_labeller_on_a_hand_extract(extract: hostuse_labeller.Blob) -> None:
         "/serial@2000": "/chosen stdout-path -> /serial@2000",
         "/pwm@3000": "/vdd_cpu pwms -> /pwm@3000",
         "/fan": "/thermal-zones/z/cooling-maps/m cooling-device -> /fan",
+        # a bare interrupt-parent (fw_devlink links it; the bus's children inherit it)
+        "/gpio@7000": "/bus interrupt-parent -> /gpio@7000",
     }
 
 
 def test_labeller_inherits_the_interrupt_parent(extract: hostuse_labeller.Blob) -> None:
-    used = hostuse_labeller.host_used(extract, ["/interrupt-controller@1000"])
-    assert used["/interrupt-controller@1000"] == \
-        "/serial@2000 interrupts -> /interrupt-controller@1000"
+    serial = extract.nodes["/serial@2000"]
+    assert [(prop, node.path) for prop, node in extract.suppliers(serial)] == \
+        [("interrupts", "/interrupt-controller@1000")]
