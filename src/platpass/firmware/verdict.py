@@ -520,11 +520,13 @@ def _up(path: str) -> Iterator[str]:
 class _Holders:
     """Which of ``wanted`` hold a path in their subtree (the path itself, or an ancestor),
     innermost first; memoised per path, so a tree costs one walk however many questions.
-    ``paths`` (parents before children, as a blob lists them) fills the memo up front."""
+    ``paths`` (parents before children, as a blob lists them) or ``nodes`` (raw nodes in
+    blob order: no path splitting) fills the memo up front."""
 
     __slots__ = ("_memo", "_wanted")
 
-    def __init__(self, wanted: Iterable[str], paths: Iterable[str] = ()) -> None:
+    def __init__(self, wanted: Iterable[str], paths: Iterable[str] = (),
+                 nodes: Iterable[RawNode] = ()) -> None:
         self._wanted = wanted = set(wanted)
         memo: dict[str, tuple[str, ...]] = {"/": (), "": ()}
         self._memo = memo
@@ -533,6 +535,18 @@ class _Holders:
             if above is None:
                 continue
             memo[path] = (path, *above) if path in wanted else above
+        for node in nodes:
+            parent = node.parent
+            if parent is None:
+                continue
+            path = node.path
+            above = memo[parent.path]
+            memo[path] = (path, *above) if path in wanted else above
+
+    @property
+    def memo(self) -> dict[str, tuple[str, ...]]:
+        """The answers known so far, by path (a hot loop reads it before calling)."""
+        return self._memo
 
     def __call__(self, path: str) -> tuple[str, ...]:
         known = self._memo.get(path)
@@ -542,6 +556,10 @@ class _Holders:
         result = (path, *above) if path in self._wanted else above
         self._memo[path] = result
         return result
+
+
+#: property name -> whether the guest's tree drops it (names recur on every node).
+_drops_memo: dict[str, bool] = {}
 
 
 def host_use(
@@ -576,22 +594,44 @@ def host_use(
             roots[member] = members
     outside: dict[str, list[Reference]] = {}
     needs: dict[str, list[Reference]] = {}
+    # A holder (a device) contains a node exactly when it is among the node's holders, so
+    # "is the consumer inside this supplier's device" is a membership test in two memoised
+    # chains, not a path comparison; most references stay within one device, or name a
+    # supplier no device holds.
+    memo = holders.memo
+    drops = _drops_memo
     for ref in refs:
-        consumer, supplier = ref.consumer, ref.supplier
+        consumer, prop, supplier = ref
         ok = known_enabled.get(consumer)
         if ok is None:
             ok = known_enabled[consumer] = enabled(consumer)
         if not ok:
             continue
-        for holder in holders(supplier):
-            if _inside(consumer, holder):
+        held_supplier = memo.get(supplier)
+        if held_supplier is None:
+            held_supplier = holders(supplier)
+        held_consumer = memo.get(consumer)
+        if held_consumer is None:
+            held_consumer = holders(consumer)
+        if held_supplier is held_consumer:
+            continue  # both in exactly the same devices (or none): nothing crosses
+        for holder in held_supplier:
+            if holder in held_consumer:
                 break
             outside.setdefault(holder, []).append(ref)
-        inner = holders(consumer.rsplit("/", 1)[0])
-        if not inner or guest_drops(ref.property):
+        inner = held_consumer[1:] if held_consumer and held_consumer[0] == consumer \
+            else held_consumer
+        if not inner:
+            continue
+        dropped = drops.get(prop)
+        if dropped is None:
+            dropped = guest_drops(prop)
+            if len(drops) < 65536:
+                drops[prop] = dropped
+        if dropped:
             continue
         for holder in inner:
-            if _inside(supplier, holder):
+            if holder in held_supplier:
                 break
             needs.setdefault(holder, []).append(ref)
     for device, members in roots.items():
@@ -649,16 +689,19 @@ def host_critical(tree: RawTree, devices: Iterable[str], *,
     """For each device of ``devices`` (paths), the host-critical nodes in its subtree
     (itself included), enabled or not (see :data:`HOST_CRITICAL_FAMILIES`)."""
     if holders is None:
-        holders = _Holders(devices, (node.path for node in tree.nodes))
+        holders = _Holders(devices, nodes=tree.nodes)
     suffixes = tuple(f"/{child}" for child, _name in _CRITICAL_CHILDREN)
     critical_child = {node.parent.path: node.path.rsplit("/", 1)[1]
                       for node in tree.nodes
                       if node.parent is not None and node.path.endswith(suffixes)}
     out: dict[str, list[Evidence]] = {}
+    memo = holders.memo
     for node in tree.nodes:
         if node.parent is None:
             continue
-        held = holders(node.path)
+        held = memo.get(node.path)
+        if held is None:
+            held = holders(node.path)
         if not held:
             continue
         what = _critical(node, critical_child)
@@ -852,7 +895,7 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     mmio = [(n.path, n.regions) for n in nodes if n.is_mmio]
     page_shares = shared_pages(mmio)
     overlaps = overlapping_regions(mmio)
-    holders = _Holders((n.path for n in nodes), (raw.path for raw in tree.raw.nodes))
+    holders = _Holders((n.path for n in nodes), nodes=tree.raw.nodes)
     outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
                               (n.path for n in nodes), groups, holders=holders)
     critical = host_critical(tree.raw, (n.path for n in nodes), holders=holders)
