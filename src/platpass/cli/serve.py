@@ -62,6 +62,7 @@ from platpass.firmware.model import DeviceNode
 from platpass.host.safepath import make_owned_directory
 from platpass.ops.activation import InheritedSocket
 from platpass.ops.logs import add_logging_options, configure_logging
+from platpass.ops.workers import parse_workers
 from platpass.vfio_device.device import VfioDevice
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,15 @@ def run(args: argparse.Namespace) -> int:
     from platpass.ops.trace import TraceWriter
 
     socket_path = args.socket or args.socket_path
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError as err:
+        print(f"platpass serve: --workers: {err}", file=sys.stderr)
+        return 2
+    if workers > 1 and (args.trace or args.uart_output or args.user is not None):
+        print("platpass serve: --workers N (N > 1) does not combine with --trace, "
+              "--uart-output or --user yet", file=sys.stderr)
+        return 2
     targets = [socket_path is not None, args.socket_dir is not None, args.fd is not None]
     inherited = [] if args.fd is not None else activation.listen_fds()
     if sum(targets) != 1 and not (inherited and not any(targets)):
@@ -216,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
                         pci=args.pci)
              for export, listen in zip(exports, _listens(args, exports, inherited),
                                        strict=True)]
+    if workers > 1:
+        return _run_workers(args, plans, workers, backend_name)
     uart_out: _UartSink | None = None
     try:
         with Serving() as serving:
@@ -263,6 +275,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_workers(args: argparse.Namespace, plans: list[DevicePlan], workers: int,
+                 backend_name: str) -> int:
+    """Serve ``plans`` from several worker processes (:mod:`platpass.ops.workers`)."""
+    from platpass.ops import activation
+    from platpass.ops.workers import Supervisor, placement
+
+    if args.socket_dir is not None:
+        Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
+    slots = placement(workers, len(plans))
+    with Supervisor(plans, workers, control=args.control) as supervisor:
+        for plan, slot in zip(plans, slots, strict=True):
+            print(f"serving {plan.node.path} ({', '.join(plan.node.compatible)}; "
+                  f"{plan.export.verdict.name}; backend {backend_name}) on {plan.listen} "
+                  f"(worker {slot})", flush=True)
+        supervisor.start()
+        print(f"ready ({len(supervisor.workers)} workers)", flush=True)
+        activation.notify("READY=1")
+        supervisor.serve_forever()
+        print("platpass serve: stopping", flush=True)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``serve`` to the command line."""
     parser = subparsers.add_parser(
@@ -286,6 +320,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="inherited listening AF_UNIX socket for the one device")
     add_override_option(parser)
     add_together_option(parser)
+    parser.add_argument("--workers", default="1", metavar="N|auto",
+                        help="spread the devices over N worker processes, one reactor "
+                             "each (round-robin; auto: one per available CPU); the "
+                             "supervisor holds the sockets and restarts a dead worker")
     parser.add_argument("--backend", choices=("sim", "uio", "vfio"),
                         help="how the device is reached (default: sim with --sim, else uio)")
     parser.add_argument("--pci", metavar="auto|VVVV:DDDD",

@@ -1,0 +1,359 @@
+"""``serve --workers N``: devices spread over several worker processes, one reactor each.
+
+One Python reactor is one CPU. With ``N > 1`` the ``serve`` process becomes a supervisor
+that serves no device itself:
+
+* **Placement** is round-robin in plan order (device ``i`` goes to worker ``i mod N``),
+  so the same command line always gives the same placement; ``status`` shows each
+  device's ``worker`` index and ``worker_pid``. ``N`` is capped at the number of devices;
+  ``auto`` is the number of CPUs this process may run on.
+* **Listening sockets are the supervisor's.** It binds every device socket once
+  (:func:`platpass.host.safepath.bind_unix_socket`: owner, mode and the directory checked,
+  nothing acted on by name) and each worker serves an inherited duplicate of the fd. A
+  worker that dies therefore never leaves the path missing or rebound: connections made
+  while it is down wait in the socket's backlog and are accepted by its successor.
+* **Restarts with bounded backoff.** A worker's death is logged once with its exit status
+  and the worker is started again after 0.1 s, doubling per quick death (one within
+  :data:`STABLE_AFTER` seconds of its start) up to :data:`BACKOFF_MAX`. After
+  :data:`MAX_QUICK_DEATHS` quick deaths in a row it is not started again: its devices are
+  reported ``"state": "failed"`` in status (their sockets stay bound, so a client's connect
+  is queued, never refused with a missing path) while the other workers keep serving.
+* **Status** (``--control``) is answered by the supervisor: it asks each running worker's
+  private control socket (in a 0700 directory only the supervisor created) with a 1 s
+  bound, and adds ``worker``, ``worker_pid`` and ``state`` (``serving``, ``restarting``
+  or ``failed``) to every device.
+* **Shutdown**: SIGTERM/SIGINT to the supervisor is passed to every worker, which
+  disconnects its clients and quiesces and releases its devices as a single ``serve``
+  does; the supervisor waits for them (SIGKILL after :data:`STOP_TIMEOUT`), then removes
+  the socket files it bound.
+
+**State across a worker restart.** When a client disconnects, the device's register
+state is kept for the next client (the vfio-user spec's "Client Disconnection"; see
+:mod:`platpass.vfio_user.server`): its IRQ fds are closed and its DMA maps forgotten.
+A restarted worker opens its devices afresh, exactly as ``serve`` does at start, so:
+
+* the client sees a disconnect (EOF) and reconnects on the same socket path;
+* real hardware (``uio``, ``vfio`` backends) keeps what the hardware keeps (an RTC's
+  time, an EEPROM's content), but the device is quiesced once when serving starts, as at
+  any ``serve`` start: interrupts masked, the driver's quiesce applied;
+* a simulated model (``sim`` backend) lives in the dead worker's memory and is built
+  again at power-on state: its registers do **not** survive a restart. This differs
+  from a disconnect and is documented, not hidden; sharing model state through a memfd
+  created by the supervisor is the way to close that gap (not done).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from platpass.assembly.plan import DevicePlan
+from platpass.assembly.serving import PR_SET_PDEATHSIG, Serving
+from platpass.errors import OpsError
+from platpass.host.privilege import prctl
+from platpass.host.safepath import SocketFile, bind_unix_socket
+from platpass.reactor import EpollReactor, TimerHandle
+from platpass.vfio_user.server import VfioUserServer
+
+log = logging.getLogger(__name__)
+
+#: Most workers ``--workers`` accepts (each is a process with its own reactor).
+MAX_WORKERS = 64
+#: A worker that lived at least this long before dying was not dying "at once".
+STABLE_AFTER = 10.0
+#: First restart delay, doubled per quick death in a row, capped at BACKOFF_MAX.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+#: Quick deaths in a row after which a worker is given up and its devices reported failed.
+MAX_QUICK_DEATHS = 5
+#: Seconds the supervisor waits for its workers at shutdown before SIGKILL.
+STOP_TIMEOUT = 10.0
+#: Seconds a worker has to answer the supervisor's status question.
+STATUS_TIMEOUT = 1.0
+
+
+def parse_workers(text: str) -> int:
+    """``--workers`` / the TOML ``workers`` key: a count from 1 to :data:`MAX_WORKERS`, or
+    ``auto`` (the CPUs this process may run on). ValueError with a one-line reason."""
+    if text == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    try:
+        count = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of workers (1-{MAX_WORKERS} or auto)"
+                         ) from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValueError(f"{count} workers: give 1-{MAX_WORKERS} or auto")
+    return count
+
+
+def placement(count: int, devices: int) -> list[int]:
+    """Which worker serves each device, in plan order: round-robin, deterministic."""
+    workers = max(1, min(count, devices))
+    return [i % workers for i in range(devices)]
+
+
+@dataclass
+class _Bound:
+    plan: DevicePlan
+    sock: socket.socket
+    socket_file: SocketFile | None  # None: an inherited fd (not ours to unlink)
+
+
+@dataclass
+class Worker:
+    """One worker process and the devices placed on it."""
+
+    index: int
+    devices: list[_Bound]
+    control: Path
+    pid: int | None = None
+    pidfd: int | None = None
+    started: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0
+    failed: bool = False
+    last_exit: int | None = None
+    timer: TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        return "serving" if self.pid is not None else "restarting"
+
+
+class Supervisor:
+    """Binds the plans' sockets, runs ``count`` workers and answers status for them all.
+
+    Use as a context manager: :meth:`close` stops the workers and removes what was bound.
+    """
+
+    def __init__(self, plans: list[DevicePlan], count: int, *,
+                 control: str | Path | None = None, name: str = "platpass serve") -> None:
+        if not plans:
+            raise OpsError("no device to place on workers")
+        self.reactor = EpollReactor()
+        self.name = name
+        self._stopping = False
+        self._private = Path(tempfile.mkdtemp(prefix="platpass-workers-"))  # 0700, ours
+        self.workers: list[Worker] = []
+        self.control = None
+        try:
+            bound = [self._bind(plan) for plan in plans]
+            slots = placement(count, len(plans))
+            for index in range(max(slots) + 1):
+                self.workers.append(Worker(index, [b for b, s in zip(bound, slots, strict=True)
+                                                   if s == index],
+                                           self._private / f"worker{index}.ctl"))
+            if control is not None:
+                from platpass.ops.control import ControlServer
+
+                self.control = ControlServer(self.reactor, VfioUserServer(self.reactor),
+                                             control, name=name, others=self.devices)
+        except BaseException:
+            self._release(bound if "bound" in locals() else [])
+            raise
+        self._bound = bound
+
+    @staticmethod
+    def _bind(plan: DevicePlan) -> _Bound:
+        if plan.listen.fd is not None:
+            sock = socket.socket(fileno=plan.listen.fd)
+            return _Bound(plan, sock, None)
+        assert plan.listen.path is not None
+        options = plan.options
+        sock, socket_file = bind_unix_socket(
+            plan.listen.path, mode=options.mode, owner=options.owner, group=options.group,
+            server_uid=options.server_uid)
+        return _Bound(plan, sock, socket_file)
+
+    # -- running ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every worker."""
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def serve_forever(self) -> None:
+        """Supervise until SIGTERM/SIGINT (then :meth:`close` stops the workers)."""
+        self.reactor.stop_on_signals()
+        self.reactor.run_forever()
+
+    def _spawn(self, worker: Worker) -> None:
+        worker.timer = None
+        if self._stopping:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                code = self._worker_main(worker, parent)
+            except BaseException:
+                log.exception("worker %d failed", worker.index)
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        worker.pid = pid
+        worker.started = time.monotonic()
+        worker.pidfd = os.pidfd_open(pid)
+        self.reactor.add_reader(worker.pidfd, lambda: self._reap(worker))
+        log.info("worker %d started (pid %d): %s", worker.index, pid,
+                 ", ".join(b.plan.node.path for b in worker.devices))
+
+    def _worker_main(self, worker: Worker, parent: int) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # a kill -9 of the supervisor ends us too
+        if os.getppid() != parent:
+            return 0
+        from platpass.ops.control import ControlServer
+
+        with Serving() as serving:
+            for bound in worker.devices:
+                device = serving.open(bound.plan)
+                serving.server.serve_fd(bound.plan.node.path, device,
+                                        os.dup(bound.sock.fileno()), bound.plan.options)
+            serving.control = ControlServer(serving.reactor, serving.server, worker.control,
+                                            name=f"worker {worker.index}")
+            serving.serve_forever()
+        return 0
+
+    def _reap(self, worker: Worker) -> None:
+        assert worker.pid is not None and worker.pidfd is not None
+        self.reactor.remove_reader(worker.pidfd)
+        os.close(worker.pidfd)
+        _, status = os.waitpid(worker.pid, 0)
+        pid, worker.pid, worker.pidfd = worker.pid, None, None
+        worker.last_exit = os.waitstatus_to_exitcode(status)
+        if self._stopping:
+            return
+        how = (f"was killed by signal {-worker.last_exit}" if worker.last_exit < 0
+               else f"exited with status {worker.last_exit}")
+        lived = time.monotonic() - worker.started
+        worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 1
+        names = ", ".join(b.plan.node.path for b in worker.devices)
+        if worker.quick_deaths > MAX_QUICK_DEATHS:
+            worker.failed = True
+            log.error("worker %d (pid %d) %s after %.1f s, %d quick deaths in a row: not "
+                      "restarted; failed: %s", worker.index, pid, how, lived,
+                      worker.quick_deaths, names)
+            return
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (worker.quick_deaths - 1))
+        log.warning("worker %d (pid %d) %s after %.1f s; restarting in %.1f s: %s",
+                    worker.index, pid, how, lived, delay, names)
+        worker.restarts += 1
+        worker.timer = self.reactor.call_later(delay, lambda: self._spawn(worker))
+
+    # -- status ----------------------------------------------------------------------
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device's status, asked of its worker (see the module docstring)."""
+        from platpass.ops.control import query
+
+        out: list[dict[str, Any]] = []
+        for worker in self.workers:
+            answers: dict[str, dict[str, Any]] = {}
+            if worker.pid is not None:
+                try:
+                    status = query(worker.control, timeout=STATUS_TIMEOUT)
+                    answers = {d["name"]: d for d in status.get("devices", [])
+                               if isinstance(d, dict) and isinstance(d.get("name"), str)}
+                except OpsError as err:
+                    log.info("worker %d did not answer status: %s", worker.index, err)
+            for bound in worker.devices:
+                name = bound.plan.node.path
+                entry = answers.get(name)
+                state = worker.state if entry is not None or worker.pid is None \
+                    else "starting"
+                if entry is None:
+                    entry = _idle_status(bound)
+                entry["socket"] = str(bound.plan.listen)
+                entry.update(worker=worker.index, worker_pid=worker.pid, state=state,
+                             worker_restarts=worker.restarts, worker_last_exit=worker.last_exit)
+                out.append(entry)
+        return out
+
+    # -- shutting down ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the workers (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`), then the
+        control socket, the bound sockets and the private directory."""
+        self._stopping = True
+        for worker in self.workers:
+            if worker.timer is not None:
+                worker.timer.cancel()
+            if worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self.workers:
+            if worker.pid is None:
+                continue
+            while True:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+                if pid:
+                    worker.last_exit = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("worker %d (pid %d) did not stop in %.0f s: killed",
+                                worker.index, worker.pid, STOP_TIMEOUT)
+                    os.kill(worker.pid, signal.SIGKILL)
+                    os.waitpid(worker.pid, 0)
+                    break
+                time.sleep(0.02)
+            if worker.pidfd is not None:
+                self.reactor.remove_reader(worker.pidfd)
+                os.close(worker.pidfd)
+            worker.pid = worker.pidfd = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        self._release(self._bound)
+        self._bound = []
+        self.reactor.close()
+
+    def _release(self, bound: list[_Bound]) -> None:
+        for b in bound:
+            if b.socket_file is None:
+                b.sock.detach()  # an inherited fd stays the caller's
+                continue
+            b.sock.close()
+            b.socket_file.unlink()
+            b.socket_file.close()
+        shutil.rmtree(self._private, ignore_errors=True)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _idle_status(bound: _Bound) -> dict[str, Any]:
+    """A device whose worker is not answering: no client, no counts."""
+    plan = bound.plan
+    return {"name": plan.node.path, "compatible": list(plan.node.compatible),
+            "socket": str(plan.listen), "client": None, "refused_clients": 0,
+            "trapped_reads": 0, "trapped_writes": 0, "backend_reads": 0,
+            "backend_writes": 0, "refused_accesses": 0, "failed_posted_writes": 0,
+            "resets": 0, "dma_maps": 0, "irqs": []}
+
+
+__all__ = ["BACKOFF_MAX", "MAX_QUICK_DEATHS", "MAX_WORKERS", "STABLE_AFTER", "Supervisor",
+           "Worker", "parse_workers", "placement"]

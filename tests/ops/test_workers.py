@@ -1,0 +1,142 @@
+"""``serve --workers N``: placement, the supervisor's sockets, restart after kill -9 with
+the documented state, bounded restarts of a worker that dies at once, status for all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from platpass.assembly import DevicePlan, Listen, TreeSource, choose_exports, load_tree
+from platpass.ops import workers as workers_module
+from platpass.ops.control import query
+from platpass.ops.workers import Supervisor, parse_workers, placement
+from platpass.vfio_user.client import VfioUserClient
+
+RTC = "/soc@9000000/rtc@20000"
+WDT = "/soc@9000000/watchdog@40000"
+PL031_MR = 0x04  # match register: read/write, 0 at power-on
+
+
+def test_parse_workers_and_placement() -> None:
+    assert parse_workers("3") == 3
+    assert 1 <= parse_workers("auto") == min(64, len(os.sched_getaffinity(0)))
+    for bad in ("0", "65", "two", "-1"):
+        with pytest.raises(ValueError, match="workers"):
+            parse_workers(bad)
+    assert placement(2, 5) == [0, 1, 0, 1, 0]
+    assert placement(4, 2) == [0, 1]  # never more workers than devices
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _by_name(ctl: Path) -> dict[str, dict]:
+    return {d["name"]: d for d in query(ctl)["devices"]}
+
+
+def test_kill_9_worker_restarts_with_documented_state(tmp_path: Path) -> None:
+    socks, ctl = tmp_path / "socks", tmp_path / "ctl"
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", RTC, WDT,
+                             "--socket-dir", str(socks), "--control", str(ctl),
+                             "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        assert any(RTC in line and "(worker 0)" in line for line in lines), lines
+        assert any(WDT in line and "(worker 1)" in line for line in lines), lines
+        _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
+        status = _by_name(ctl)
+        rtc_pid, wdt_pid = status[RTC]["worker_pid"], status[WDT]["worker_pid"]
+        assert rtc_pid != wdt_pid and proc.pid not in (rtc_pid, wdt_pid)
+        rtc_sock, wdt_sock = Path(status[RTC]["socket"]), Path(status[WDT]["socket"])
+
+        with VfioUserClient.connect(rtc_sock) as client:
+            client.write(0, PL031_MR, 4, 0x1234)
+        with VfioUserClient.connect(rtc_sock) as client:  # a disconnect keeps registers
+            assert client.read(0, PL031_MR, 4) == 0x1234
+
+        other = VfioUserClient.connect(wdt_sock)
+        rtc = VfioUserClient.connect(rtc_sock)
+        before = other.read(0, 0xFE0, 4)
+        os.kill(rtc_pid, signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 - the client sees the disconnect
+            for _ in range(100):
+                rtc.read(0, PL031_MR, 4)
+                time.sleep(0.02)
+        rtc.close()
+        assert rtc_sock.exists()  # the supervisor holds the socket: never missing
+        _wait(lambda: _by_name(ctl)[RTC]["worker_pid"] not in (None, rtc_pid)
+              and _by_name(ctl)[RTC]["state"] == "serving")
+        status = _by_name(ctl)
+        assert status[RTC]["worker_restarts"] == 1
+        assert status[RTC]["worker_last_exit"] == -signal.SIGKILL
+        assert status[WDT]["worker_pid"] == wdt_pid and status[WDT]["worker_restarts"] == 0
+        with VfioUserClient.connect(rtc_sock) as client:
+            # Documented: a sim model lives in the dead worker, so it comes back at
+            # power-on state (real hardware keeps what the hardware keeps).
+            assert client.read(0, PL031_MR, 4) == 0
+        assert other.read(0, 0xFE0, 4) == before  # the other worker's client never noticed
+        assert _by_name(ctl)[WDT]["client"] is not None
+        other.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert code == 0, err
+    assert err.count("was killed by signal 9") == 1, err  # logged once, with its status
+    assert not ctl.exists() and list(socks.iterdir()) == []
+
+
+def _plans(tmp_path: Path) -> list[DevicePlan]:
+    tree = load_tree(TreeSource("sim"))
+    exports, _ = choose_exports(tree, [RTC, WDT], everything_assignable=False)
+    return [DevicePlan(e, "sim", Listen(tmp_path / f"{i}.sock"))
+            for i, e in enumerate(exports)]
+
+
+def test_a_worker_dying_at_once_is_given_up_and_the_others_serve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "BACKOFF_FIRST", 0.01)
+    real_main = Supervisor._worker_main
+
+    def dies_at_once(self: Supervisor, worker, parent: int) -> int:
+        if worker.index == 0:
+            return 7
+        return real_main(self, worker, parent)
+
+    monkeypatch.setattr(Supervisor, "_worker_main", dies_at_once)
+    with Supervisor(_plans(tmp_path), 2, control=tmp_path / "ctl") as sup:
+        sup.start()
+        bad, good = sup.workers
+        deadline = time.monotonic() + 10
+        while not bad.failed:
+            assert time.monotonic() < deadline
+            sup.reactor.run_once(0.05)
+        assert bad.restarts == workers_module.MAX_QUICK_DEATHS and bad.last_exit == 7
+        for _ in range(20):  # no further restart is scheduled
+            sup.reactor.run_once(0.02)
+        assert bad.pid is None and bad.timer is None
+        devices = {d["name"]: d for d in sup.devices()}
+        assert devices[RTC]["state"] == "failed" and devices[RTC]["worker_pid"] is None
+        assert (tmp_path / "0.sock").exists()  # still bound: a connect waits, never ENOENT
+        assert good.pid is not None
+        _wait(lambda: sup.devices()[1]["state"] == "serving")
+        with VfioUserClient.connect(tmp_path / "1.sock") as client:
+            client.read(0, 0xFE0, 4)
+    assert not (tmp_path / "0.sock").exists() and not (tmp_path / "1.sock").exists()
