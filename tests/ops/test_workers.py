@@ -140,3 +140,69 @@ def test_a_worker_dying_at_once_is_given_up_and_the_others_serve(
         with VfioUserClient.connect(tmp_path / "1.sock") as client:
             client.read(0, 0xFE0, 4)
     assert not (tmp_path / "0.sock").exists() and not (tmp_path / "1.sock").exists()
+
+
+def _toml(tmp_path: Path, service_extra: str) -> Path:
+    path = tmp_path / "lab.toml"
+    path.write_text(f"""
+[service]
+run_dir = "{tmp_path}/run"
+{service_extra}
+
+[[device]]
+node = "{RTC}"
+source = "sim"
+socket = "{tmp_path}/rtc.sock"
+guest_address = 0x9020000
+
+[[device]]
+node = "{WDT}"
+source = "sim"
+socket = "{tmp_path}/wdt.sock"
+""")
+    return path
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "0 workers: give 1-64 or auto"), ('"many"', "'many' is not a number of workers"),
+    ("true", "True is not a number of workers"), ("65", "65 workers"),
+])
+def test_up_workers_key_is_validated(tmp_path: Path, value: str, message: str) -> None:
+    from platpass.errors import ConfigError
+    from platpass.ops.config import load_config
+
+    with pytest.raises(ConfigError, match=f"service.workers.*{message}"):
+        load_config(_toml(tmp_path, f"workers = {value}"))
+    assert load_config(_toml(tmp_path, 'workers = "auto"')).workers >= 1
+    assert load_config(_toml(tmp_path, "")).workers == 1
+
+
+def test_up_serves_from_workers(tmp_path: Path) -> None:
+    config = _toml(tmp_path, "workers = 2")
+    ctl = tmp_path / "run" / "lab.ctl"
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "up", "--foreground",
+                             str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("ready"):
+                break
+        _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
+        status = _by_name(ctl)
+        assert status[RTC]["worker"] == 0 and status[WDT]["worker"] == 1
+        assert status[RTC]["worker_pid"] != status[WDT]["worker_pid"]
+        assert status[RTC]["guest_address"] == 0x9020000  # up's own facts are kept
+        assert status[RTC]["socket"] == str(tmp_path / "rtc.sock")
+        with VfioUserClient.connect(tmp_path / "rtc.sock") as a, \
+                VfioUserClient.connect(tmp_path / "wdt.sock") as b:
+            a.read(0, PL031_MR, 4)
+            b.read(0, 0xFE0, 4)
+            assert all(d["client"] is not None for d in _by_name(ctl).values())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert code == 0, err
+    assert not ctl.exists() and not (tmp_path / "rtc.sock").exists()

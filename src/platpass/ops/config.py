@@ -10,6 +10,8 @@ A TOML file (stdlib :mod:`tomllib`) with an optional ``[service]`` table and one
     log_level = "info"           # debug | info | warning | error
     trace = "/var/log/platpass/lab.trace"   # optional: trace every device
     user = "platpass:kvm"        # optional: serve as this user (privilege separation)
+    workers = 2                  # optional: worker processes (1-64 or "auto"; default 1;
+                                 # see platpass serve --workers)
 
     [[device]]
     node = "/soc@9000000/gpio@30000"
@@ -68,7 +70,7 @@ PAGE_SIZE = 4096
 #: Highest GIC SPI number (INTID 1019 - 32), as the guest layer allows.
 MAX_SPI = 987
 
-SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace", "user")
+SERVICE_KEYS = ("name", "run_dir", "log_format", "log_level", "trace", "user", "workers")
 DEVICE_KEYS = ("node", "source", "firmware", "backend", "socket", "owner", "group", "mode",
                "allow_uids", "allow_gids", "dma", "guest_address", "guest_spis", "pci",
                "override", "together")
@@ -128,6 +130,8 @@ class ServiceConfig:
     devices: tuple[DeviceConfig, ...] = field(default=())
     #: ``platpass.host.privilege.RunAs`` to serve as (None: stay root).
     user: Any = None
+    #: Worker processes for the devices ``up`` serves itself (``serve --workers``).
+    workers: int = 1
 
     @property
     def control_path(self) -> Path:
@@ -241,6 +245,9 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
             user = parse_run_as(user_text)
         except PrivilegeError as err:
             check.fail("service.user", str(err))
+    workers = _workers(check, service.get("workers", 1))
+    if workers > 1 and (trace is not None or user is not None):
+        check.fail("service.workers", "workers > 1 does not combine with trace or user yet")
     tables = data.get("device", [])
     if not isinstance(tables, list):
         check.fail("device", "must be an array of tables ([[device]])")
@@ -280,7 +287,22 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
     assert name is not None and run_dir is not None
     assert log_format is not None and log_level is not None
     return ServiceConfig(path, name, run_dir, log_format, log_level, trace, tuple(devices),
-                         user)
+                         user, workers)
+
+
+def _workers(check: _Checker, value: object) -> int:
+    """``workers``: an integer 1-64 or "auto" (validated like ``serve --workers``)."""
+    from platpass.ops.workers import parse_workers
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        check.fail("service.workers", f"{value!r} is not a number of workers (1-64 or "
+                   "\"auto\")")
+        return 1
+    try:
+        return parse_workers(str(value))
+    except ValueError as err:
+        check.fail("service.workers", str(err))
+        return 1
 
 
 #: Longest path a client can connect to (``sun_path`` holds 108 bytes with its NUL).

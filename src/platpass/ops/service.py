@@ -220,6 +220,8 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
     configs: dict[str, DeviceConfig] = {}
     pid_written = False
     serving = Serving()
+    worker_plans: list[DevicePlan] = []
+    supervisor = None
     try:
         if config.trace:
             serving.recorder = TraceWriter(config.trace, serving.reactor.time,
@@ -246,10 +248,14 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
                 inherited.remove(passed)
             listen = Listen(fd=passed.fd) if passed is not None else \
                 Listen(device_config.socket)
-            serving.add(DevicePlan(item.export, device_config.backend, listen, options,
-                                   dma_deny=device_config.dma == "deny",
-                                   pci=device_config.pci))
-            if device_config.pci is not None:
+            device_plan = DevicePlan(item.export, device_config.backend, listen, options,
+                                     dma_deny=device_config.dma == "deny",
+                                     pci=device_config.pci)
+            if config.workers > 1:  # opened by the workers (platpass.ops.workers)
+                worker_plans.append(device_plan)
+            else:
+                serving.add(device_plan)
+            if device_config.pci is not None and config.workers == 1:
                 log.info("%s: PCI personality %s", item.export.node.path,
                          serving.pci_accounts[item.export.node.path],
                          extra={"device": item.export.node.path})
@@ -262,7 +268,10 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
                         unused.fd, unused.path or unused.name)
 
         def describe(endpoint: DeviceEndpoint) -> dict[str, Any]:
-            cfg = configs.get(endpoint.name)
+            return describe_node(endpoint.name)
+
+        def describe_node(name: str) -> dict[str, Any]:
+            cfg = configs.get(name)
             if cfg is None:
                 return {}
             return {"backend": cfg.backend, "source": cfg.source,
@@ -275,15 +284,26 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
                      "guest_spis": list(cfg.guest_spis)} for cfg in assigned]
 
         _prepare_run_dir(config.run_dir)
-        serving.control = ControlServer(serving.reactor, serving.server, config.control_path,
-                                        name=config.name, describe=describe, others=others)
+        if worker_plans:
+            from platpass.ops.workers import Supervisor
+
+            supervisor = Supervisor(worker_plans, config.workers,
+                                    control=config.control_path, name=config.name,
+                                    describe=describe_node, others=others)
+        else:
+            serving.control = ControlServer(serving.reactor, serving.server,
+                                            config.control_path, name=config.name,
+                                            describe=describe, others=others)
         _write_pid_file(config.pid_path)
         pid_written = True
         serving.reactor.stop_on_signals()
         activation.notify("READY=1")
         print(f"ready: {config.name} ({len(planned)} devices; control "
               f"{config.control_path})", flush=True)
-        if config.user is None:
+        if supervisor is not None:
+            supervisor.start()
+            supervisor.serve_forever()
+        elif config.user is None:
             serving.serve_forever()
         else:
             user = config.user
@@ -299,6 +319,8 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
         activation.notify("STOPPING=1")
         log.info("stopping %s", config.name)
     finally:
+        if supervisor is not None:
+            supervisor.close()
         serving.close()
         for device_config in reversed(assigned):
             try:

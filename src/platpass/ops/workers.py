@@ -53,6 +53,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,15 +137,22 @@ class Worker:
 class Supervisor:
     """Binds the plans' sockets, runs ``count`` workers and answers status for them all.
 
+    ``describe(node_path)`` adds configuration facts per device and ``others()`` lists
+    devices served elsewhere (as :class:`platpass.ops.control.ControlServer`'s).
+
     Use as a context manager: :meth:`close` stops the workers and removes what was bound.
     """
 
     def __init__(self, plans: list[DevicePlan], count: int, *,
-                 control: str | Path | None = None, name: str = "platpass serve") -> None:
+                 control: str | Path | None = None, name: str = "platpass serve",
+                 describe: Callable[[str], dict[str, Any]] | None = None,
+                 others: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         if not plans:
             raise OpsError("no device to place on workers")
         self.reactor = EpollReactor()
         self.name = name
+        self._describe = describe
+        self._others = others
         self._stopping = False
         self._private = Path(tempfile.mkdtemp(prefix="platpass-workers-"))  # 0700, ours
         self.workers: list[Worker] = []
@@ -286,7 +294,11 @@ class Supervisor:
                 entry["socket"] = str(bound.plan.listen)
                 entry.update(worker=worker.index, worker_pid=worker.pid, state=state,
                              worker_restarts=worker.restarts, worker_last_exit=worker.last_exit)
+                if self._describe is not None:
+                    entry.update(self._describe(name))
                 out.append(entry)
+        if self._others is not None:
+            out.extend(self._others())
         return out
 
     # -- shutting down ---------------------------------------------------------------
