@@ -20,13 +20,20 @@ computes on each read) as the client sees it, p50 and p99 over every sample. Tar
 with 256 active clients within 2x of p99 with 1. The server is pinned to one CPU and the
 workers to another (printed); with one CPU, everything shares it.
 
+Server placements (``--placement``, several measured in one run, each against its own
+1-client baseline): ``serve --workers 1`` pinned apart from the clients (``1:split``),
+``serve --workers 2`` unpinned (``2:free``: one reactor per CPU, sharing the CPUs with
+the clients), and ``serve --workers 1`` unpinned (``1:free``).
+
     python3 bench/scale.py [--devices 256] [--workers 2] [--reads 4000] [--rounds 3]
+                           [--placement 1:split,2:free,1:free]
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -202,11 +209,13 @@ def _summary(samples: list[int]) -> tuple[float, float, float, int]:
             _percentile(ordered, 0.99), len(ordered))
 
 
-def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Popen[bytes]:
+def _start_server(dts: Path, socket_dir: Path, cpu: int | None,
+                  server_workers: int = 1) -> subprocess.Popen[bytes]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 256 listeners + 256 clients
     command = [sys.executable, "-m", "platpass", "serve", "--dts", str(dts),
-               "--backend", "sim", "--socket-dir", str(socket_dir)]
+               "--backend", "sim", "--socket-dir", str(socket_dir),
+               "--workers", str(server_workers)]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
     # stderr goes to a file: a pipe nobody reads would block a server that logs a lot.
@@ -226,15 +235,116 @@ def _start_server(dts: Path, socket_dir: Path, cpu: int | None) -> subprocess.Po
             errors.seek(0)
             raise SystemExit(f"platpass serve exited: {errors.read()[-2000:]}")
         output += chunk
-        if b"\nready\n" in b"\n" + output:
+        if b"\nready" in b"\n" + output:
+            time.sleep(1.0 if server_workers > 1 else 0)  # the workers open their devices
             return proc
     proc.kill()
     errors.seek(0)
     raise SystemExit(f"platpass serve did not get ready in 120 s: {errors.read()[-2000:]}")
 
 
+def _server_cpu_ns(pid: int) -> int:
+    """CPU time of the server: the process and (``--workers``) its worker children."""
+    total = _cpu_ns(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            total += _cpu_ns(child)
+    return total
+
+
 def _placement(pid: int) -> str:
     return ",".join(str(c) for c in sorted(os.sched_getaffinity(pid)))
+
+
+def measure(args: argparse.Namespace, dts: Path, tmp: Path, server_workers: int,
+            placement: str) -> dict:
+    """One server placement: start ``serve --workers server_workers``, connect, alternate
+    the three phases ``args.rounds`` times; the samples and CPU figures."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if placement == "free":
+        server_cpu, client_cpu = None, None
+    elif placement == "same" or len(cpus) == 1:
+        server_cpu = client_cpu = cpus[0]
+    else:
+        server_cpu, client_cpu = cpus[0], cpus[1]
+    ctx = mp.get_context("fork")
+    socket_dir = tmp / f"sockets-{server_workers}-{placement}"
+    t0 = time.monotonic()
+    server = _start_server(dts, socket_dir, server_cpu, server_workers)
+    startup = time.monotonic() - t0
+    paths = sorted(str(p) for p in socket_dir.glob("*.sock"))
+    if len(paths) != args.devices:
+        raise SystemExit(f"expected {args.devices} sockets, found {len(paths)}")
+    per = args.devices // args.workers
+    workers = []
+    one: list[int] = []
+    few: list[int] = []
+    many: list[int] = []
+    #: phase -> [server CPU ns, client CPU ns]
+    cpu = {"one": [0, 0], "few": [0, 0], "many": [0, 0]}
+    try:
+        for w in range(args.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker,
+                               args=(paths[w * per:(w + 1) * per], client_cpu, child),
+                               daemon=True)
+            proc.start()
+            workers.append((proc, parent))
+        for _proc, pipe in workers:
+            if not pipe.poll(60) or pipe.recv() != "connected":
+                raise SystemExit("a worker did not connect")
+        profiler = None
+
+        def run_phase(name: str, mode: str, chosen: list, into: list[int]) -> None:
+            start = _server_cpu_ns(server.pid)
+            for _proc, pipe in chosen:
+                pipe.send((mode, args.reads))
+            for _proc, pipe in chosen:
+                into.extend(array.array("q", pipe.recv_bytes()))
+                cpu[name][1] += pipe.recv()
+            cpu[name][0] += _server_cpu_ns(server.pid) - start
+
+        for round_ in range(args.rounds):
+            run_phase("one", "one", workers[:1], one)
+            run_phase("few", "one", workers, few)
+            if args.profile and round_ == args.rounds - 1 and server_workers == 1:
+                profiler = subprocess.Popen(
+                    ["py-spy", "record", "-p", str(server.pid), "-o", args.profile,
+                     "-r", "500", "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            run_phase("many", "all", workers, many)
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
+        for _proc, pipe in workers:
+            pipe.send(None)
+        placement_server = _placement(server.pid)
+        placement_workers = _placement(workers[0][0].pid)
+    finally:
+        for proc, _pipe in workers:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    return {"one": one, "few": few, "many": many, "cpu": cpu, "startup": startup,
+            "server_cpu": server_cpu, "placement_server": placement_server,
+            "placement_workers": placement_workers}
+
+
+def _placements(text: str) -> list[tuple[int, str]]:
+    out = []
+    for item in text.split(","):
+        count, _, where = item.partition(":")
+        if where not in ("split", "same", "free") or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: give WORKERS:split|same|free")
+        out.append((int(count), where))
+    return out
 
 
 def main() -> int:
@@ -246,122 +356,74 @@ def main() -> int:
                         help="reads per worker per chunk (default 4000)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of the two phases (default 3)")
-    parser.add_argument("--placement", choices=("split", "same", "free"), default="split",
-                        help="server on one CPU and workers on another (default), all on "
-                             "one CPU, or wherever the scheduler puts them")
+    parser.add_argument("--placement", type=_placements, default=None,
+                        help="server placements measured in this run, comma-separated "
+                             "SERVER_WORKERS:WHERE, WHERE split (server on one CPU, clients "
+                             "on another), same (all on one CPU) or free (unpinned); "
+                             "default 1:split,2:free,1:free (serve --workers 2 "
+                             "pinned to one CPU would only share it)")
     parser.add_argument("--profile", metavar="SVG",
-                        help="record the server with py-spy during the 256-client phase")
+                        help="record the server with py-spy during the 256-client phase "
+                             "(single-process placements)")
     parser.add_argument("--plot", metavar="FILE.svg",
                         help="also draw the latency CDFs: N active clients and the control "
-                             "against 1 active client (the baseline), and the p50/p99 bars")
+                             "against 1 active client (the baseline), and the p50/p99 bars "
+                             "(first placement)")
     args = parser.parse_args()
     if args.devices % args.workers:
         parser.error("--devices must be a multiple of --workers")
+    placements = args.placement or [(1, "split"), (2, "free"), (1, "free")]
 
     cpus = sorted(os.sched_getaffinity(0))
-    if args.placement == "free":
-        server_cpu, client_cpu = None, None
-    elif args.placement == "same" or len(cpus) == 1:
-        server_cpu = client_cpu = cpus[0]
-    else:
-        server_cpu, client_cpu = cpus[0], cpus[1]
-    ctx = mp.get_context("fork")
+    results = []
     with tempfile.TemporaryDirectory(prefix="platpass-scale-") as tmp:
         dts = Path(tmp) / "scale.dts"
         dts.write_text(generate_dts(args.devices))
-        socket_dir = Path(tmp) / "sockets"
-        t0 = time.monotonic()
-        server = _start_server(dts, socket_dir, server_cpu)
-        startup = time.monotonic() - t0
-        paths = sorted(str(p) for p in socket_dir.glob("*.sock"))
-        if len(paths) != args.devices:
-            raise SystemExit(f"expected {args.devices} sockets, found {len(paths)}")
-        per = args.devices // args.workers
-        workers = []
-        try:
-            for w in range(args.workers):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker,
-                                   args=(paths[w * per:(w + 1) * per], client_cpu, child),
-                                   daemon=True)
-                proc.start()
-                workers.append((proc, parent))
-            for _proc, pipe in workers:
-                if not pipe.poll(60) or pipe.recv() != "connected":
-                    raise SystemExit("a worker did not connect")
-            profiler = None
-            one: list[int] = []
-            few: list[int] = []
-            many: list[int] = []
-            #: phase -> [server CPU ns, client CPU ns]
-            cpu = {"one": [0, 0], "few": [0, 0], "many": [0, 0]}
-
-            def run_phase(name: str, mode: str, chosen: list, into: list[int]) -> None:
-                start = _cpu_ns(server.pid)
-                for _proc, pipe in chosen:
-                    pipe.send((mode, args.reads))
-                for _proc, pipe in chosen:
-                    into.extend(array.array("q", pipe.recv_bytes()))
-                    cpu[name][1] += pipe.recv()
-                cpu[name][0] += _cpu_ns(server.pid) - start
-
-            for round_ in range(args.rounds):
-                run_phase("one", "one", workers[:1], one)
-                run_phase("few", "one", workers, few)
-                if args.profile and round_ == args.rounds - 1:
-                    profiler = subprocess.Popen(
-                        ["py-spy", "record", "-p", str(server.pid), "-o", args.profile,
-                         "-r", "500", "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    time.sleep(1)
-                run_phase("many", "all", workers, many)
-                if profiler is not None:
-                    profiler.send_signal(signal.SIGINT)
-                    profiler.wait(30)
-            for _proc, pipe in workers:
-                pipe.send(None)
-            placement_server = _placement(server.pid)
-            placement_workers = _placement(workers[0][0].pid)
-        finally:
-            for proc, _pipe in workers:
-                proc.join(10)
-                if proc.is_alive():
-                    proc.kill()
-            server.send_signal(signal.SIGTERM)
-            server.wait(30)
-        if server_cpu is not None:
-            os.sched_setaffinity(0, {server_cpu})
+        for server_workers, where in placements:
+            results.append(((server_workers, where),
+                            measure(args, dts, Path(tmp), server_workers, where)))
+        first_cpu = results[0][1]["server_cpu"]
+        if first_cpu is not None:
+            os.sched_setaffinity(0, {first_cpu})
         handling = server_handling(dts, args.devices, 10000)
 
-    p50_1, p90_1, p99_1, n_1 = _summary(one)
-    p50_w, p90_w, p99_w, n_w = _summary(few)
-    p50_n, p90_n, p99_n, n_n = _summary(many)
-    print(f"platpass serve: {args.devices} simulated PL031s in one process "
-          f"(started in {startup:.1f} s); trapped 4-byte REGION_READ of RTCDR")
-    print(f"CPU placement: server on CPU {placement_server}, {args.workers} client "
-          f"workers on CPU {placement_workers} ({len(cpus)} CPUs available; load average "
-          f"{os.getloadavg()[0]:.1f} from other processes shows in the p99)")
+    print(f"platpass serve: {args.devices} simulated PL031s; trapped 4-byte REGION_READ "
+          f"of RTCDR; {args.workers} client processes; {len(cpus)} CPUs available; load "
+          f"average {os.getloadavg()[0]:.1f} (other processes show in the p99)")
+    for (server_workers, where), r in results:
+        one, few, many, cpu = r["one"], r["few"], r["many"], r["cpu"]
+        p50_1, p90_1, p99_1, n_1 = _summary(one)
+        p50_w, p90_w, p99_w, n_w = _summary(few)
+        p50_n, p90_n, p99_n, n_n = _summary(many)
+        print()
+        print(f"== placement: serve --workers {server_workers}, {where} (server on CPU "
+              f"{r['placement_server']}, clients on CPU {r['placement_workers']}; started "
+              f"in {r['startup']:.1f} s)")
 
-    def per_read(name: str, n: int) -> str:
-        return f"{cpu[name][0] / n / 1000:7.1f}us {cpu[name][1] / n / 1000:7.1f}us"
+        def per_read(name: str, n: int, cpu: dict = cpu) -> str:
+            return f"{cpu[name][0] / n / 1000:7.1f}us {cpu[name][1] / n / 1000:7.1f}us"
 
-    print(f"{'':32} {'p50':>9} {'p90':>9} {'p99':>9} {'samples':>8}   CPU per read: "
-          "server, client")
-    print(f"{'1 active client (baseline)':32} {p50_1:7.1f}us {p90_1:7.1f}us {p99_1:7.1f}us "
-          f"{n_1:8d}   {per_read('one', n_1)}")
-    print(f"{f'{args.devices} active clients':32} {p50_n:7.1f}us {p90_n:7.1f}us "
-          f"{p99_n:7.1f}us {n_n:8d}   {per_read('many', n_n)}")
-    print(f"{f'control: {args.workers} active clients':32} {p50_w:7.1f}us {p90_w:7.1f}us "
-          f"{p99_w:7.1f}us {n_w:8d}   {per_read('few', n_w)}")
-    ratio = p99_n / p99_1
-    print(f"ratio p99 {args.devices}/1: {ratio:.2f}x (p50 {p50_n / p50_1:.2f}x); "
-          f"target <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
-    print(f"  of which the number of clients ({args.devices} vs {args.workers} at the same "
-          f"concurrency): p99 {p99_n / p99_w:.2f}x, p50 {p50_n / p50_w:.2f}x")
+        print(f"{'':32} {'p50':>9} {'p90':>9} {'p99':>9} {'samples':>8}   CPU per read: "
+              "server, client")
+        print(f"{'1 active client (baseline)':32} {p50_1:7.1f}us {p90_1:7.1f}us "
+              f"{p99_1:7.1f}us {n_1:8d}   {per_read('one', n_1)}")
+        print(f"{f'{args.devices} active clients':32} {p50_n:7.1f}us {p90_n:7.1f}us "
+              f"{p99_n:7.1f}us {n_n:8d}   {per_read('many', n_n)}")
+        print(f"{f'control: {args.workers} active clients':32} {p50_w:7.1f}us "
+              f"{p90_w:7.1f}us {p99_w:7.1f}us {n_w:8d}   {per_read('few', n_w)}")
+        ratio = p99_n / p99_1
+        print(f"ratio p99 {args.devices}/1: {ratio:.2f}x (p50 {p50_n / p50_1:.2f}x); "
+              f"target <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
+        print(f"  of which the number of clients ({args.devices} vs {args.workers} at the "
+              f"same concurrency): p99 {p99_n / p99_w:.2f}x, p50 {p50_n / p50_w:.2f}x")
+    print()
     print(f"server code per request, in-process (no scheduling): "
           f"{handling['one']:.1f}us on 1 connection, {handling['all']:.1f}us rotating over "
           f"{args.devices} ({handling['all'] / handling['one']:.2f}x)")
     if args.plot:
+        (server_workers, where), r = results[0]
+        one, few, many = r["one"], r["few"], r["many"]
+        ratio = _summary(many)[2] / _summary(one)[2]
         labels = ("1 active client (baseline)", f"control: {args.workers} active clients",
                   f"{args.devices} active clients")
         series = (one, few, many)
@@ -373,10 +435,11 @@ def main() -> int:
                                {label: [_summary(samples)[0], _summary(samples)[2]]
                                 for label, samples in zip(labels, series, strict=True)},
                                "µs")]
-        svgplot.write(args.plot, "bench/scale.py: one server, many clients", panels,
+        svgplot.write(args.plot, f"bench/scale.py: serve --workers {server_workers}, "
+                      f"{where}, many clients", panels,
                       note=f"python3 bench/scale.py --devices {args.devices} --reads "
                            f"{args.reads} --rounds {args.rounds} --placement "
-                           f"{args.placement} --plot FILE.svg")
+                           f"{server_workers}:{where} --plot FILE.svg")
         print(f"plot: {args.plot}")
     return 0
 
