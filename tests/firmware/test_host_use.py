@@ -303,3 +303,23 @@ def test_builtin_unstoppable_watchdogs() -> None:
     result = {a.node.path: a for a in assess_tree(t, registry)}
     assert [e.rule for e in result["/watchdog@10000"].evidence] == ["unstoppable-reset"]
     assert [e.rule for e in result["/watchdog@20000"].evidence] == ["system-reset"]
+
+
+def test_a_child_wired_to_the_root_interrupt_controller_is_not_told_to_co_assign_it() -> None:
+    """An RTC behind an I2C controller (or mux) whose interrupt goes straight to the GIC
+    (ls1043a-qds): the GIC can never go to a guest, so the evidence says what is missing
+    instead of advising a co-assignment nobody can make."""
+    result = assess("""
+    i2c@20000 { compatible = "test,i2c"; reg = <0x20000 0x1000>; interrupts = <0 6 4>;
+                #address-cells = <1>; #size-cells = <0>;
+        rtc@51 { compatible = "nxp,pcf2129"; reg = <0x51>; interrupts = <0 150 4>; };
+    };
+    """)
+    i2c = result["/i2c@20000"]
+    assert i2c.verdict is Verdict.REFUSED_HOST_IN_USE
+    (evidence,) = i2c.evidence
+    assert evidence.rule == "needs-host-resource"
+    assert "together with" not in evidence.value
+    assert evidence.value.endswith("a line of the host's root interrupt controller, which "
+                                   "no guest can take; platpass forwards only the device's "
+                                   "own interrupts, not a child's")

@@ -739,16 +739,21 @@ _UNCONNECTED_RESET = "platpass,reset-output-unconnected"
 
 
 def host_use_evidence(outside: Sequence[Reference], needs: Sequence[Reference],
-                      device_of: Callable[[str], str] = str) -> list[Evidence]:
+                      device_of: Callable[[str], str | None] = str) -> list[Evidence]:
     """The evidence lines of :func:`host_use`'s findings for one device; ``device_of``
-    names the device a supplier node belongs to (an endpoint's or a pin group's device)."""
+    names the device a supplier node belongs to (an endpoint's or a pin group's device),
+    or None when that supplier can never go to a guest (the host's root interrupt
+    controller): then the advice to co-assign it would be advice nobody can follow."""
     if not outside and not needs:
         return []
     found = [Evidence("host-consumer", "", str(ref)) for ref in dict.fromkeys(outside)]
-    found.extend(Evidence("needs-host-resource", "",
-                          f"{ref}: outside the subtree; assign it together with "
-                          f"{device_of(ref.supplier)}, or not at all")
-                 for ref in dict.fromkeys(needs))
+    for ref in dict.fromkeys(needs):
+        provider = device_of(ref.supplier)
+        found.append(Evidence("needs-host-resource", "", (
+            f"{ref}: outside the subtree; assign it together with {provider}, or not at all"
+            if provider is not None else
+            f"{ref}: a line of the host's root interrupt controller, which no guest can "
+            f"take; platpass forwards only the device's own interrupts, not a child's")))
     return found
 
 
@@ -840,7 +845,7 @@ def _unknown_or_assignable(node: DeviceNode, driver: type[PlatformDriver] | None
 
 
 def _host_in_use(consumers: Sequence[Reference], needs: Sequence[Reference],
-                 device_of: Callable[[str], str], critical: Sequence[Evidence],
+                 device_of: Callable[[str], str | None], critical: Sequence[Evidence],
                  live: Sequence[Evidence]) -> list[Evidence]:
     return [*host_use_evidence(consumers, needs, device_of), *critical, *live]
 
@@ -902,8 +907,11 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     memo: dict[str, tuple[Evidence, ...]] = {}
     match = registry.match
 
-    def device_of(path: str) -> str:
+    def device_of(path: str) -> str | None:
         raw: RawNode | None = by_path.get(path)
+        if raw is not None and "interrupt-controller" in raw.props and not (
+                "interrupts" in raw.props or "interrupts-extended" in raw.props):
+            return None  # the root controller (a GIC): it has no line of its own
         while raw is not None and "compatible" not in raw.props:
             raw = raw.parent
         return raw.path if raw is not None and raw.parent is not None else path
