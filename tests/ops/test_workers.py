@@ -206,3 +206,13 @@ def test_up_serves_from_workers(tmp_path: Path) -> None:
         proc.stderr.close()  # type: ignore[union-attr]
     assert code == 0, err
     assert not ctl.exists() and not (tmp_path / "rtc.sock").exists()
+
+
+def test_a_socket_that_cannot_be_bound_leaves_nothing_bound(tmp_path: Path) -> None:
+    from platpass.errors import HostError
+
+    good, bad = _plans(tmp_path)
+    bad = DevicePlan(bad.export, "sim", Listen(tmp_path / "missing" / "x.sock"))
+    with pytest.raises(HostError):
+        Supervisor([good, bad], 2)
+    assert list(tmp_path.iterdir()) == []  # the first socket was unbound and removed

@@ -157,8 +157,10 @@ class Supervisor:
         self._private = Path(tempfile.mkdtemp(prefix="platpass-workers-"))  # 0700, ours
         self.workers: list[Worker] = []
         self.control = None
+        bound: list[_Bound] = []
         try:
-            bound = [self._bind(plan) for plan in plans]
+            for plan in plans:  # one by one: a failure releases those already bound
+                bound.append(self._bind(plan))
             slots = placement(count, len(plans))
             for index in range(max(slots) + 1):
                 self.workers.append(Worker(index, [b for b, s in zip(bound, slots, strict=True)
@@ -170,7 +172,7 @@ class Supervisor:
                 self.control = ControlServer(self.reactor, VfioUserServer(self.reactor),
                                              control, name=name, others=self.devices)
         except BaseException:
-            self._release(bound if "bound" in locals() else [])
+            self._release(bound)
             raise
         self._bound = bound
 
