@@ -23,6 +23,16 @@ WDT = "/soc@9000000/watchdog@40000"
 PL031_MR = 0x04  # match register: read/write, 0 at power-on
 
 
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM the supervisor as a service manager would; its exit code and stderr."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(20)
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    return code, err
+
 def test_parse_workers_and_placement() -> None:
     assert parse_workers("3") == 3
     assert 1 <= parse_workers("auto") == min(64, len(os.sched_getaffinity(0)))
@@ -93,11 +103,7 @@ def test_kill_9_worker_restarts_with_documented_state(tmp_path: Path) -> None:
         assert _by_name(ctl)[WDT]["client"] is not None
         other.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
-        err = proc.stderr.read()  # type: ignore[union-attr]
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        code, err = _stop(proc)
     assert code == 0, err
     assert err.count("was killed by signal 9") == 1, err  # logged once, with its status
     assert not ctl.exists() and list(socks.iterdir()) == []
@@ -199,11 +205,7 @@ def test_up_serves_from_workers(tmp_path: Path) -> None:
             b.read(0, 0xFE0, 4)
             assert all(d["client"] is not None for d in _by_name(ctl).values())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
-        err = proc.stderr.read()  # type: ignore[union-attr]
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        code, err = _stop(proc)
     assert code == 0, err
     assert not ctl.exists() and not (tmp_path / "rtc.sock").exists()
 
