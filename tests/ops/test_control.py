@@ -105,3 +105,48 @@ def test_serve_control_counts_refused_second_clients(tmp_path: Path) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     assert not ctl.exists()
+
+
+def test_a_forked_child_that_forgets_the_server_never_holds_a_status_client(
+        tmp_path: Path) -> None:
+    """serve --workers forks a worker from the supervisor at any moment, possibly while a
+    status connection is accepted and not yet answered. The client reads to EOF; without
+    ``forget`` the child's copy of that connection kept it waiting until the child exited
+    (seen as a 5 s status timeout in CI under load)."""
+    import os
+    import time
+
+    reactor = EpollReactor()
+    server = ControlServer(reactor, VfioUserServer(reactor), tmp_path / "ctl")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "ctl"))
+    reactor.run_once(0.5)  # accepted, the request not yet sent
+    assert server.pending == 1
+    pid = os.fork()
+    if pid == 0:  # the "worker": forgets, then outlives the answer by far
+        server.forget()
+        time.sleep(5)
+        os._exit(0)
+    try:
+        client.sendall(b'{"request": "status"}\n')
+        client.setblocking(False)
+        deadline = time.monotonic() + 3
+        reply = b""
+        while time.monotonic() < deadline:
+            reactor.run_once(0.05)
+            try:
+                chunk = client.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break  # EOF: nobody else holds the connection
+            reply += chunk
+        else:
+            pytest.fail("no EOF within 3 s: the child still holds the status connection")
+        assert "devices" in json.loads(reply)["status"]
+    finally:
+        client.close()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        server.close()
+        reactor.close()

@@ -193,6 +193,17 @@ class ControlServer:
         self.reactor.remove_reader(fd)
         conn.close()
 
+    def forget(self) -> None:
+        """In a child forked from the process that runs this server (a worker of
+        ``serve --workers``): close the child's copies of the listening socket and of
+        every connection being answered. A status client reads to EOF, so a copy of its
+        connection left open in the child would hold it until the child exits. Only the
+        child's fds are closed: the epoll instance is shared with the parent, so nothing
+        is removed from it, and the parent goes on answering."""
+        for conn, _buf, _timer in self._pending.values():
+            conn.close()
+        self.sock.close()
+
     def close(self, *, unlink: bool = True) -> None:
         """Stop answering; ``unlink=False`` leaves the socket file to the process that
         created it (an unprivileged child of ``up`` cannot remove it)."""

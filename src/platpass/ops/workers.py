@@ -211,6 +211,8 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
+                if self.control is not None:  # never hold a status client's connection
+                    self.control.forget()
                 code = self._worker_main(worker, parent)
             except BaseException:
                 log.exception("worker %d failed", worker.index)
