@@ -238,28 +238,12 @@ class ClientConnection:
                 if length:
                     at += ACCESS_SIZE
                 else:  # not a plain read: a write, or something for the full codec
-                    access = parse_request(buf, at, nbytes)
-                    if access is None:
+                    taken = self._fast_write(at, nbytes)
+                    if taken is None:
                         return at
-                    msg_id, command, posted, region, offset, count, value = access
-                    if command == _REGION_READ or region not in self._writable:
-                        return at  # a read answer_read declined (flag): full path
-                    try:
-                        self._write(region, offset, count, value)
-                    except VfioError:
-                        return at
-                    except (HostError, OSError) as err:
-                        self._backend_failed(command, posted, buf, at, err)
-                        at += ACCESS_SIZE + count
-                        if posted:
-                            self.session.failed_posted += 1
-                            continue
-                        length = pack_error_reply(reply, msg_id, command, errno.EIO)
-                    else:
-                        at += ACCESS_SIZE + count
-                        if posted:
-                            continue
-                        length = pack_write_reply(reply, msg_id, region, offset, count)
+                    at, length = taken
+                    if not length:
+                        continue  # posted: nothing to send
             data = self._reply_views[length]
             if self._out:
                 self._send_now(data)  # queued behind what already waits
@@ -278,6 +262,32 @@ class ClientConnection:
             if self.closed:
                 return nbytes
         return at
+
+    def _fast_write(self, at: int, nbytes: int) -> tuple[int, int] | None:
+        """The message at ``buf[at:nbytes]`` when it is a single-access REGION_WRITE of a
+        writable region that the device takes: (where the next message starts, the
+        length of the reply in the reply buffer, 0 for a posted write). None leaves it,
+        untouched, to the full codec (a read answer_read declined, a refused access)."""
+        access = parse_request(self._buf, at, nbytes)
+        if access is None:
+            return None
+        msg_id, command, posted, region, offset, count, value = access
+        if command == _REGION_READ or region not in self._writable:
+            return None
+        end = at + ACCESS_SIZE + count
+        try:
+            self._write(region, offset, count, value)
+        except VfioError:
+            return None
+        except (HostError, OSError) as err:
+            self._backend_failed(command, posted, self._buf, at, err)
+            if posted:
+                self.session.failed_posted += 1
+                return end, 0
+            return end, pack_error_reply(self._reply, msg_id, command, errno.EIO)
+        if posted:
+            return end, 0
+        return end, pack_write_reply(self._reply, msg_id, region, offset, count)
 
     def _backend_failed(self, command: int, posted: bool, buf: bytearray, at: int,
                         err: Exception) -> int:

@@ -198,10 +198,9 @@ class RunOffset(IntEnum):
 
 #: KVM_EXIT_IO layout at :attr:`RunOffset.IO_DIRECTION`.
 RUN_IO = struct.Struct("<BBHIQ")
-#: KVM_EXIT_MMIO layout at :attr:`RunOffset.MMIO_PHYS_ADDR`.
-RUN_MMIO = struct.Struct("<Q8sIB")
-#: The same without the data bytes (``phys_addr, len, is_write``): what the vCPU loop
-#: decodes on every MMIO exit; a write's data is read at :attr:`RunOffset.MMIO_DATA`.
+#: KVM_EXIT_MMIO layout at :attr:`RunOffset.MMIO_PHYS_ADDR` with its 8 data bytes skipped
+#: (``phys_addr, len, is_write``): what the vCPU loop decodes on every MMIO exit; a write's
+#: data is read at :attr:`RunOffset.MMIO_DATA`.
 RUN_MMIO_ACCESS = struct.Struct("<Q8xIB")
 #: Size of ``struct kvm_run`` up to the end of its sync-regs area (x86-64 header value).
 KVM_RUN_SIZE = 0x930

@@ -130,10 +130,7 @@ def answer_read(buf: bytearray | bytes, at: int, end: int, reply: bytearray,
     if (command != _READ or flags or size != ACCESS_SIZE or region not in readable
             or count not in _SIZES or offset % count):
         return 0
-    length: int = ACCESS_SIZE + count  # typed at no cost (struct gives Any)
-    _WITH_VALUE[count].pack_into(reply, 0, msg_id, _READ, length, _REPLY, 0, offset, region,
-                                 count, read(region, offset, count))
-    return length
+    return pack_read_reply(reply, msg_id, region, offset, count, read(region, offset, count))
 
 
 def read_reply_value(buf: bytearray | bytes, nbytes: int, msg_id: int, count: int
