@@ -14,7 +14,7 @@ import pytest
 
 from platpass.errors import OpsError
 from platpass.ops import control as control_module
-from platpass.ops.control import ControlServer, query
+from platpass.ops.control import ControlServer, idle_status, query
 from platpass.reactor import EpollReactor
 from platpass.vfio_user.client import VfioUserClient
 from platpass.vfio_user.server import VfioUserServer
@@ -99,6 +99,8 @@ def test_serve_control_counts_refused_second_clients(tmp_path: Path) -> None:
             (device,) = query(ctl)["devices"]
             assert device["refused_clients"] == 1 and device["client"] is not None
             assert device["socket"] == str(sock)
+            # a device nobody serves at the moment (serve --workers) has the same shape
+            assert list(idle_status("n", [], "s")) == list(device)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

@@ -43,6 +43,18 @@ REQUEST_TIMEOUT = 5.0
 MAX_PENDING = 16
 
 
+#: The counters of a device's status, in :func:`endpoint_status`'s order.
+COUNTERS = ("refused_clients", "trapped_reads", "trapped_writes", "backend_reads",
+            "backend_writes", "refused_accesses", "failed_posted_writes", "resets", "dma_maps")
+
+
+def idle_status(name: str, compatible: list[str], socket_name: str) -> dict[str, Any]:
+    """The status of a device no process serves at the moment (its worker is restarting or
+    was given up): :func:`endpoint_status`'s shape, with no client and every count 0."""
+    return {"name": name, "compatible": compatible, "socket": socket_name, "client": None,
+            **dict.fromkeys(COUNTERS, 0), "irqs": []}
+
+
 def endpoint_status(endpoint: DeviceEndpoint, extra: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """The status of one served device (see the module docstring)."""

@@ -363,12 +363,10 @@ class Supervisor:
 
 def _idle_status(bound: _Bound) -> dict[str, Any]:
     """A device whose worker is not answering: no client, no counts."""
+    from platpass.ops.control import idle_status
+
     plan = bound.plan
-    return {"name": plan.node.path, "compatible": list(plan.node.compatible),
-            "socket": str(plan.listen), "client": None, "refused_clients": 0,
-            "trapped_reads": 0, "trapped_writes": 0, "backend_reads": 0,
-            "backend_writes": 0, "refused_accesses": 0, "failed_posted_writes": 0,
-            "resets": 0, "dma_maps": 0, "irqs": []}
+    return idle_status(plan.node.path, list(plan.node.compatible), str(plan.listen))
 
 
 __all__ = ["BACKOFF_MAX", "MAX_QUICK_DEATHS", "MAX_WORKERS", "STABLE_AFTER", "Supervisor",
