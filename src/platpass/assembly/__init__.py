@@ -25,6 +25,7 @@ from platpass.assembly.plan import (
     Listen,
     choose_exports,
     find_export,
+    log_waivers,
     merge_groups,
 )
 from platpass.assembly.serving import ControlEndpoint, Recorder, Serving, open_device
@@ -44,6 +45,7 @@ __all__ = [
     "choose_exports",
     "find_export",
     "load_tree",
+    "log_waivers",
     "merge_groups",
     "open_device",
     "sim_opener",

@@ -11,6 +11,7 @@ at verdict names or evidence rules.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from platpass.firmware.devicetree import DeviceTree
 from platpass.firmware.model import DeviceNode
 from platpass.firmware.verdict import Assessment, Verdict, assess_tree
 from platpass.vfio_user.server import SocketOptions
+
+_override_log = logging.getLogger("platpass.override")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,16 @@ def merge_groups(groups: Iterable[Iterable[str]]) -> list[list[str]]:
     for member in parent:
         components.setdefault(root(member), []).append(member)
     return sorted(sorted(c) for c in components.values() if len(c) > 1)
+
+
+def log_waivers(source: str, assessments: Iterable[Assessment], how: str = "--override"
+                ) -> None:
+    """A warning for every waiver the user's overrides made (``how``: where the user
+    gave them), on the ``platpass.override`` logger whatever the entry point."""
+    for assessment in assessments:
+        for evidence in assessment.waived:
+            _override_log.warning("%s: %s: %s (%s)", source, assessment.node.path,
+                                  evidence.value, how)
 
 
 def assess(tree: DeviceTree, registry: DriverRegistry | None = None, *,

@@ -51,12 +51,11 @@ from platpass.assembly import (
     backend_opener,
     load_tree,
 )
-from platpass.assembly.plan import assess
+from platpass.assembly.plan import assess, log_waivers
 from platpass.cli.host_use import (
     add_override_option,
     add_together_option,
     groups_for,
-    log_waivers,
     overrides_for,
 )
 from platpass.cli.options import (

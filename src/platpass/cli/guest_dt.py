@@ -180,7 +180,8 @@ def select_devices(tree: DeviceTree, wanted: list[str],
     The wanted nodes go to one guest together: they are judged as one co-assignment group
     (a child of one may use an interrupt or GPIO of another).
     """
-    from platpass.cli.host_use import log_waivers, overrides_for
+    from platpass.assembly.plan import log_waivers
+    from platpass.cli.host_use import overrides_for
     from platpass.drivers.registry import default_registry
     from platpass.firmware.verdict import assess_tree
 

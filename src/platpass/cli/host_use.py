@@ -8,15 +8,12 @@ rule; a waiver stays in the device's evidence and every one used is logged as a 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Iterable
 
 from platpass.assembly.plan import merge_groups
 from platpass.errors import NodeError
 from platpass.firmware.devicetree import DeviceTree
-from platpass.firmware.verdict import WAIVABLE_RULES, Assessment
-
-log = logging.getLogger("platpass.override")
+from platpass.firmware.verdict import WAIVABLE_RULES
 
 
 def override(text: str) -> tuple[str, frozenset[str]]:
@@ -57,7 +54,7 @@ def overrides_for(tree: DeviceTree,
 
 def together(text: str) -> tuple[str, ...]:
     """One ``NODE,NODE[,...]`` argument (an argparse ``type``): a co-assignment group."""
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = _names(text)
     if len(names) < 2:
         raise argparse.ArgumentTypeError(
             f"{text!r}: a co-assignment group names two or more nodes: NODE,NODE[,...]")
@@ -99,11 +96,3 @@ def groups_for(tree: DeviceTree, given: Iterable[Iterable[str]], *,
             if strict:
                 raise
     return merge_groups(resolved)
-
-
-def log_waivers(source: str, assessments: Iterable[Assessment]) -> None:
-    """A warning for every waiver the user's overrides made."""
-    for assessment in assessments:
-        for evidence in assessment.waived:
-            log.warning("%s: %s: %s (--override)", source, assessment.node.path,
-                        evidence.value)

@@ -21,11 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from platpass.assembly.plan import log_waivers
 from platpass.cli.host_use import (
     add_override_option,
     add_together_option,
     groups_for,
-    log_waivers,
     overrides_for,
 )
 from platpass.drivers.registry import DriverRegistry, default_registry

@@ -42,11 +42,11 @@ from platpass.assembly import (
     choose_exports,
     load_tree,
 )
+from platpass.assembly.plan import log_waivers
 from platpass.cli.host_use import (
     add_override_option,
     add_together_option,
     groups_for,
-    log_waivers,
     overrides_for,
 )
 from platpass.cli.options import (

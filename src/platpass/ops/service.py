@@ -44,6 +44,7 @@ from platpass.assembly import (
     TreeSource,
     choose_exports,
     load_tree,
+    log_waivers,
     merge_groups,
 )
 from platpass.errors import ConfigError, OpsError, PlatpassError
@@ -58,8 +59,6 @@ from platpass.ops import activation
 from platpass.ops.config import DeviceConfig, ServiceConfig
 
 log = logging.getLogger(__name__)
-#: Waivers are logged where the CLI's ``--override`` logs them.
-_override_log = logging.getLogger("platpass.override")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +120,8 @@ def plan(config: ServiceConfig, *, inherited: tuple[str, ...] = (),
             tree, [device.node], everything_assignable=False,
             groups=[g for g in groups.get(key, ()) if device.node in g],
             overrides={device.node: device.overrides} if device.overrides else None)
-        for export in exports:
-            for evidence in export.assessment.waived:
-                _override_log.warning("%s: %s: %s (override in %s)", tree.source,
-                                      device.node, evidence.value, config.path)
+        log_waivers(tree.source, [e.assessment for e in exports],
+                    how=f"override in {config.path}")
         if refusals:
             problems.extend(f"{where}.node: {refusal}" for refusal in refusals)
             continue
