@@ -105,7 +105,7 @@ class EpollReactor:
         ready readers and due timers; returns how many callbacks ran."""
         ran = self._run_due_timers() if self._timers else 0
         if self._timers:
-            until_timer = max(self._timers[0].when - time.monotonic(), 0.0)
+            until_timer = max(self._timers[0].when - self.time(), 0.0)
             timeout = until_timer if timeout is None else min(timeout, until_timer)
         if ran:
             timeout = 0.0

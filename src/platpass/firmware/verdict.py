@@ -520,21 +520,15 @@ def _up(path: str) -> Iterator[str]:
 class _Holders:
     """Which of ``wanted`` hold a path in their subtree (the path itself, or an ancestor),
     innermost first; memoised per path, so a tree costs one walk however many questions.
-    ``paths`` (parents before children, as a blob lists them) or ``nodes`` (raw nodes in
-    blob order: no path splitting) fills the memo up front."""
+    ``nodes`` (raw nodes in blob order, parents first: no path splitting) fills the memo
+    up front."""
 
     __slots__ = ("_memo", "_wanted")
 
-    def __init__(self, wanted: Iterable[str], paths: Iterable[str] = (),
-                 nodes: Iterable[RawNode] = ()) -> None:
+    def __init__(self, wanted: Iterable[str], nodes: Iterable[RawNode] = ()) -> None:
         self._wanted = wanted = set(wanted)
         memo: dict[str, tuple[str, ...]] = {"/": (), "": ()}
         self._memo = memo
-        for path in paths:
-            above = memo.get(path.rsplit("/", 1)[0])
-            if above is None:
-                continue
-            memo[path] = (path, *above) if path in wanted else above
         for node in nodes:
             parent = node.parent
             if parent is None:
@@ -585,7 +579,9 @@ def host_use(
     ``paths`` (every node path, parents first) only makes it faster.
     """
     if holders is None:
-        holders = _Holders(devices, paths)
+        holders = _Holders(devices)
+        for path in paths:  # parents first: each answer reuses its parent's
+            holders(path)
     known_enabled: dict[str, bool] = {}
     roots: dict[str, tuple[str, ...]] = {}
     for group in groups:
