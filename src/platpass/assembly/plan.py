@@ -20,6 +20,7 @@ from platpass.drivers.common import PlatformDriver
 from platpass.drivers.registry import DriverRegistry, default_registry
 from platpass.firmware.devicetree import DeviceTree
 from platpass.firmware.model import DeviceNode
+from platpass.firmware.rawtree import RawNode
 from platpass.firmware.verdict import Assessment, Verdict, assess_tree
 from platpass.vfio_user.server import SocketOptions
 
@@ -32,14 +33,18 @@ class Export:
 
     assessment: Assessment
     driver: PlatformDriver
+    #: The device's descendants as firmware lists them (the EEPROM on an SPI controller,
+    #: the RTC on an I2C bus): they go with it. A kernel backend has the real ones on the
+    #: real bus; the simulated board builds models of them from this.
+    subtree: tuple[RawNode, ...] = ()
 
     @classmethod
-    def of(cls, assessment: Assessment) -> Export:
+    def of(cls, assessment: Assessment, subtree: tuple[RawNode, ...] = ()) -> Export:
         """The export of an assignable, claimed device (ValueError otherwise: ask
         :func:`choose_exports`, which says why a device is not exported)."""
         if not assessment.may_assign or assessment.driver is None:
             raise ValueError(f"{assessment.node.path}: {assessment.explanation}")
-        return cls(assessment, assessment.driver(assessment.node))
+        return cls(assessment, assessment.driver(assessment.node), subtree)
 
     @classmethod
     def forced(cls, assessment: Assessment) -> Export:
@@ -146,8 +151,14 @@ def choose_exports(tree: DeviceTree, paths: Sequence[str], *, everything_assigna
         if assessment.driver is None:
             refusals.append(f"{assessment.node.path}: no driver")
             continue
-        exports.append(Export.of(assessment))
+        exports.append(Export.of(assessment, descendants(tree, assessment.node.path)))
     return exports, refusals
+
+
+def descendants(tree: DeviceTree, path: str) -> tuple[RawNode, ...]:
+    """The raw nodes below ``path``, in blob order (parents before their children)."""
+    prefix = path.rstrip("/") + "/"
+    return tuple(raw for raw in tree.raw.nodes if raw.path.startswith(prefix))
 
 
 def find_export(tree: DeviceTree, path: str, registry: DriverRegistry | None = None

@@ -25,6 +25,7 @@ from typing import Protocol, cast
 from platpass.assembly.backends import BackendOpener, backend_opener
 from platpass.assembly.plan import DevicePlan, Export, Listen
 from platpass.host.privilege import RunAs, prctl, run_separated
+from platpass.host.simulated.backend import SimulatedBackend
 from platpass.reactor import EpollReactor, Reactor
 from platpass.vfio_device.device import VfioDevice, close_devices
 from platpass.vfio_device.iommu import EmulatedIommu
@@ -67,6 +68,12 @@ def open_device(export: Export, opener: BackendOpener, reactor: Reactor, *,
     opened_at = reactor.time()
     backend = opener(export.node, reactor)
     try:
+        if export.subtree and isinstance(backend, SimulatedBackend):
+            # The simulated board has no real bus: it models the devices firmware puts on
+            # it (a kernel backend's devices are on the real bus already).
+            from platpass.host.simulated.board import populate_bus
+
+            populate_bus(backend, export.subtree)
         device = VfioDevice(export.node, export.driver, backend, reactor,
                             EmulatedIommu(deny=dma_deny),
                             force_trap_all=export.force_trap_all or trap_all

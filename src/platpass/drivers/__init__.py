@@ -12,6 +12,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "arm_sbsa",
     "arm_sp805",
     "broadcom",
+    "cavium",
     "fsl_layerscape",
     "imx",
     "marvell",

@@ -12,17 +12,20 @@ bytes and RX input, GPIO pins, RTC time, watchdog reset output) hang off
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
 from platpass.errors import HostError
 from platpass.firmware.devicetree import DeviceTree, compile_dts, load_blob
 from platpass.firmware.model import DeviceNode
+from platpass.firmware.rawtree import RawNode
 from platpass.host.simulated.backend import SimulatedBackend
 from platpass.host.simulated.clock import ModelClock, ReactorClock
 from platpass.host.simulated.models.base import DeviceModel
 from platpass.host.simulated.models.ns16550 import Ns16550
+from platpass.host.simulated.models.octeon_spi import OcteonSpi, SpiEeprom
 from platpass.host.simulated.models.pl011 import Pl011
 from platpass.host.simulated.models.pl031 import Pl031
 from platpass.host.simulated.models.pl061 import Pl061
@@ -30,6 +33,8 @@ from platpass.host.simulated.models.sp805 import Sp805
 from platpass.reactor import Reactor
 
 BOARD_DTS = "sim-board.dts"
+
+_log = logging.getLogger(__name__)
 
 
 def board_dts_path() -> Path:
@@ -101,7 +106,12 @@ def _ns16550(node: DeviceNode, clock: ModelClock) -> DeviceModel:
         raise HostError(f"{node.path}: {err}") from err
 
 
+def _octeon_spi(node: DeviceNode, clock: ModelClock) -> DeviceModel:
+    return OcteonSpi(clock)
+
+
 MODEL_FACTORIES: dict[str, ModelFactory] = {
+    "cavium,octeon-3010-spi": _octeon_spi,
     "arm,pl011": _pl011,
     "arm,pl031": _pl031,
     "arm,pl061": _pl061,
@@ -131,3 +141,74 @@ def open_sim_backend(node: DeviceNode, reactor: Reactor,
                         f"firmware gives {len(node.regions)}")
     model = model_for(node, clock or ReactorClock(reactor))
     return SimulatedBackend(model, node.regions[0].size)
+
+
+# -- devices on a modelled bus -----------------------------------------------------------
+
+#: Compatibles of SPI EEPROMs the AT25 model stands for (Linux's at25 binds these).
+AT25_COMPATIBLES = ("atmel,at25",)
+
+
+def _raw_u32(raw: RawNode, *names: str) -> int | None:
+    """The first of ``names`` that the node has, as one cell (HostError if malformed)."""
+    for name in names:
+        value = raw.props.get(name)
+        if value is None:
+            continue
+        if len(value) != 4:
+            raise HostError(f"{raw.path}: property {name!r} is not one cell")
+        return int.from_bytes(value, "big")
+    return None
+
+
+def _compatibles(raw: RawNode) -> tuple[str, ...]:
+    value = raw.props.get("compatible", b"")
+    return tuple(s.decode(errors="replace") for s in value.split(b"\0") if s)
+
+
+def spi_eeprom_for(raw: RawNode, clock: ModelClock) -> SpiEeprom:
+    """An AT25 model sized the way Linux's at25 reads the node: ``size``, ``pagesize``,
+    ``address-width`` (or the older ``at25,byte-len``, ``at25,page-size``,
+    ``at25,addr-mode``). HostError when the node does not say."""
+    size = _raw_u32(raw, "size", "at25,byte-len")
+    page = _raw_u32(raw, "pagesize", "at25,page-size")
+    width = _raw_u32(raw, "address-width")
+    if width is None:
+        mode = _raw_u32(raw, "at25,addr-mode")
+        width = {1: 8, 2: 16, 4: 24}.get(mode or 0)
+    if size is None or page is None or width not in (8, 16, 24):
+        raise HostError(f"{raw.path}: an AT25 node needs size, pagesize and address-width "
+                        "(8, 16 or 24)")
+    try:
+        return SpiEeprom(clock, size, page, width // 8)
+    except ValueError as err:
+        raise HostError(f"{raw.path}: {err}") from err
+
+
+def populate_bus(backend: SimulatedBackend, subtree: Sequence[RawNode]) -> None:
+    """Put models of the devices firmware lists on a modelled bus: an AT25 EEPROM on the
+    chip select its ``reg`` names. Enabled children only (a disabled one is not on the
+    board); a child no model stands for is logged and left off the bus, where nothing
+    answers it (MISO floats high), as with an empty socket. HostError for a malformed
+    child the model does stand for, or two on one chip select."""
+    model = backend.model
+    if not isinstance(model, OcteonSpi) or not subtree:
+        return
+    parent = subtree[0].path.rsplit("/", 1)[0]
+    for raw in subtree:
+        if raw.path.rsplit("/", 1)[0] != parent:
+            continue
+        status = raw.props.get("status", b"okay").rstrip(b"\0")
+        if status not in (b"okay", b"ok"):
+            continue
+        compatibles = _compatibles(raw)
+        if not any(c in AT25_COMPATIBLES for c in compatibles):
+            _log.warning("%s: no simulated model for %s; nothing answers on its chip "
+                         "select", raw.path, list(compatibles))
+            continue
+        cs = _raw_u32(raw, "reg")
+        if cs is None or cs >= 4:
+            raise HostError(f"{raw.path}: reg must be one chip select 0-3")
+        if cs in model.targets:
+            raise HostError(f"{raw.path}: chip select {cs} is already taken")
+        model.targets[cs] = spi_eeprom_for(raw, model.clock)
