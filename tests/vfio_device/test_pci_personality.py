@@ -313,6 +313,7 @@ def test_whole_region_mappable_bar_padding_gets_sparse_area():
     pci = object.__new__(pci_device.PciVfioDevice)
     pci.inner = Fake(info)  # type: ignore[assignment]
     pci._bar_sizes = (0x4000,)
+    pci._bar_offsets = (0,)
     built = pci._build_region(0)
     assert built.size == 0x4000 and built.sparse_areas == (SparseArea(0, 0x3000),)
     assert built.flags & RegionFlags.CAPS
@@ -408,3 +409,60 @@ def test_auto_picks_by_clock():
     assert (identity.vendor, identity.device) == (0x14D2, 0xA001) and "Titan 100" in why
     with pytest.raises(PciIdError, match="assumes a 1843200 Hz input clock"):
         choose_identity(node, driver, "115d:0101")
+
+
+# ------------------------------------------------------------------ registers past BAR0's start
+
+SPI_BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
+SPI = "/soc@9000000/spi@60000"
+
+
+def test_thunderx_spi_entry_puts_the_mpi_block_at_bar0_plus_4k():
+    from platpass.assembly import find_export
+    from platpass.assembly.backends import sim_opener
+    from platpass.assembly.serving import open_device
+    from platpass.vfio_device.pci.device import as_pci_function
+
+    export = find_export(devicetree.load_dts(SPI_BOARD), SPI)
+    assert not isinstance(export, str), export
+    reactor = EpollReactor()
+    inner = open_device(export, sim_opener(ManualClock), reactor)
+    device, why = as_pci_function(inner, "auto")
+    assert (device.identity.vendor, device.identity.device) == (0x177D, 0xA00B)
+    assert "spi-thunderx" in why
+    device.open()
+    try:
+        bar0 = device.region_info(0)
+        assert bar0.size == 0x2000                  # 0x1000 + the 0x100 block, rounded
+        assert not bar0.flags & RegionFlags.MMAP and not bar0.sparse_areas
+        device.config.write(Reg.COMMAND, 2, Command.MEMORY)
+        model = device.backend.model
+        device.write(0, 0x1000, 8, 0x1001)           # MPI_CFG: enable, csena0
+        assert model.cfg == 0x1001
+        assert device.read(0, 0x1000, 8) == 0x1001
+        device.write(0, 0x0000, 8, 0xFFFF)            # before the block: ignored, reads 0
+        device.write(0, 0x0FF8, 8, 0xFFFF)
+        assert device.read(0, 0x0000, 8) == 0 and device.read(0, 0x0FF8, 4) == 0
+        assert model.cfg == 0x1001
+        assert device.read(0, 0x1F00, 8) == 0         # past it: padding
+        # RDSR through the BAR, as spi-thunderx sends it: 0x05 then one byte clocked in
+        device.write(0, 0x1080, 8, 0x05)
+        device.write(0, 0x1010, 8, 1 | 1 << 8 | 1 << 16)
+        device.write(0, 0x1010, 8, 1)
+        assert device.read(0, 0x1008, 8) == 1 << 8   # not busy, one byte received
+        assert device.read(0, 0x1080, 8) == 0         # status of an idle EEPROM
+    finally:
+        device.close()
+        reactor.close()
+
+
+def test_bar0_offset_must_be_page_aligned(reactor):
+    from platpass.vfio_device.pci.ids import bar0_offset
+
+    assessment, driver = _assessed(PCI_BOARD, UART)
+    backend = open_sim_backend(assessment.node, reactor, ManualClock())
+    inner = VfioDevice(assessment.node, driver, backend, reactor)
+    with pytest.raises(PciPersonalityError, match="not a multiple of 4 KiB"):
+        PciVfioDevice(inner, IDENT, bar0_offset=0x800)
+    assert bar0_offset(IDENT) == 0
+    inner.close()

@@ -12,6 +12,10 @@ Index layout, as vfio-pci reports it and QEMU's ``vfio-user-pci`` requires at re
   Enable is clear, BAR reads and writes fail with EIO (what vfio-pci answers); pages a
   client already mapped cannot be revoked over vfio-user, and they hold only plain
   registers (the platform personality's mapping rule), so that costs nothing;
+* where the guest driver expects the registers further into BAR0 (the ID table's
+  ``bar0_offset``: ThunderX SPI finds its MPI block at BAR0 + 0x1000), the region starts
+  there, the bytes before it read as 0 and ignore writes, and the BAR is not mappable (a
+  mapping of the device's fd at the BAR's start would put the registers there);
 * 5 IRQ indexes: 0 INTx (the device's one interrupt, count 1, EVENTFD | MASKABLE |
   AUTOMASKED: the platform line's own automasked level semantics, which are vfio-pci's
   INTx semantics — unmask by SET_IRQS or by an UNMASK eventfd, the KVM resampler), then
@@ -77,7 +81,7 @@ class PciVfioDevice:
     device cannot be one PCI function.
     """
 
-    def __init__(self, inner: VfioDevice, identity: Identity) -> None:
+    def __init__(self, inner: VfioDevice, identity: Identity, bar0_offset: int = 0) -> None:
         self.inner = inner
         self.node = inner.node
         self.identity = identity
@@ -96,13 +100,20 @@ class PciVfioDevice:
             raise PciPersonalityError(
                 f"{path}: {info.num_regions} MMIO regions; a type-0 header has "
                 f"{BAR_SLOTS} BARs")
+        if bar0_offset < 0 or bar0_offset % 0x1000:
+            raise PciPersonalityError(f"{path}: BAR0 offset {bar0_offset:#x} is not a "
+                                      "multiple of 4 KiB")
         self._real_sizes = tuple(inner.region_info(i).size for i in range(info.num_regions))
+        #: Where each region starts inside its BAR (only BAR0 may be offset).
+        self._bar_offsets = tuple(bar0_offset if i == 0 else 0
+                                  for i in range(info.num_regions))
         sizes = []
         for index, size in enumerate(self._real_sizes):
-            if size <= 0 or bar_size_for(size) > MAX_BAR32:
+            need = self._bar_offsets[index] + size
+            if size <= 0 or bar_size_for(need) > MAX_BAR32:
                 raise PciPersonalityError(
                     f"{path}: region {index} ({size:#x} bytes) does not fit a 32-bit BAR")
-            sizes.append(bar_size_for(size))
+            sizes.append(bar_size_for(need))
         self._bar_sizes = tuple(sizes)
         self.config = ConfigSpace(identity, self._bar_sizes,
                                   interrupt_status=self._interrupt_asserted,
@@ -122,6 +133,11 @@ class PciVfioDevice:
         if index < len(self._bar_sizes):
             inner = self.inner.region_info(index)
             bar = self._bar_sizes[index]
+            if self._bar_offsets[index]:
+                # The registers sit past the BAR's start, and a mapping of the device's fd
+                # at the BAR's offset 0 would put them at its start: every access traps.
+                return RegionInfo(index, inner.flags & ~RegionFlags.MMAP & ~RegionFlags.CAPS,
+                                  bar, None, None)
             if bar == inner.size or not inner.mappable:
                 return RegionInfo(index, inner.flags, bar, inner.sparse_areas,
                                   inner.map_source)
@@ -186,12 +202,14 @@ class PciVfioDevice:
             self._check_open()
             return self.config.read(offset, size)
         real = self._bar_access(region, offset, size)
-        if offset >= real:
+        start = self._bar_offsets[region]
+        offset -= start
+        if not 0 <= offset < real:
             return 0
         if offset + size > real:  # straddles the padding: naturally aligned halves
             half = size // 2
-            return self.read(region, offset, half) | \
-                self.read(region, offset + half, half) << (8 * half)
+            return self.read(region, start + offset, half) | \
+                self.read(region, start + offset + half, half) << (8 * half)
         return self.inner.read(region, offset, size)
 
     def write(self, region: int, offset: int, size: int, value: int) -> None:
@@ -203,12 +221,14 @@ class PciVfioDevice:
         real = self._bar_access(region, offset, size)
         if not 0 <= value < 1 << (8 * size):
             raise VfioError(errno.EINVAL, f"value {value:#x} does not fit in {size} bytes")
-        if offset >= real:
+        start = self._bar_offsets[region]
+        offset -= start
+        if not 0 <= offset < real:
             return
         if offset + size > real:
             half = size // 2
-            self.write(region, offset, half, value & ((1 << (8 * half)) - 1))
-            self.write(region, offset + half, half, value >> (8 * half))
+            self.write(region, start + offset, half, value & ((1 << (8 * half)) - 1))
+            self.write(region, start + offset + half, half, value >> (8 * half))
             return
         self.inner.write(region, offset, size, value)
 
@@ -304,7 +324,7 @@ def as_pci_function(device: VfioDevice, requested: str = "auto") -> tuple[PciVfi
 
     Raises :class:`.ids.PciIdError` or :class:`PciPersonalityError` saying why not.
     """
-    from platpass.vfio_device.pci.ids import choose_identity
+    from platpass.vfio_device.pci.ids import bar0_offset, choose_identity
 
     identity, why = choose_identity(device.node, device.driver, requested)
-    return PciVfioDevice(device, identity), why
+    return PciVfioDevice(device, identity, bar0_offset(identity)), why

@@ -26,6 +26,8 @@ from platpass.vfio_device.pci.config_space import Identity
 
 #: PCI class code of a 16550-compatible serial controller (07h/00h/02h).
 CLASS_SERIAL_16550 = 0x070002
+#: Serial bus controller, other (0Ch/80h).
+CLASS_SERIAL_BUS_OTHER = 0x0C8000
 #: "Device does not fit any defined class" (FFh), for an explicit ID outside the table.
 CLASS_UNASSIGNED = 0xFF0000
 
@@ -66,6 +68,9 @@ class PciIdEntry:
     linux_driver: str
     #: What proved it binds and works (empty: read from the source, not run).
     verified: str
+    #: Where the driver expects the device's registers inside BAR0 (the BAR is sized to
+    #: hold them there; the bytes before them read as zero and ignore writes).
+    bar0_offset: int = 0
 
 
 #: The table. ``auto`` picks the first verified entry whose driver and layout match.
@@ -97,6 +102,24 @@ PCI_ID_TABLE: tuple[PciIdEntry, ...] = (
         verified="QEMU 11.1 vfio-user-pci + Debian 6.1 amd64 kernel (q35) "
                  "(tests/integration/qemu_pci)",
     ),
+    PciIdEntry(
+        drivers=("cavium-octeon-spi",),
+        # ThunderX SPI: spi-cavium-thunderx.c binds PCI_DEVICE(CAVIUM, 0xa00b) (vendor and
+        # device only, so the class is not checked); its probe maps BAR0 and finds the
+        # MPI block (spi-cavium.c: 64-bit CSRs through readq/writeq) at BAR0 + 0x1000,
+        # and takes its input clock from the PCI function's firmware node (devm_clk_get:
+        # the guest node needs a clock; platpass guests get fixed clocks). The MPI is
+        # polled: INTx is never enabled.
+        identity=Identity(vendor=0x177D, device=0xA00B, subsystem_vendor=0x177D,
+                          subsystem=0xA00B, class_code=CLASS_SERIAL_BUS_OTHER),
+        layout=Layout(reg_shift=0, io_width=8, clock_hz=None),
+        linux_driver="spi-thunderx (drivers/spi/spi-cavium-thunderx.c, ID 177d:a00b, "
+                     "registers at BAR0 + 0x1000)",
+        verified="QEMU 11.1 vfio-user-pci + Debian 6.1 arm64 kernel (virt): spi-thunderx "
+                 "binds, at25 probes the EEPROM child from platpass guest-dt's node "
+                 "(tests/integration/qemu_pci/test_qemu_pci_spi.py)",
+        bar0_offset=0x1000,
+    ),
 )
 
 #: Families platpass supports that have no entry, and why (Linux 6.1 sources).
@@ -114,6 +137,15 @@ OTHER_FAMILIES: dict[str, str] = {
     "renesas, ti, allwinner, amlogic, marvell, cadence, broadcom)":
         "none exists: their Linux drivers are platform drivers only",
 }
+
+
+def bar0_offset(identity: Identity, table: tuple[PciIdEntry, ...] = PCI_ID_TABLE) -> int:
+    """Where the table's entry for ``identity`` puts the registers inside BAR0 (0 for an
+    identity outside the table: the user's own choice gets the plain layout)."""
+    for entry in table:
+        if entry.identity == identity:
+            return entry.bar0_offset
+    return 0
 
 
 def _cell(node: DeviceNode, name: str) -> int | None:
