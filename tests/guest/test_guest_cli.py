@@ -145,3 +145,62 @@ def test_page_size_must_match_the_record(tmp_path: Path, capsys) -> None:
     assert rec.read_text() == before
     with pytest.raises(SystemExit):
         main([*base, "--page-size", "12345"])
+
+
+SPI_BOARD = str(Path(__file__).resolve().parents[2] / "src" / "platpass" / "boards"
+                / "sim-pci-spi.dts")
+SPI = "/soc@9000000/spi@60000"
+
+
+def test_qemu_pci_slot_puts_the_controller_and_its_child_under_the_host_bridge(
+        tmp_path: Path, capsys, qemu_virt_dtb) -> None:
+    out, rec = tmp_path / "guest.dtb", tmp_path / "guest.json"
+    assert main(["guest-dt", SPI, "--dts", SPI_BOARD, "--flavour", "qemu",
+                 "--base-dtb", str(qemu_virt_dtb), "--pci-slot", f"{SPI}=1a.2",
+                 "--placement", str(rec), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '"addr": "1a.2"' in printed and "vfio-user-pci" in printed
+    fdt = libfdt.FdtRo(out.read_bytes())
+    host_bridge = next(name for name in map(fdt.get_name, _root_children(fdt))
+                       if name.startswith("pcie@"))   # QEMU virt's ECAM host bridge
+    node = fdt.path_offset(f"/{host_bridge}/spi@1a,2")
+    assert cells_of(bytes(fdt.getprop(node, "reg"))) == (0x1A << 11 | 2 << 8, 0, 0, 0, 0)
+    assert bytes(fdt.getprop(node, "compatible")) == b"pci177d,a00b\0"
+    for gone in ("interrupts", "interrupt-parent"):
+        assert fdt.getprop(node, gone, quiet=(libfdt.NOTFOUND,)) == -libfdt.NOTFOUND
+    clock = fdt.node_offset_by_phandle(cells_of(bytes(fdt.getprop(node, "clocks")))[0])
+    assert cells_of(bytes(fdt.getprop(clock, "clock-frequency"))) == (100_000_000,)
+    child = fdt.path_offset(f"/{host_bridge}/spi@1a,2/eeprom@0")   # copied, not written
+    assert bytes(fdt.getprop(child, "compatible")) == b"atmel,at25\0"
+    assert cells_of(bytes(fdt.getprop(child, "size"))) == (1024,)
+    # a PCI function takes no MMIO window space or SPI: nothing is recorded for it
+    assert GuestPlacement.from_json(rec.read_text()).devices == ()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--pci-slot", f"{SPI}=20"], "slot is 0-1f"),
+    (["--pci-slot", f"{SPI}=2.8"], "slot is 0-1f and function 0-7"),
+    (["--pci-slot", f"{SPI}"], "expected NODE=SLOT"),
+    (["--pci-slot", "/soc@9000000=2"], "not one of the devices given"),
+    (["--pci-slot", f"{SPI}=2", "--pci-id", "115d:0101"], "no PCI identity fits"),
+])
+def test_qemu_pci_slot_errors(tmp_path: Path, capsys, qemu_virt_dtb, extra, message) -> None:
+    out = tmp_path / "guest.dtb"
+    assert main(["guest-dt", SPI, "--dts", SPI_BOARD, "--flavour", "qemu",
+                 "--base-dtb", str(qemu_virt_dtb), *extra, "-o", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_pci_slot_is_for_qemu_only(tmp_path: Path, capsys) -> None:
+    assert main(["guest-dt", SPI, "--dts", SPI_BOARD, "--flavour", "crosvm",
+                 "--pci-slot", f"{SPI}=2", "-o", str(tmp_path / "x")]) != 0
+    assert "--pci-slot apply to --flavour qemu only" in capsys.readouterr().err
+
+
+def _root_children(fdt: libfdt.FdtRo):
+    offset = fdt.first_subnode(0, quiet=(libfdt.NOTFOUND,))
+    while offset >= 0:
+        yield offset
+        offset = fdt.next_subnode(offset, quiet=(libfdt.NOTFOUND,))

@@ -33,7 +33,7 @@ from platpass.guest.placement import (
     new_record,
 )
 from platpass.guest.plan import plan_guest, trigger_hints
-from platpass.guest.transform import REWRITTEN, ClockRates
+from platpass.guest.transform import REWRITTEN, ClockRates, PciFunction
 from platpass.inputs import MAX_CONFIG_BYTES, MAX_DTB_BYTES, read_input
 
 #: Where the common clock framework publishes each clock's rate (debugfs).
@@ -66,6 +66,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--remove", action="append", default=[], metavar="PATH",
                    help="qemu: delete this base node, e.g. one whose place a passed-through "
                         "device takes (repeatable)")
+    p.add_argument("--pci-slot", action="append", default=[], metavar="NODE=SLOT[.FN]",
+                   help="qemu: NODE is a PCI function in the guest (platpass serve --pci, "
+                        "QEMU -device vfio-user-pci,addr=SLOT[.FN]): describe it, with "
+                        "its children, under the base's PCI host bridge at that slot "
+                        "(hex, as QEMU's addr=) instead of in the MMIO window (repeatable)")
+    p.add_argument("--pci-id", default="auto", metavar="auto|VVVV:DDDD",
+                   help="the PCI identity those functions are served with (the value given "
+                        "to serve --pci; default auto)")
     p.add_argument("--mmio-window", type=_range, metavar="BASE:SIZE",
                    help="guest MMIO window for assigned devices (default 0xc000000:0x2000000)")
     p.add_argument("--reserve", type=_range, action="append", default=[],
@@ -126,6 +134,52 @@ def parse_clock_rates(items: list[str]) -> dict[str, int]:
         if not 0 < rate <= 0xFFFFFFFF:
             raise GuestError(f"--clock-rate {item!r}: rate must be 1..4294967295 Hz")
         out[name] = rate
+    return out
+
+
+def parse_pci_slots(items: list[str]) -> dict[str, tuple[int, int]]:
+    """``NODE=SLOT[.FN]`` items (hex, as QEMU's ``addr=``) as NODE -> (slot, function)."""
+    out: dict[str, tuple[int, int]] = {}
+    for item in items:
+        node, sep, addr = item.rpartition("=")
+        slot_text, _, fn_text = addr.partition(".")
+        try:
+            if not sep or not node:
+                raise ValueError
+            slot, function = int(slot_text, 16), int(fn_text or "0", 16)
+        except ValueError as err:
+            raise GuestError(f"--pci-slot {item!r}: expected NODE=SLOT[.FN] "
+                             "(hex, e.g. /soc/spi@60000=2)") from err
+        if not (0 <= slot <= 0x1F and 0 <= function <= 7):
+            raise GuestError(f"--pci-slot {item!r}: slot is 0-1f and function 0-7")
+        if node in out:
+            raise GuestError(f"--pci-slot: {node} is given twice")
+        out[node] = (slot, function)
+    return out
+
+
+def pci_functions(tree: DeviceTree, devices: list[tuple[DeviceNode, PlatformDriver]],
+                  slots: dict[str, tuple[int, int]], requested: str,
+                  bus: int) -> dict[str, PciFunction]:
+    """Host path -> the PCI function each ``--pci-slot`` device is in the guest, with the
+    identity ``serve --pci`` gives it (the same choice, so both sides agree)."""
+    from platpass.vfio_device.pci.ids import PciIdError, choose_identity
+
+    by_path = {node.path: (node, driver) for node, driver in devices}
+    out: dict[str, PciFunction] = {}
+    for name, (slot, function) in slots.items():
+        try:
+            path = tree.raw_node(name).path
+        except NodeError as err:
+            raise GuestError(f"--pci-slot {name}: {err}") from err
+        if path not in by_path:
+            raise GuestError(f"--pci-slot {name}: not one of the devices given")
+        node, driver = by_path[path]
+        try:
+            identity, _why = choose_identity(node, driver, requested)
+        except PciIdError as err:
+            raise GuestError(str(err)) from err
+        out[path] = PciFunction(bus, slot, function, identity.vendor, identity.device)
     return out
 
 
@@ -245,8 +299,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build, then write the output and the record; print the VMM lines."""
     flavour = Flavour(args.flavour)
-    if flavour is not Flavour.QEMU and (args.base_dtb or args.disable or args.remove):
-        raise GuestError("--base-dtb, --disable and --remove apply to --flavour qemu only")
+    if flavour is not Flavour.QEMU and (args.base_dtb or args.disable or args.remove
+                                        or args.pci_slot):
+        raise GuestError("--base-dtb, --disable, --remove and --pci-slot apply to "
+                         "--flavour qemu only")
+    slots = parse_pci_slots(args.pci_slot)
     if flavour is Flavour.QEMU and not args.base_dtb:
         raise GuestError("--flavour qemu needs --base-dtb (dump one with qemu-system-aarch64 "
                          "-M virt -machine dumpdtb=virt.dtb)")
@@ -279,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
     reserved_spis: frozenset[int] = frozenset()
     gic_phandle = None
     base_blob = b""
+    pci_bus = 0
     if flavour is Flavour.QEMU:
         base_blob = read_input(args.base_dtb, limit=MAX_DTB_BYTES, what="base device tree",
                                error=GuestError)
@@ -286,6 +344,8 @@ def run(args: argparse.Namespace) -> int:
         reserved += base.reserved(record.page_size)
         reserved_spis = base.spis
         gic_phandle = base.gic_phandle
+        pci_bus = base.pci_root_bus
+    pci = pci_functions(tree, devices, slots, args.pci_id, pci_bus) if slots else {}
 
     guests, record = plan_guest(devices, flavour, record, rates=rates,
                                 host_phandles=frozenset(tree.raw.by_phandle),
@@ -294,13 +354,20 @@ def run(args: argparse.Namespace) -> int:
                                 trigger_hints=trigger_hints(
                                     {n.path: n.props for n in tree.raw.nodes
                                      if "ti,intr-trigger-type" in n.props}),
-                                host_tree=tree.raw)
+                                host_tree=tree.raw, pci=pci)
     output: FlavourOutput
     if flavour is Flavour.CROSVM:
         output = crosvm.build(guests, str(out_path))
     elif flavour is Flavour.QEMU:
         output = qemu.build(base_blob, guests, args.disable, args.remove)
-        output = replace(output, vmm_lines=(f"-dtb {out_path}",))
+        lines = [f"-dtb {out_path}"]
+        for path, function in pci.items():
+            addr = f"{function.slot:#x}" if not function.function \
+                else f"{function.slot:02x}.{function.function:x}"
+            lines.append(f"-device '{{\"driver\": \"vfio-user-pci\", \"socket\": "
+                         f"{{\"path\": \"SOCKET\", \"type\": \"unix\"}}, "
+                         f"\"addr\": \"{addr}\"}}'  # {path}")
+        output = replace(output, vmm_lines=tuple(lines))
     else:
         output = xen.build(guests, str(out_path), record.page_size)
 

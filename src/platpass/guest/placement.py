@@ -244,6 +244,15 @@ class GuestPlacement:
         return cls(page_size, window, pool, devices)
 
 
+def unique_label(label: str, taken: set[str] | frozenset[str]) -> str:
+    """``label``, or ``label_2``, ``label_3``... when it is taken."""
+    unique, n = label, 1
+    while unique in taken:
+        n += 1
+        unique = f"{label}_{n}"
+    return unique
+
+
 def default_label(node: DeviceNode) -> str:
     """The guest label of a host node: its name and CPU address, e.g. ``serial_ff1a0000``
     (the CPU address, not the bus-local unit address, so nodes on two buses never clash)."""
@@ -301,12 +310,8 @@ class Allocator:
             return existing
         regions = self._place_regions(node)
         interrupts = self._place_interrupts(node, identity, trigger_hints or {})
-        label = label or default_label(node)
-        taken = {d.label for d in self.record.devices}
-        unique, n = label, 1
-        while unique in taken:
-            n += 1
-            unique = f"{label}_{n}"
+        unique = unique_label(label or default_label(node),
+                              {d.label for d in self.record.devices})
         placement = DevicePlacement(node.path, unique, regions, interrupts)
         self.record = self.record.with_device(placement)
         self._take_device(placement)

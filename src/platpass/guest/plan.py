@@ -14,9 +14,16 @@ from platpass.firmware.model import DeviceNode, Trigger
 from platpass.firmware.rawtree import RawTree
 from platpass.guest.flavours import Flavour
 from platpass.guest.flavours.xen import GUEST_PHANDLE_GIC
-from platpass.guest.placement import AddressRange, Allocator, GuestPlacement
+from platpass.guest.placement import (
+    AddressRange,
+    Allocator,
+    DevicePlacement,
+    GuestPlacement,
+    default_label,
+    unique_label,
+)
 from platpass.guest.subtree import guest_children
-from platpass.guest.transform import ClockRates, GuestDevice, build_guest_device
+from platpass.guest.transform import ClockRates, GuestDevice, PciFunction, build_guest_device
 
 
 def plan_guest(
@@ -31,11 +38,16 @@ def plan_guest(
     gic_phandle: int | None = None,
     trigger_hints: Mapping[str, Trigger] | None = None,
     host_tree: RawTree | None = None,
+    pci: Mapping[str, PciFunction] | None = None,
 ) -> tuple[list[GuestDevice], GuestPlacement]:
     """Guest devices for ``devices`` and the updated placement record.
 
     With ``host_tree``, each device takes its subtree along (:mod:`.subtree`); references
     between the devices given here become references between their guest nodes.
+
+    ``pci`` maps the paths of devices the guest gets as PCI functions to where they sit:
+    they take no MMIO window space and no SPI, and are not recorded (their placement is the
+    VMM's ``addr=``).
 
     Devices already in ``record`` keep their placement. Raises :class:`GuestError` (nothing
     is returned, so nothing is written) when any device cannot be placed or described.
@@ -49,8 +61,17 @@ def plan_guest(
         parent = None
     allocator = Allocator(record, reserved=reserved,
                           reserved_spis=() if identity else reserved_spis)
-    placements = [allocator.place(node, identity=identity, trigger_hints=trigger_hints)
-                  for node, _driver in devices]
+    pci = pci or {}
+    taken = {d.label for d in record.devices}
+    placements = []
+    for node, _driver in devices:
+        if node.path in pci:
+            label = unique_label(default_label(node), taken)
+            placements.append(DevicePlacement(node.path, label, (), ()))
+        else:
+            placements.append(allocator.place(node, identity=identity,
+                                              trigger_hints=trigger_hints))
+        taken.add(placements[-1].label)
     labels = {node.path: placement.label
               for (node, _driver), placement in zip(devices, placements, strict=True)}
     out = []
@@ -60,7 +81,8 @@ def plan_guest(
             {path: label for path, label in labels.items() if path != node.path})
         out.append(build_guest_device(
             node, driver, placement, rates=rates, host_phandles=host_phandles,
-            interrupt_parent=parent, host_gic_flags=identity, children=children))
+            interrupt_parent=parent, host_gic_flags=identity, children=children,
+            pci=pci.get(node.path)))
     return out, allocator.record
 
 

@@ -9,6 +9,13 @@ cannot be dropped is re-created for the guest: ``reg`` in the guest MMIO window,
 host's rate (a guest driver computes baud rates and timeouts from it, so a made-up rate would
 be a silent bug; with no known rate we refuse).
 
+A device presented to the guest as a PCI function (:class:`PciFunction`: ``platpass serve
+--pci`` on the host, QEMU's ``vfio-user-pci`` in the VMM) is found by the guest by PCI
+enumeration, with its BARs and INTx: its node is the PCI binding's description of that
+function (``reg`` = the function's bus/device/function, ``compatible`` = ``pciVVVV,DDDD``),
+with no MMIO ``reg`` or ``interrupts``. It exists for what enumeration cannot say: the
+clocks the guest driver asks its firmware node for, and the children on its bus.
+
 A driver has the last word: :attr:`PlatformDriver.guest_drop_properties` drops more, and
 :meth:`PlatformDriver.guest_properties` may add, keep or rewrite properties.
 """
@@ -133,6 +140,38 @@ class GuestClock:
 
 
 @dataclass(frozen=True, slots=True)
+class PciFunction:
+    """Where a device sits as a PCI function in the guest, and the identity it has there."""
+
+    bus: int
+    slot: int
+    function: int
+    vendor: int
+    device: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.bus <= 0xFF and 0 <= self.slot <= 0x1F and 0 <= self.function <= 7):
+            raise GuestError(f"PCI address {self.bus:02x}:{self.slot:02x}.{self.function} is "
+                             "out of range (bus 0-ff, slot 0-1f, function 0-7)")
+
+    @property
+    def phys_hi(self) -> int:
+        """The first ``reg`` cell of the PCI binding: bus [23:16], device [15:11],
+        function [10:8] (configuration space, register 0)."""
+        return self.bus << 16 | self.slot << 11 | self.function << 8
+
+    @property
+    def unit_address(self) -> str:
+        """``DD`` or ``DD,F`` (hex), the PCI binding's unit address."""
+        return f"{self.slot:x}" if not self.function else f"{self.slot:x},{self.function:x}"
+
+    @property
+    def compatible(self) -> str:
+        """``pciVVVV,DDDD`` (hex, no leading zeros), as the PCI binding names a function."""
+        return f"pci{self.vendor:x},{self.device:x}"
+
+
+@dataclass(frozen=True, slots=True)
 class GuestDevice:
     """The guest's view of one assigned device: its node, its clocks, what was dropped."""
 
@@ -142,6 +181,9 @@ class GuestDevice:
     clocks: tuple[GuestClock, ...]
     #: Host property name -> why it is not in the guest node.
     dropped: Mapping[str, str]
+    #: Where the guest finds it as a PCI function (None: a platform device at its MMIO
+    #: placement).
+    pci: PciFunction | None = None
 
     @property
     def label(self) -> str:
@@ -307,6 +349,7 @@ def build_guest_device(
     address_cells: int = 2,
     size_cells: int = 2,
     children: tuple[list[Node], Mapping[str, str]] = ([], {}),
+    pci: PciFunction | None = None,
 ) -> GuestDevice:
     """The guest node of ``node`` placed at ``placement``.
 
@@ -318,7 +361,10 @@ def build_guest_device(
     Raises :class:`GuestError` when a clock has no known rate, or the placement does not
     belong to ``node``.
     """
-    if placement.host_path != node.path or len(placement.regions) != len(node.regions) \
+    if pci is not None:
+        if placement.host_path != node.path or placement.regions or placement.interrupts:
+            raise GuestError(f"{node.path}: a PCI function has no MMIO or SPI placement")
+    elif placement.host_path != node.path or len(placement.regions) != len(node.regions) \
             or len(placement.interrupts) != len(node.interrupts):
         raise GuestError(f"{node.path}: placement for {placement.host_path} does not match")
     rates = rates or ClockRates()
@@ -329,6 +375,13 @@ def build_guest_device(
 
     compatible = node.properties.get("compatible")
     props["compatible"] = Raw(compatible) if compatible else Strings(node.compatible)
+    if pci is not None:
+        props["compatible"] = Strings((pci.compatible,))
+        props["reg"] = u32(pci.phys_hi, 0, 0, 0, 0)
+        # The host's own interrupt wiring means nothing behind a PCI function (INTx).
+        dropped.update({name: "a PCI function's interrupt is INTx" for name in
+                        ("interrupts", "interrupt-parent", "interrupts-extended",
+                         "interrupt-names") if name in node.properties})
     reg: list[int] = []
     for region in placement.regions:
         reg.extend(u64_cells(region.guest_address, address_cells))
@@ -362,7 +415,7 @@ def build_guest_device(
             props["clock-names"] = Strings(tuple(n or f"clk{i}" for i, n in enumerate(names)))
 
     for name, value in node.properties.items():
-        if name in props or name == "compatible":
+        if name in props or name in dropped or name == "compatible":
             continue
         if name in REWRITTEN_PROPERTIES:
             dropped[name] = REWRITTEN
@@ -397,6 +450,8 @@ def build_guest_device(
 
     base = node.name.split("@", 1)[0]
     unit = f"@{placement.guest_address:x}" if placement.regions else ""
+    if pci is not None:
+        unit = f"@{pci.unit_address}"
     guest_node = Node(
         name=node_name_for(base) + unit,
         label=label,
@@ -405,4 +460,4 @@ def build_guest_device(
         comments=(f"host {node.path}",),
     )
     dropped.update(children[1])
-    return GuestDevice(node, placement, guest_node, tuple(clocks), dropped)
+    return GuestDevice(node, placement, guest_node, tuple(clocks), dropped, pci)

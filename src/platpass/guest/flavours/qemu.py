@@ -1,5 +1,10 @@
 """QEMU: the guest nodes merged into a full guest DTB for ``-dtb``.
 
+Devices QEMU gives the guest as PCI functions (``vfio-user-pci``) are described under the
+base's PCI host bridge instead, at the slot the VMM's ``addr=`` puts them in: Linux attaches
+that node to the function it enumerates there, and its driver finds its clocks and its
+bus's children through it.
+
 The base is a DTB of the machine the guest runs on (``qemu-system-aarch64 -M virt
 -machine dumpdtb=F``). It is decompiled, the guest nodes are appended to its root with
 ``interrupt-parent`` set to the base GIC's phandle, nodes the user asks for are disabled
@@ -22,7 +27,7 @@ import libfdt
 from platpass.errors import DeviceTreeLoadError, GuestError
 from platpass.firmware.rawtree import read_blob
 from platpass.guest.dtc import baseline_warnings, compile_dts, decompile_dtb
-from platpass.guest.dts import cells_of, comment_safe, render_nodes
+from platpass.guest.dts import Node, cells_of, comment_safe, render_nodes
 from platpass.guest.flavours import FlavourOutput
 from platpass.guest.placement import AddressRange
 from platpass.guest.transform import GuestDevice
@@ -44,6 +49,12 @@ class BaseTree:
     unit_addresses: frozenset[int]
     #: Names of the root-level nodes that stay in the tree.
     root_names: frozenset[str] = frozenset()
+    #: The root-level PCI host bridge (``device_type = "pci"``), its root bus number
+    #: (first ``bus-range`` cell) and the unit addresses of the functions it already
+    #: describes; None when the machine has none.
+    pci_host: str | None = None
+    pci_root_bus: int = 0
+    pci_units: frozenset[str] = frozenset()
 
     def reserved(self, page_size: int = 0x1000) -> tuple[AddressRange, ...]:
         """Ranges the allocator must avoid: occupied MMIO and pages of used unit addresses."""
@@ -106,10 +117,17 @@ def _inspect(blob: bytes, disable: Sequence[str], remove: Sequence[str]) -> Base
     spis: set[int] = set()
     units: set[int] = set()
     names: set[str] = set()
+    pci_hosts: list[tuple[str, int, frozenset[str]]] = []
     skip = disabled_offsets | removed_offsets
     offset = fdt.first_subnode(root, quiet=(libfdt.NOTFOUND,))
     while offset >= 0:
         name = fdt.get_name(offset)
+        kind = fdt.getprop(offset, "device_type", quiet=(libfdt.NOTFOUND,))
+        if not isinstance(kind, int) and bytes(kind).rstrip(b"\0") == b"pci" \
+                and offset not in skip:
+            bus_range = fdt.getprop(offset, "bus-range", quiet=(libfdt.NOTFOUND,))
+            first_bus = 0 if isinstance(bus_range, int) else cells_of(bytes(bus_range))[0]
+            pci_hosts.append((f"/{name}", first_bus, _child_units(fdt, offset)))
         if offset not in removed_offsets:
             names.add(name)
         if "@" in name and offset not in removed_offsets:
@@ -132,17 +150,31 @@ def _inspect(blob: bytes, disable: Sequence[str], remove: Sequence[str]) -> Base
                 cells = cells_of(bytes(irqs))
                 spis.update(cells[i + 1] for i in range(0, len(cells) - 2, 3) if cells[i] == 0)
         offset = fdt.next_subnode(offset, quiet=(libfdt.NOTFOUND,))
+    host, bus, pci_units = pci_hosts[0] if len(pci_hosts) == 1 else (None, 0, frozenset())
     return BaseTree(gic, 2, 2, tuple(occupied), frozenset(spis), frozenset(units),
-                    frozenset(names))
+                    frozenset(names), host, bus, pci_units)
+
+
+def _child_units(fdt: libfdt.FdtRo, parent: int) -> frozenset[str]:
+    units = set()
+    child = fdt.first_subnode(parent, quiet=(libfdt.NOTFOUND,))
+    while child >= 0:
+        name = fdt.get_name(child)
+        if "@" in name:
+            units.add(name.split("@", 1)[1])
+        child = fdt.next_subnode(child, quiet=(libfdt.NOTFOUND,))
+    return frozenset(units)
 
 
 def render_merged(base_source: str, devices: Sequence[GuestDevice],
-                  disable: Sequence[str] = (), remove: Sequence[str] = ()) -> str:
-    """The base source with the guest nodes added to its root, ``disable`` turned off and
-    ``remove`` deleted."""
-    nodes = []
+                  disable: Sequence[str] = (), remove: Sequence[str] = (),
+                  pci_host: str | None = None) -> str:
+    """The base source with the guest nodes added to its root (PCI functions' nodes under
+    ``pci_host``), ``disable`` turned off and ``remove`` deleted."""
+    nodes: list[Node] = []
+    functions: list[Node] = []
     for device in devices:
-        nodes.append(device.node)
+        (nodes if device.pci is None else functions).append(device.node)
         nodes.extend(clock.node() for clock in device.clocks)
     # Removals first: a guest node may take a removed node's name (same device type at the
     # same address), and dtc merges same-named nodes, so deleting afterwards would delete ours.
@@ -152,6 +184,11 @@ def render_merged(base_source: str, devices: Sequence[GuestDevice],
                   f"/delete-node/ &{{{path}}};"]
     parts += ["", "/* added by platpass guest-dt --flavour qemu */",
               "/ {", render_nodes(nodes, indent=1), "};"]
+    if functions:
+        if pci_host is None:
+            raise GuestError("no PCI host bridge to put the PCI functions under")
+        parts += ["", "/* PCI functions (vfio-user-pci), added by platpass guest-dt */",
+                  f"&{{{pci_host}}} {{", render_nodes(functions, indent=1), "};"]
     for path in disable:
         parts += ["", f"/* disabled for platpass: {comment_safe(path)} */",
                   f"&{{{path}}} {{", '\tstatus = "disabled";', "};"]
@@ -172,7 +209,22 @@ def build(base_blob: bytes, devices: Sequence[GuestDevice],
                 raise GuestError(f"the base DTB already has a node /{name}; dtc would merge "
                                  f"{device.host.path}'s guest node into it (--remove it, or "
                                  "place the device elsewhere)")
+    functions = [device for device in devices if device.pci is not None]
+    if functions and base.pci_host is None:
+        raise GuestError("the base DTB has no PCI host bridge (a root node with device_type "
+                         "= \"pci\"), or several: cannot place "
+                         + ", ".join(d.host.path for d in functions) + " as PCI functions")
+    seen: set[str] = set(base.pci_units)
+    for device in functions:
+        assert device.pci is not None
+        if device.pci.bus != base.pci_root_bus:
+            raise GuestError(f"{device.host.path}: PCI bus {device.pci.bus:#x} is not the root "
+                             f"bus {base.pci_root_bus:#x} of {base.pci_host}")
+        if device.pci.unit_address in seen:
+            raise GuestError(f"{device.host.path}: PCI slot {device.pci.unit_address} of "
+                             f"{base.pci_host} is already described")
+        seen.add(device.pci.unit_address)
     base_source = decompile_dtb(base_blob)
-    source = render_merged(base_source, devices, disable, remove)
+    source = render_merged(base_source, devices, disable, remove, base.pci_host)
     blob = compile_dts(source, tolerated=baseline_warnings(base_source))
     return FlavourOutput(source, blob, ("-dtb OUT",))
