@@ -35,7 +35,7 @@ from platpass.vmm.qemu_pci import (
     busybox_initramfs,
     find_guest_image,
     guest_init,
-    serve_pci_uart,
+    serve_pci_function,
     vfio_user_pci,
 )
 
@@ -67,7 +67,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="platpass-bench-") as tmp:
         work = Path(tmp)
         socket = work / "uart.sock"
-        served = serve_pci_uart(reactor, devicetree.load_dts(BOARD), UART, socket)
+        served = serve_pci_function(reactor, devicetree.load_dts(BOARD), UART, socket)
         model = served.model
         times: list[float] = []
         model.on_tx = lambda _b: times.append(time.monotonic())

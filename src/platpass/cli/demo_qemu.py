@@ -37,7 +37,7 @@ def run_segment(number: int, say: Any, timeout: float = 300.0) -> bool | None:
         busybox_initramfs,
         find_guest_image,
         guest_init,
-        serve_pci_uart,
+        serve_pci_function,
         tx_payload,
         vfio_user_pci,
     )
@@ -55,7 +55,7 @@ def run_segment(number: int, say: Any, timeout: float = 300.0) -> bool | None:
     try:
         with tempfile.TemporaryDirectory(prefix="platpass-demo-qemu-") as tmp:
             socket = Path(tmp) / "uart.sock"
-            served = serve_pci_uart(reactor, devicetree.load_dts(board), node, socket)
+            served = serve_pci_function(reactor, devicetree.load_dts(board), node, socket)
             try:
                 ident = served.device.identity
                 say(f"    serve: {node} of {board.name} as PCI {served.why}")

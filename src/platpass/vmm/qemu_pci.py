@@ -8,7 +8,8 @@ what the integration tests, the bench and ``platpass demo`` share:
 * finding a QEMU new enough (on ``PATH``, or inside a Debian root such as the one the
   tests build from trixie-backports, run through that root's own dynamic loader so no
   chroot is needed and socket paths stay the host's);
-* a busybox initramfs whose ``/init`` drives the port and reports on the console with
+* a busybox initramfs (with any kernel modules the guest loads) whose ``/init``
+  drives the port and reports on the console with
   ``@@`` marker lines (:func:`guest_init`);
 * :class:`PciUartRun`: one boot, its console read from the same :class:`EpollReactor`
   that runs the platpass server, so the device's host side (transmitted bytes, injected
@@ -186,11 +187,23 @@ def _newc(name: str, mode: int, data: bytes, ino: int) -> bytes:
     return out + data + b"\0" * (-len(data) % 4)
 
 
-def busybox_initramfs(busybox: bytes, init: str) -> bytes:
-    """A gzipped newc archive: ``/bin/busybox`` (static) and ``/init``."""
+def busybox_initramfs(busybox: bytes, init: str, files: dict[str, bytes] | None = None
+                      ) -> bytes:
+    """A gzipped newc archive: ``/bin/busybox`` (static), ``/init`` and ``files`` (path
+    relative to the root -> content, e.g. kernel modules under ``lib/modules/``; their
+    directories are created)."""
     entries = [("bin", 0o40755, b""), ("dev", 0o40755, b""), ("proc", 0o40755, b""),
                ("sys", 0o40755, b""), ("tmp", 0o41777, b""),
                ("bin/busybox", 0o100755, busybox), ("init", 0o100755, init.encode())]
+    made = {name for name, _, _ in entries}
+    for path, data in sorted((files or {}).items()):
+        parts = path.strip("/").split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory not in made:
+                made.add(directory)
+                entries.append((directory, 0o40755, b""))
+        entries.append(("/".join(parts), 0o100644, data))
     body = b"".join(_newc(n, m, d, i + 1) for i, (n, m, d) in enumerate(entries))
     return gzip.compress(body + _newc("TRAILER!!!", 0, b"", 0), 1)
 
@@ -368,8 +381,8 @@ class RxFeeder:
 
 
 @dataclass
-class ServedPciUart:
-    """A simulated UART served as a PCI function on one socket, host side in reach."""
+class ServedPciFunction:
+    """A simulated device served as a PCI function on one socket, host side in reach."""
 
     serving: Serving
     device: PciVfioDevice
@@ -381,7 +394,8 @@ class ServedPciUart:
 
     @property
     def model(self) -> Any:
-        """The UART model (host side: ``tx_output``, ``inject_rx``)."""
+        """The device's model (a UART's ``tx_output`` and ``inject_rx``, an SPI
+        controller's ``targets``)."""
         return self.device.backend.model
 
     def close(self) -> None:
@@ -389,8 +403,8 @@ class ServedPciUart:
         self.serving.close()
 
 
-def serve_pci_uart(reactor: EpollReactor, tree: DeviceTree, node_path: str,
-                   socket_path: Path, requested: str = "auto") -> ServedPciUart:
+def serve_pci_function(reactor: EpollReactor, tree: DeviceTree, node_path: str,
+                   socket_path: Path, requested: str = "auto") -> ServedPciFunction:
     """Serve ``node_path`` of ``tree`` (simulated backend) as a PCI function on
     ``socket_path`` from ``reactor``, built like ``platpass serve --pci`` builds it. Raises
     VmmError for a device platpass refuses (with the assessment's evidence), and
@@ -404,4 +418,4 @@ def serve_pci_uart(reactor: EpollReactor, tree: DeviceTree, node_path: str,
     except BaseException:
         serving.close()
         raise
-    return ServedPciUart(serving, cast(PciVfioDevice, device), serving.pci_accounts[node_path])
+    return ServedPciFunction(serving, cast(PciVfioDevice, device), serving.pci_accounts[node_path])

@@ -6,6 +6,8 @@
 #   OUT/busybox             busybox-static (amd64) for the initramfs the harness writes
 #   OUT/arm64/Image, OUT/arm64/busybox   the same for an arm64 virt guest (Debian's arm64
 #                           kernel also has 8250_pci and pci-host-generic built in)
+#   OUT/arm64/modules/      spi-thunderx.ko and at25.ko from that same package (the SPI
+#                           controller test loads them; their vermagic must match the Image)
 #   OUT/qemu-version        `qemu-system-x86_64 --version`, first line
 # QEMU runs through the chroot's own dynamic loader (platpass.vmm.qemu_pci.qemu_in_root:
 # no chroot(2) at run time, so sockets and files keep their host paths; firmware through
@@ -47,6 +49,14 @@ apt-get download -q "${AKPKG%:arm64}:arm64" busybox-static:arm64 2>&1 \
 mkdir -p "$OUT/arm64"
 dpkg-deb -x ${AKPKG%:arm64}_*_arm64.deb ak
 cp ak/boot/vmlinuz-* "$OUT/arm64/Image"
+mkdir -p "$OUT/arm64/modules"
+for m in drivers/spi/spi-thunderx.ko drivers/misc/eeprom/at25.ko; do
+  f=$(ls ak/lib/modules/*/kernel/$m)   # fails (set -e) if the package compresses modules
+  if grep -a -q -E 'depends=[[:alnum:]_]' "$f"; then
+    echo "$m depends on other modules now: load those too" >&2; exit 1
+  fi
+  cp "$f" "$OUT/arm64/modules/"
+done
 dpkg-deb -x busybox-static_*_arm64.deb ab
 cp ab/bin/busybox "$OUT/arm64/busybox"
 cd "$OUT" && rm -rf debs

@@ -57,6 +57,12 @@ class QemuImage:
     def busybox_arm64(self) -> bytes:
         return (self.path / "arm64" / "busybox").read_bytes()
 
+    def arm64_modules(self, *names: str) -> dict[str, bytes]:
+        """Kernel modules from the arm64 Image's own package, as initramfs files under
+        ``lib/modules/``."""
+        return {f"lib/modules/{name}": (self.path / "arm64" / "modules" / name).read_bytes()
+                for name in names}
+
 
 def _key() -> str:
     return hashlib.sha256(PREPARE.read_bytes()).hexdigest()[:16]

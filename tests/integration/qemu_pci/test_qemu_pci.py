@@ -25,12 +25,12 @@ from platpass.vmm.qemu_pci import (
     RX_TEXT,
     PciUartRun,
     RxFeeder,
-    ServedPciUart,
+    ServedPciFunction,
     busybox_initramfs,
     count_trace,
     guest_init,
     intx_trace,
-    serve_pci_uart,
+    serve_pci_function,
     tx_payload,
     vfio_user_pci,
 )
@@ -48,7 +48,7 @@ class Host:
     """The server side of one scenario: reactor, served UART, temp dir."""
 
     reactor: EpollReactor
-    served: ServedPciUart
+    served: ServedPciFunction
     socket: Path
     tmp: Path
     image: QemuImage
@@ -78,7 +78,7 @@ def _host(image: QemuImage, tree) -> Iterator[Host]:
     reactor = EpollReactor()
     with tempfile.TemporaryDirectory(prefix="platpass-qemu-") as tmp:
         socket = Path(tmp) / "uart.sock"
-        served = serve_pci_uart(reactor, tree, UART, socket)
+        served = serve_pci_function(reactor, tree, UART, socket)
         try:
             yield Host(reactor, served, socket, Path(tmp), image)
         finally:
