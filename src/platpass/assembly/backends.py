@@ -27,14 +27,18 @@ _KERNEL_BACKEND_MODULES: dict[str, str] = {
 BACKENDS = ("sim", *_KERNEL_BACKEND_MODULES)
 
 
-def sim_opener(clock: Callable[[], ModelClock] | None = None) -> BackendOpener:
+def sim_opener(clock: Callable[[], ModelClock] | None = None, *,
+               memfd: Callable[[], int] | None = None) -> BackendOpener:
     """The simulated board's opener; each model runs on ``clock()`` (e.g. a
-    :class:`~platpass.host.simulated.clock.ManualClock`) or else on the reactor's clock."""
+    :class:`~platpass.host.simulated.clock.ManualClock`) or else on the reactor's clock,
+    with its mirror in the fd ``memfd()`` returns when given (a ``serve --workers``
+    supervisor's, which outlives the worker)."""
 
     def open_sim(node: DeviceNode, reactor: Reactor) -> Backend:
         from platpass.host.simulated.board import open_sim_backend
 
-        return open_sim_backend(node, reactor, clock=None if clock is None else clock())
+        return open_sim_backend(node, reactor, clock=None if clock is None else clock(),
+                                memfd=None if memfd is None else memfd())
 
     return open_sim
 

@@ -36,17 +36,26 @@ A restarted worker opens its devices afresh, exactly as ``serve`` does at start,
 * real hardware (``uio``, ``vfio`` backends) keeps what the hardware keeps (an RTC's
   time, an EEPROM's content), but the device is quiesced once when serving starts, as at
   any ``serve`` start: interrupts masked, the driver's quiesce applied;
-* a simulated model (``sim`` backend) lives in the dead worker's memory and is built
-  again at power-on state: its registers do **not** survive a restart. This differs
-  from a disconnect and is documented, not hidden; sharing model state through a memfd
-  created by the supervisor is the way to close that gap (not done).
+* a simulated model (``sim`` backend) lives in its worker's memory, so its state is
+  saved for the next worker (:class:`_KeptState`): after each change, within
+  :data:`SAVE_DELAY`, into a file in the supervisor's private directory, and restored
+  before the new worker serves. Its register mirror (the memfd a client maps) is created
+  by the supervisor and handed to each worker in turn, so writes a guest made through a
+  mapping and no event boundary took over yet are not lost either: the new worker's first
+  boundary takes them over. The device comes back as a disconnect leaves it (registers,
+  FIFO contents, a running counter or countdown, an EEPROM's array), less at most the
+  last :data:`SAVE_DELAY` seconds of trapped changes, and less a character that was on the
+  wire (a UART's transmitted-bytes log is a host-side record, not device state).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -58,11 +67,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from platpass.assembly.backends import sim_opener
 from platpass.assembly.plan import DevicePlan
 from platpass.assembly.serving import PR_SET_PDEATHSIG, Serving
 from platpass.errors import OpsError
 from platpass.host.privilege import prctl
 from platpass.host.safepath import SocketFile, bind_unix_socket
+from platpass.host.simulated.backend import SimulatedBackend
 from platpass.reactor import EpollReactor, TimerHandle
 from platpass.vfio_user.server import VfioUserServer
 
@@ -81,6 +92,9 @@ MAX_QUICK_DEATHS = 5
 STOP_TIMEOUT = 10.0
 #: Seconds a worker has to answer the supervisor's status question.
 STATUS_TIMEOUT = 1.0
+#: Seconds a changed simulated device waits before its state is saved for the next worker
+#: (the most of its changes a worker's death can lose).
+SAVE_DELAY = 0.02
 
 
 def parse_workers(text: str) -> int:
@@ -109,6 +123,90 @@ class _Bound:
     plan: DevicePlan
     sock: socket.socket
     socket_file: SocketFile | None  # None: an inherited fd (not ours to unlink)
+    #: Where a simulated device's state is kept between its workers (in the supervisor's
+    #: private directory), and the memfd of its register mirror, which the supervisor
+    #: holds so that what a guest wrote through a mapping outlives a worker too.
+    state: Path | None = None
+    memfd: int | None = None
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Only what a model snapshot holds: builtin containers, deques, and the enums of
+    platpass's own models; anything else in the file is refused."""
+
+    _BUILTINS = frozenset({"bytearray", "set", "frozenset"})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module == "builtins" and name in self._BUILTINS) or \
+                (module == "collections" and name == "deque"):
+            return super().find_class(module, name)
+        if module.startswith("platpass.host.simulated.models."):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and issubclass(found, enum.Enum):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not model state")
+
+
+class _KeptState:
+    """A simulated device's state, saved where its next worker finds it.
+
+    A model lives in its worker's memory. After every model step that may have changed it
+    (a trapped write, a timer, a host-side input), its :meth:`SimulatedBackend.snapshot`
+    is written to ``path`` within :data:`SAVE_DELAY` (steps in between are saved
+    together), replacing the previous file whole. A restarted worker restores it before
+    serving, so the device comes back as a client's disconnect leaves it, less at most
+    the last :data:`SAVE_DELAY` seconds of changes. A save that fails is logged once and
+    saving stops; serving goes on.
+    """
+
+    def __init__(self, reactor: EpollReactor, backend: Any, path: Path, name: str) -> None:
+        self.reactor, self.backend, self.path, self.name = reactor, backend, path, name
+        self._timer: TimerHandle | None = None
+        self._failed = False
+
+    def load(self) -> bool:
+        """Restore the saved state, if any; True when one was restored. A file that does
+        not hold this model's state is logged and ignored (power-on state)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            with os.fdopen(fd, "rb") as f:
+                state = _StateUnpickler(f).load()
+            if not isinstance(state, dict):
+                raise TypeError(f"a {type(state).__name__}, not a state")
+            self.backend.restore(state)
+        except Exception as err:  # any bad file means power-on state
+            log.warning("%s: saved state not restored (%s); the device starts at power-on "
+                        "state", self.name, err)
+            return False
+        return True
+
+    def watch(self) -> None:
+        """Save after every change from now on."""
+        self.backend.on_step = self._changed
+
+    def _changed(self) -> None:
+        if self._timer is None and not self._failed:
+            self._timer = self.reactor.call_later(SAVE_DELAY, self.save)
+
+    def save(self) -> None:
+        """Write the state now (a temporary file in the same private directory, renamed
+        over the previous one: a death mid-write leaves the previous state)."""
+        self._timer = None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            data = pickle.dumps(self.backend.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        except Exception as err:  # saving must never stop serving
+            self._failed = True
+            log.error("%s: cannot save its state (%s); it will not survive a worker "
+                      "restart", self.name, err)
 
 
 @dataclass
@@ -159,8 +257,12 @@ class Supervisor:
         self.control = None
         bound: list[_Bound] = []
         try:
-            for plan in plans:  # one by one: a failure releases those already bound
-                bound.append(self._bind(plan))
+            for index, plan in enumerate(plans):  # one by one: a failure releases
+                bound.append(self._bind(plan))     # those already bound
+                if plan.backend == "sim":
+                    bound[-1].state = self._private / f"device{index}.state"
+                    bound[-1].memfd = os.memfd_create(f"platpass-device{index}",
+                                                      os.MFD_CLOEXEC)
             slots = placement(count, len(plans))
             for index in range(max(slots) + 1):
                 self.workers.append(Worker(index, [b for b, s in zip(bound, slots, strict=True)
@@ -238,9 +340,27 @@ class Supervisor:
 
         with Serving() as serving:
             for bound in worker.devices:
-                device = serving.open(bound.plan)
+                opener = None if bound.memfd is None else \
+                    sim_opener(memfd=functools.partial(os.dup, bound.memfd))
+                device = serving.open(bound.plan, opener)
+                kept = None
+                restored = False
+                if isinstance(device.backend, SimulatedBackend) and bound.state is not None:
+                    kept = _KeptState(serving.reactor, device.backend, bound.state,
+                                      bound.plan.node.path)
+                    restored = kept.load()
+                    if restored:
+                        log.info("%s: state restored from the previous worker",
+                                 bound.plan.node.path)
+                # A restored device is served as its predecessor's clients left it, as
+                # after a disconnect; anything else is quiesced as at any serve start.
                 serving.server.serve_fd(bound.plan.node.path, device,
-                                        os.dup(bound.sock.fileno()), bound.plan.options)
+                                        os.dup(bound.sock.fileno()), bound.plan.options,
+                                        quiesce=not restored)
+                if kept is not None:
+                    if not restored:  # a successor always finds a state to start from
+                        kept.save()
+                    kept.watch()
             serving.control = ControlServer(serving.reactor, serving.server, worker.control,
                                             name=f"worker {worker.index}")
             serving.serve_forever()
@@ -346,6 +466,9 @@ class Supervisor:
 
     def _release(self, bound: list[_Bound]) -> None:
         for b in bound:
+            if b.memfd is not None:
+                os.close(b.memfd)
+                b.memfd = None
             if b.socket_file is None:
                 b.sock.detach()  # an inherited fd stays the caller's
                 continue

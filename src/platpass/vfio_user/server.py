@@ -590,8 +590,11 @@ class VfioUserServer:
             raise
 
     def serve_fd(self, name: str, device: VfioDevice, fd: int,
-                 options: SocketOptions | None = None) -> DeviceEndpoint:
-        """Serve on an inherited listening socket (``--fd``, vfio-user's convention)."""
+                 options: SocketOptions | None = None, *,
+                 quiesce: bool = True) -> DeviceEndpoint:
+        """Serve on an inherited listening socket (``--fd``, vfio-user's convention).
+        ``quiesce=False`` serves the device as it is (a ``serve --workers`` worker that took
+        over a device in the state its predecessor's clients left it)."""
         try:
             sock = socket.socket(fileno=fd)
         except (OSError, ValueError, OverflowError) as err:  # ValueError: negative fd
@@ -606,12 +609,15 @@ class VfioUserServer:
                 sock.detach()
                 raise HostError(f"fd {fd} is not a listening socket: {err}") from err
         sock.setblocking(False)
-        return self._add_endpoint(name, device, sock, None, options or SocketOptions())
+        return self._add_endpoint(name, device, sock, None, options or SocketOptions(),
+                                  quiesce=quiesce)
 
     def _add_endpoint(self, name: str, device: VfioDevice, sock: socket.socket,
                       path: Path | None, options: SocketOptions,
-                      socket_file: SocketFile | None = None) -> DeviceEndpoint:
-        device.open()  # quiesce once when serving starts; reconnects keep the state
+                      socket_file: SocketFile | None = None, *,
+                      quiesce: bool = True) -> DeviceEndpoint:
+        if quiesce:
+            device.open()  # quiesce once when serving starts; reconnects keep the state
         endpoint = DeviceEndpoint(self, name, device, sock, path, options, self.limits,
                                   socket_file)
         self.endpoints.append(endpoint)

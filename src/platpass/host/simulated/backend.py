@@ -55,7 +55,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from platpass.errors import HostError
 from platpass.host.backend import BackendRegion, IrqListener, MapSource
@@ -112,16 +112,26 @@ class SimulatedBackend:
     reactor, it is driven from one thread.
     """
 
-    def __init__(self, model: DeviceModel, region_size: int | None = None) -> None:
+    def __init__(self, model: DeviceModel, region_size: int | None = None, *,
+                 memfd: int | None = None) -> None:
         size = model.size if region_size is None else region_size
         if size <= 0:
             raise HostError(f"simulated {model.kind}: region size {size} is not positive")
         self.model = model
         self._size = size
         self._map_size = page_round_up(size)
-        self._fd = os.memfd_create(f"platpass-sim-{model.kind}", os.MFD_CLOEXEC)
+        self._fd = os.memfd_create(f"platpass-sim-{model.kind}", os.MFD_CLOEXEC) \
+            if memfd is None else memfd
         try:
-            os.ftruncate(self._fd, self._map_size)
+            held = os.fstat(self._fd).st_size
+            #: False when ``memfd`` already held a mirror (a previous process's, with what
+            #: a guest wrote through its mapping since): its mappable pages are kept for
+            #: the first event boundary to take over, not overwritten.
+            self._fresh_memory = held == 0
+            if self._fresh_memory:
+                os.ftruncate(self._fd, self._map_size)
+            elif held != self._map_size:
+                raise OSError(f"it holds {held} bytes, not {self._map_size}")
             self._mm: mmap.mmap | None = mmap.mmap(self._fd, self._map_size)
         except OSError as err:
             os.close(self._fd)
@@ -170,8 +180,12 @@ class SimulatedBackend:
         self._delivering = False
         self._redeliver = False
         self._closed = False
+        #: Called after every model step (a trapped write or side-effect read, a timer, a
+        #: host-side input, an unmask boundary): the device's state may have changed
+        #: (``serve --workers`` saves it then, see :meth:`snapshot`).
+        self.on_step: Callable[[], None] | None = None
         model.attach_runner(self._run_step)
-        self._publish(force=True)
+        self._publish(force=True, keep_mapped=not self._fresh_memory)
 
     # -- Backend protocol -----------------------------------------------------------------
 
@@ -251,6 +265,33 @@ class SimulatedBackend:
             self._mm = None
         os.close(self._fd)
 
+    # -- state that outlives the process -----------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The model's state (:meth:`DeviceModel.snapshot`), with mapped writes not yet
+        taken over applied first, so that the snapshot holds what the guest last wrote.
+        Taking it is not a change: :attr:`on_step` is not called."""
+        hook, self.on_step = self.on_step, None
+        try:
+            return self._run_step(self.model.snapshot)
+        finally:
+            self.on_step = hook
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`snapshot` back (a model of the same kind, from the same node), before
+        any access: the mirror is republished (but for the mappable pages of a memfd a
+        previous process left, whose guest writes the next event boundary takes over) and
+        the lines are reported as the restored state drives them."""
+        if self._closed or self._in_step:
+            raise HostError(f"simulated {self.model.kind}: restore needs an idle backend")
+        self._in_step = True
+        try:
+            self.model.restore(state)
+            self._publish(force=True, keep_mapped=not self._fresh_memory)
+        finally:
+            self._in_step = False
+        self._deliver()
+
     # -- observation helpers (tests, demo) ---------------------------------------------
 
     @property
@@ -302,6 +343,8 @@ class SimulatedBackend:
         finally:
             self._in_step = False
         self._deliver()
+        if self.on_step is not None:
+            self.on_step()
         return result
 
     @property
@@ -350,9 +393,11 @@ class SimulatedBackend:
             self.model.write_reg(offset, value, full)
         return True
 
-    def _publish(self, *, force: bool = False) -> None:
+    def _publish(self, *, force: bool = False, keep_mapped: bool = False) -> None:
         """Write every mirrored register whose read value changed into the memfd (and the
-        shadow); ``force`` rewrites the whole page from the shadow (start-up)."""
+        shadow); ``force`` rewrites the whole page from the shadow (start-up), but for the
+        mappable pages when ``keep_mapped`` (they hold writes a guest made through a
+        mapping, which the next event boundary takes over)."""
         mm = self._mm
         assert mm is not None
         values = self.model.mirror_values()
@@ -368,7 +413,13 @@ class SimulatedBackend:
                     if not force:
                         pack(fmt, mm, self._offsets[index], value)
         if force:
-            mm[: self._span] = self._shadow
+            if not keep_mapped:
+                mm[: self._span] = self._shadow
+                return
+            start = 0
+            for first, length in (*self._mappable, (self._span, 0)):
+                mm[start:first] = self._shadow[start:first]
+                start = first + length
 
     def _restore(self) -> None:
         """Undo mapped writes nobody took over (read-only registers, reserved space),

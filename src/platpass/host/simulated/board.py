@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -133,14 +134,23 @@ def model_for(node: DeviceNode, clock: ModelClock) -> DeviceModel:
 
 
 def open_sim_backend(node: DeviceNode, reactor: Reactor,
-                     clock: ModelClock | None = None) -> SimulatedBackend:
+                     clock: ModelClock | None = None, *,
+                     memfd: int | None = None) -> SimulatedBackend:
     """A :class:`SimulatedBackend` for ``node`` running on ``reactor``'s clock (or
-    ``clock``, e.g. a :class:`~platpass.host.simulated.clock.ManualClock` in tests)."""
+    ``clock``, e.g. a :class:`~platpass.host.simulated.clock.ManualClock` in tests), its
+    mirror in ``memfd`` when given (the backend owns it from then on)."""
     if len(node.regions) != 1:
+        if memfd is not None:
+            os.close(memfd)
         raise HostError(f"{node.path}: simulated devices have exactly one region, "
                         f"firmware gives {len(node.regions)}")
-    model = model_for(node, clock or ReactorClock(reactor))
-    return SimulatedBackend(model, node.regions[0].size)
+    try:
+        model = model_for(node, clock or ReactorClock(reactor))
+    except BaseException:
+        if memfd is not None:
+            os.close(memfd)
+        raise
+    return SimulatedBackend(model, node.regions[0].size, memfd=memfd)
 
 
 # -- devices on a modelled bus -----------------------------------------------------------

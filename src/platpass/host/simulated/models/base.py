@@ -15,7 +15,9 @@ uses 16-bit accesses; an 8250 with ``reg-io-width = <4>`` uses 32-bit ones).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
@@ -52,6 +54,29 @@ def _run_directly(step: Callable[[], T]) -> T:
     return step()
 
 
+_PLAIN_SCALARS = (int, float, str, bytes, bytearray, type(None), Enum)
+
+
+def is_plain(value: object) -> bool:
+    """Data a snapshot can hold: numbers, strings, bytes, enum members, and lists,
+    tuples, deques, sets and dicts of those (no callables, clocks, timers, objects)."""
+    if isinstance(value, _PLAIN_SCALARS):
+        return True
+    if isinstance(value, list | tuple | deque | set | frozenset):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(is_plain(k) and is_plain(v) for k, v in value.items())
+    return False
+
+
+def plain_state(obj: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """``obj``'s attributes that are plain data (:func:`is_plain`), copied, but ``skip``."""
+    import copy
+
+    return {name: copy.deepcopy(value) for name, value in vars(obj).items()
+            if name not in skip and is_plain(value)}
+
+
 class DeviceModel:
     """Base of every model. Subclasses fill the class attributes and the register tables
     (:attr:`peekers`, :attr:`readers`, :attr:`writers`, :attr:`constants`); everything the
@@ -75,6 +100,9 @@ class DeviceModel:
     #: memfd (the PL031's load and write-1-to-clear registers). They must be mirrored
     #: (have a peeker), or the backend cannot tell that they were written.
     storage_offsets: frozenset[int] = frozenset()
+    #: Attributes that hold no device state (host-side logs of what the device did, such
+    #: as a UART's transmitted bytes): left out of :meth:`snapshot`.
+    not_state: ClassVar[frozenset[str]] = frozenset()
     #: Interrupt lines, and which of them are level-sensitive (all of these IPs drive
     #: level outputs).
     irq_count: int = 1
@@ -139,6 +167,27 @@ class DeviceModel:
     def live_timers(self) -> int:
         """How many timers the model holds (a quiet model holds few; none poll)."""
         return len(self._timers)
+
+    # -- state that outlives the process -----------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The device's state as plain data (:func:`is_plain`): every plain attribute but
+        :attr:`not_state` and the register tables. What a restarted ``serve --workers``
+        worker gives :meth:`restore` so that a device keeps its state across the worker's
+        death as it does across a client's disconnect."""
+        return plain_state(self, self.not_state | _NOT_MODEL_STATE)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`snapshot` of a model of the same kind and configuration back, then
+        :meth:`resume` what the state implies (timers)."""
+        for name, value in state.items():
+            if is_plain(getattr(self, name, None)):  # never a live timer or a callback
+                setattr(self, name, value)
+        self.resume()
+
+    def resume(self) -> None:
+        """Re-arm the timers a restored state implies (a running counter's next event, a
+        character on the wire). Models with timers override it."""
 
     # -- interrupt lines ---------------------------------------------------------------
 
@@ -262,6 +311,11 @@ class DeviceModel:
     def mirror_values(self) -> list[int]:
         """Current read values of :attr:`mirror_offsets`, in order."""
         return [peek() for peek in self.peekers.values()]
+
+
+#: The base class's own machinery: never part of a snapshot.
+_NOT_MODEL_STATE = frozenset({"_closed", "_rises", "_timers", "peekers", "readers",
+                              "writers", "constants"})
 
 
 def merge(old: int, value: int, mask: int) -> int:

@@ -294,9 +294,18 @@ class Ns16550(UartModel):
         self._restart_timeout()
         self._update_line()
 
+    def _rx_timeout_delay(self) -> float:
+        """Four character times (the 16550's character timeout)."""
+        return 4 * self.char_time()
+
+    def resume(self) -> None:
+        """As every UART model, but the 16550 has a receive timeout in FIFO mode only."""
+        super().resume()
+        self._restart_timeout()
+
     def _restart_timeout(self) -> None:
         if self.fifo_enabled and self.rx_fifo:
-            self._arm_rx_timeout(4 * self.char_time())
+            self._arm_rx_timeout(self._rx_timeout_delay())
         else:
             self._disarm_rx_timeout()
 

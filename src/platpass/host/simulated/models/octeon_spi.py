@@ -42,9 +42,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import IntEnum
 from functools import partial
+from typing import Any
 
 from platpass.host.simulated.clock import ModelClock
-from platpass.host.simulated.models.base import DeviceModel, merge
+from platpass.host.simulated.models.base import DeviceModel, merge, plain_state
 
 _MASK64 = (1 << 64) - 1
 
@@ -72,6 +73,15 @@ TX_CSID_SHIFT = 20
 class SpiTarget:
     """What a device on an SPI chip select does: told when it is selected and released,
     and given each byte shifted out, it returns the byte it shifts back."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The device's state as plain data (see :meth:`DeviceModel.snapshot`)."""
+        return plain_state(self)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`snapshot` back."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def select(self) -> None:
         """Chip select asserted: a new command starts."""
@@ -242,6 +252,21 @@ class OcteonSpi(DeviceModel):
         for i in range(DATA_BYTES):
             self.peekers[Reg.DAT0 + 8 * i] = partial(self._peek_data, i)
             self.writers[Reg.DAT0 + 8 * i] = partial(self._write_data, i)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The controller's registers and each chip select's device."""
+        state = super().snapshot()
+        state["targets"] = {cs: target.snapshot() for cs, target in self.targets.items()}
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The devices on the chip selects are the ones firmware put there again (the same
+        board); each takes its own state back."""
+        state = dict(state)
+        for cs, target_state in state.pop("targets", {}).items():
+            if cs in self.targets:
+                self.targets[cs].restore(target_state)
+        super().restore(state)
 
     def _peek_data(self, index: int) -> int:
         return self.data[index]

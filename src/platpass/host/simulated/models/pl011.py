@@ -265,8 +265,12 @@ class Pl011(UartModel):
             self.ris |= _INT_BE
         if below and len(self.rx_fifo) >= self._rx_level():
             self.ris |= _INT_RX
-        self._arm_rx_timeout(32 * self._bit_time())
+        self._arm_rx_timeout(self._rx_timeout_delay())
         self._update_line()
+
+    def _rx_timeout_delay(self) -> float:
+        """32 bit periods (the PL011's receive timeout)."""
+        return 32 * self._bit_time()
 
     def _rx_level(self) -> int:
         return self._rx_trigger() if self.fifo_enabled else 1

@@ -138,6 +138,11 @@ class Pl031(DeviceModel):
         if self.started:
             self._schedule_tick()
 
+    def resume(self) -> None:
+        """The restored counter (base and the clock time it was loaded at: the monotonic
+        clock is the machine's, so it keeps counting) ticks again on its next second."""
+        self._schedule_tick()
+
     def _schedule_tick(self) -> None:
         self.cancel(self._tick)
         elapsed = self.clock.now() - self._base_time

@@ -138,6 +138,15 @@ class Sp805(DeviceModel):
         self._zero_at = self.clock.now() + ticks / self.rate
         self._expiry = self.call_later(ticks / self.rate, self._reached_zero)
 
+    def resume(self) -> None:
+        """A restored running counter reaches zero when it was going to (at once if that
+        moment passed while no process served the device)."""
+        self.cancel(self._expiry)
+        self._expiry = None
+        if self.running:
+            self._expiry = self.call_later(max(self._zero_at - self.clock.now(), 0.0),
+                                           self._reached_zero)
+
     def _reached_zero(self) -> None:
         self._expiry = None
         if self.ris:

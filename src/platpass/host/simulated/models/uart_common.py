@@ -40,6 +40,10 @@ class UartModel(DeviceModel):
     _shift_due: float = 0.0
     #: True while the shifter hands over to the next FIFO entry (see :meth:`_start_shift`).
     _chained: bool = False
+    #: The character in the shift register while :attr:`_shifting`.
+    _shift_byte: int = 0
+    #: Host-side logs, not device state: what went out on the wire is gone.
+    not_state: ClassVar[frozenset[str]] = frozenset({"tx_output"})
 
     def __init__(self, clock: ModelClock) -> None:
         super().__init__(clock)
@@ -102,6 +106,7 @@ class UartModel(DeviceModel):
         zero-delay steps, so the wire runs at the programmed rate on average and never
         faster. A character written to an idle shifter starts now."""
         self._shifting = True
+        self._shift_byte = byte
         now = self.clock.now()
         start = self._shift_due if self._chained else now
         self._shift_due = due = start + self.char_time()
@@ -124,6 +129,17 @@ class UartModel(DeviceModel):
         finally:
             self._chained = False
         self._update_line()
+
+    def resume(self) -> None:
+        """A restored UART carries on: the character that was in the shift register leaves
+        when it was due (or at once if that moment has passed), then the FIFO drains at the
+        line rate; unread received characters get a fresh receive timeout."""
+        if self._shifting:
+            byte = self._shift_byte
+            self._tx_timer = self.call_later(max(self._shift_due - self.clock.now(), 0.0),
+                                             lambda: self._shift_done(byte))
+        if self.rx_fifo:
+            self._arm_rx_timeout(self._rx_timeout_delay())
 
     def _arm_rx_timeout(self, delay: float) -> None:
         self.cancel(self._rx_timeout_timer)
@@ -151,6 +167,8 @@ class UartModel(DeviceModel):
     _kick_tx: Callable[[], None]
     #: Raise the receive-timeout condition (characters waited too long).
     _rx_timed_out: Callable[[], None]
+    #: Seconds unread received characters wait before the receive timeout.
+    _rx_timeout_delay: Callable[[], float]
     #: Drive the interrupt line from the interrupt state.
     _update_line: Callable[[], None]
 
