@@ -214,8 +214,13 @@ def test_up_workers_key_is_validated(tmp_path: Path, value: str, message: str) -
     assert load_config(_toml(tmp_path, "")).workers == 1
 
 
-def test_up_serves_from_workers(tmp_path: Path) -> None:
-    config = _toml(tmp_path, "workers = 2")
+@pytest.mark.parametrize("user", [None, "65534:65534"])
+def test_up_serves_from_workers(tmp_path: Path, user: str | None) -> None:
+    if user is not None and os.geteuid() != 0:
+        pytest.skip("dropping to another user needs root")
+    if user is not None:
+        tmp_path.chmod(0o755)  # the user's sockets live here; up checks who may write it
+    config = _toml(tmp_path, "workers = 2" + (f'\nuser = "{user}"' if user else ""))
     ctl = tmp_path / "run" / "lab.ctl"
     proc = subprocess.Popen([sys.executable, "-m", "platpass", "up", "--foreground",
                              str(config)],
@@ -230,6 +235,8 @@ def test_up_serves_from_workers(tmp_path: Path) -> None:
         assert status[RTC]["worker_pid"] != status[WDT]["worker_pid"]
         assert status[RTC]["guest_address"] == 0x9020000  # up's own facts are kept
         assert status[RTC]["socket"] == str(tmp_path / "rtc.sock")
+        if user is not None:
+            assert _uids(status[RTC]["worker_pid"])[0] == 65534
         with VfioUserClient.connect(tmp_path / "rtc.sock") as a, \
                 VfioUserClient.connect(tmp_path / "wdt.sock") as b:
             a.read(0, PL031_MR, 4)
@@ -249,3 +256,81 @@ def test_a_socket_that_cannot_be_bound_leaves_nothing_bound(tmp_path: Path) -> N
     with pytest.raises(HostError):
         Supervisor([good, bad], 2)
     assert list(tmp_path.iterdir()) == []  # the first socket was unbound and removed
+
+
+def _uids(pid: int) -> tuple[int, ...]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return tuple(int(x) for x in line.split()[1:])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_workers_drop_to_the_user_and_keep_state_in_a_directory_it_owns(
+        tmp_path: Path) -> None:
+    socks, ctl = tmp_path / "socks", tmp_path / "ctl"
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", RTC, WDT,
+                             "--socket-dir", str(socks), "--control", str(ctl),
+                             "--workers", "2", "--user", "65534:65534"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        assert any("workers run as uid 65534 gid 65534" in line for line in lines), lines
+        _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
+        status = _by_name(ctl)
+        assert _uids(proc.pid)[0] == 0                       # the supervisor stays root
+        for device in (RTC, WDT):
+            _wait(lambda d=device: _uids(_by_name(ctl)[d]["worker_pid"]) == (65534,) * 4)
+        assert socks.stat().st_uid == 65534                   # made for the user
+        sock = status[RTC]["socket"]
+        with VfioUserClient.connect(sock) as client:
+            client.write(0, PL031_MR, 4, 0x4321)
+        time.sleep(workers_module.SAVE_DELAY * 5)
+        os.kill(status[RTC]["worker_pid"], signal.SIGKILL)
+        _wait(lambda: _by_name(ctl)[RTC]["worker_pid"] not in (None, status[RTC]["worker_pid"])
+              and _by_name(ctl)[RTC]["state"] == "serving")
+        with VfioUserClient.connect(sock) as client:          # saved as the user, read back
+            assert client.read(0, PL031_MR, 4) == 0x4321
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert "cannot save" not in err and "Traceback" not in err, err
+
+
+def test_uart_output_from_several_workers(tmp_path: Path) -> None:
+    socks, out = tmp_path / "socks", tmp_path / "uart.out"
+    uarts = ["/soc@9000000/serial@0", "/soc@9000000/serial@10000"]
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", *uarts,
+                             "--socket-dir", str(socks), "--workers", "2",
+                             "--uart-output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("ready"):
+                break
+        for name, text in zip(uarts, (b"abc", b"xyz"), strict=True):
+            with VfioUserClient.connect(socks / f"{name.rsplit('/', 1)[1]}.sock") as client:
+                client.write(0, 0x30, 4, 0x301)   # UARTCR: UARTEN, TXE, RXE
+                for byte in text:
+                    client.write(0, 0x00, 4, byte)
+        _wait(lambda: out.exists() and len(out.read_bytes()) == 6)
+        got = out.read_bytes()   # two workers appending: each UART's bytes in order
+        assert bytes(b for b in got if b in b"abc") == b"abc"
+        assert bytes(b for b in got if b in b"xyz") == b"xyz" and len(got) == 6
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+
+
+def test_uart_output_with_workers_is_for_uarts_only(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "platpass", "serve", "--sim", RTC, WDT,
+                           "--socket-dir", str(tmp_path / "s"), "--workers", "2",
+                           "--uart-output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--uart-output needs simulated UARTs only" in done.stderr
+    assert not (tmp_path / "out").exists()

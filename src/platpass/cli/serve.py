@@ -59,6 +59,7 @@ from platpass.cli.options import (
 )
 from platpass.errors import HostError, NodeError
 from platpass.firmware.model import DeviceNode
+from platpass.host.privilege import RunAs
 from platpass.host.safepath import make_owned_directory
 from platpass.ops.activation import InheritedSocket
 from platpass.ops.logs import add_logging_options, configure_logging
@@ -181,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"platpass serve: --workers: {err}", file=sys.stderr)
         return 2
-    if workers > 1 and (args.trace or args.uart_output or args.user is not None):
-        print("platpass serve: --workers N (N > 1) does not combine with --trace, "
-              "--uart-output or --user yet", file=sys.stderr)
+    if workers > 1 and args.trace:
+        print("platpass serve: --workers N (N > 1) does not combine with --trace: a trace "
+              "is one process's timeline, which replay follows in order", file=sys.stderr)
         return 2
     targets = [socket_path is not None, args.socket_dir is not None, args.fd is not None]
     inherited = [] if args.fd is not None else activation.listen_fds()
@@ -227,7 +228,12 @@ def run(args: argparse.Namespace) -> int:
              for export, listen in zip(exports, _listens(args, exports, inherited),
                                        strict=True)]
     if workers > 1:
-        return _run_workers(args, plans, workers, backend_name)
+        if args.uart_output and (backend_name != "sim" or any(
+                p.export.driver.family != "uart" for p in plans)):
+            print("platpass serve: --uart-output needs simulated UARTs only (--backend sim, "
+                  "UART nodes)", file=sys.stderr)
+            return 2
+        return _run_workers(args, plans, workers, backend_name, run_as)
     uart_out: _UartSink | None = None
     try:
         with Serving() as serving:
@@ -276,20 +282,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_workers(args: argparse.Namespace, plans: list[DevicePlan], workers: int,
-                 backend_name: str) -> int:
-    """Serve ``plans`` from several worker processes (:mod:`platpass.ops.workers`)."""
+                 backend_name: str, run_as: RunAs | None) -> int:
+    """Serve ``plans`` from several worker processes (:mod:`platpass.ops.workers`). With
+    ``--user`` the supervisor stays root (it starts workers, and a worker opens its
+    devices before dropping to the user); each worker drops once its devices are open."""
     from platpass.ops import activation
     from platpass.ops.workers import Supervisor, placement
 
     if args.socket_dir is not None:
-        Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
+        socket_dir = Path(args.socket_dir)
+        if not socket_dir.is_dir() and run_as is not None:
+            make_owned_directory(socket_dir, run_as.uid, run_as.gid)
+        socket_dir.mkdir(parents=True, exist_ok=True)
+    on_open = None
+    if args.uart_output:
+        path = args.uart_output
+        sinks: list[_UartSink] = []   # one per worker: each appends (O_APPEND) its bytes
+
+        def on_open(_plan: DevicePlan, device: VfioDevice) -> None:
+            sinks[:] = [_tap_uart(device, path, sinks[0] if sinks else None)]
+
     slots = placement(workers, len(plans))
-    with Supervisor(plans, workers, control=args.control) as supervisor:
+    with Supervisor(plans, workers, control=args.control, run_as=run_as,
+                    on_open=on_open) as supervisor:
         for plan, slot in zip(plans, slots, strict=True):
             print(f"serving {plan.node.path} ({', '.join(plan.node.compatible)}; "
                   f"{plan.export.verdict.name}; backend {backend_name}) on {plan.listen} "
                   f"(worker {slot})", flush=True)
         supervisor.start()
+        if run_as is not None:
+            print(f"workers run as uid {run_as.uid} gid {run_as.gid} groups "
+                  f"{list(run_as.groups)}, no capabilities, no_new_privs (the supervisor "
+                  "stays root to start them)", flush=True)
         print(f"ready ({len(supervisor.workers)} workers)", flush=True)
         activation.notify("READY=1")
         supervisor.serve_forever()

@@ -246,8 +246,9 @@ def parse_config(text: str, path: str | Path) -> ServiceConfig:
         except PrivilegeError as err:
             check.fail("service.user", str(err))
     workers = _workers(check, service.get("workers", 1))
-    if workers > 1 and (trace is not None or user is not None):
-        check.fail("service.workers", "workers > 1 does not combine with trace or user yet")
+    if workers > 1 and trace is not None:
+        check.fail("service.workers", "workers > 1 does not combine with trace (a trace is "
+                   "one process's timeline, which replay follows in order)")
     tables = data.get("device", [])
     if not isinstance(tables, list):
         check.fail("device", "must be an array of tables ([[device]])")

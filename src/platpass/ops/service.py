@@ -286,7 +286,8 @@ def run_foreground(config: ServiceConfig, *, log_stream: TextIO | None = None) -
 
             supervisor = Supervisor(worker_plans, config.workers,
                                     control=config.control_path, name=config.name,
-                                    describe=describe_node, others=others)
+                                    describe=describe_node, others=others,
+                                    run_as=config.user)
         else:
             serving.control = ControlServer(serving.reactor, serving.server,
                                             config.control_path, name=config.name,

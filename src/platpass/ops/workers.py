@@ -22,6 +22,10 @@ that serves no device itself:
   private control socket (in a 0700 directory only the supervisor created) with a 1 s
   bound, and adds ``worker``, ``worker_pid`` and ``state`` (``serving``, ``restarting``
   or ``failed``) to every device.
+* **Privileges** (``run_as``: ``serve --user``, ``up``'s ``user``): a worker opens its
+  devices, binds its control socket and opens its saved-state directory (owned by the
+  user, inside the supervisor's) as root, then drops to the user before serving. The
+  supervisor stays root: it starts the workers, which open devices.
 * **Shutdown**: SIGTERM/SIGINT to the supervisor is passed to every worker, which
   disconnects its clients and quiesces and releases its devices as a single ``serve``
   does; the supervisor waits for them (SIGKILL after :data:`STOP_TIMEOUT`), then removes
@@ -71,10 +75,11 @@ from platpass.assembly.backends import sim_opener
 from platpass.assembly.plan import DevicePlan
 from platpass.assembly.serving import PR_SET_PDEATHSIG, Serving
 from platpass.errors import OpsError
-from platpass.host.privilege import prctl
+from platpass.host.privilege import RunAs, drop_privileges, prctl
 from platpass.host.safepath import SocketFile, bind_unix_socket
 from platpass.host.simulated.backend import SimulatedBackend
 from platpass.reactor import EpollReactor, TimerHandle
+from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_user.server import VfioUserServer
 
 log = logging.getLogger(__name__)
@@ -147,6 +152,10 @@ class _StateUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not model state")
 
 
+#: Largest saved state a worker reads back (an SPI EEPROM's array, a UART's FIFOs: far less).
+MAX_STATE_BYTES = 16 << 20
+
+
 class _KeptState:
     """A simulated device's state, saved where its next worker finds it.
 
@@ -159,8 +168,13 @@ class _KeptState:
     saving stops; serving goes on.
     """
 
-    def __init__(self, reactor: EpollReactor, backend: Any, path: Path, name: str) -> None:
-        self.reactor, self.backend, self.path, self.name = reactor, backend, path, name
+    def __init__(self, reactor: EpollReactor, backend: Any, path: Path, name: str,
+                 dir_fd: int | None = None) -> None:
+        self.reactor, self.backend, self.name = reactor, backend, name
+        #: With ``dir_fd`` (the directory, opened before the worker dropped privileges:
+        #: the supervisor's own directory around it is root's), ``path`` is only a name.
+        self.dir_fd = dir_fd
+        self.path = Path(path.name) if dir_fd is not None else path
         self._timer: TimerHandle | None = None
         self._failed = False
 
@@ -168,11 +182,15 @@ class _KeptState:
         """Restore the saved state, if any; True when one was restored. A file that does
         not hold this model's state is logged and ignored (power-on state)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=self.dir_fd)
         except FileNotFoundError:
             return False
         try:
             with os.fdopen(fd, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_STATE_BYTES:
+                    raise ValueError(f"{size} bytes, more than {MAX_STATE_BYTES}")
                 state = _StateUnpickler(f).load()
             if not isinstance(state, dict):
                 raise TypeError(f"a {type(state).__name__}, not a state")
@@ -199,10 +217,10 @@ class _KeptState:
         try:
             data = pickle.dumps(self.backend.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
+                         | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.path, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except Exception as err:  # saving must never stop serving
             self._failed = True
             log.error("%s: cannot save its state (%s); it will not survive a worker "
@@ -244,7 +262,9 @@ class Supervisor:
     def __init__(self, plans: list[DevicePlan], count: int, *,
                  control: str | Path | None = None, name: str = "platpass serve",
                  describe: Callable[[str], dict[str, Any]] | None = None,
-                 others: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+                 others: Callable[[], list[dict[str, Any]]] | None = None,
+                 run_as: RunAs | None = None,
+                 on_open: Callable[[DevicePlan, VfioDevice], None] | None = None) -> None:
         if not plans:
             raise OpsError("no device to place on workers")
         self.reactor = EpollReactor()
@@ -252,7 +272,19 @@ class Supervisor:
         self._describe = describe
         self._others = others
         self._stopping = False
+        self.run_as = run_as
+        self._on_open = on_open
         self._private = Path(tempfile.mkdtemp(prefix="platpass-workers-"))  # 0700, ours
+        # Saved device states: written by workers, which may run as run_as by then. The
+        # supervisor creates the directory inside its own and never reads what is in it.
+        states = self._private / "states"
+        os.mkdir(states, 0o700)
+        if run_as is not None:
+            fd = os.open(states, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, run_as.uid, run_as.gid)
+            finally:
+                os.close(fd)
         self.workers: list[Worker] = []
         self.control = None
         bound: list[_Bound] = []
@@ -260,7 +292,7 @@ class Supervisor:
             for index, plan in enumerate(plans):  # one by one: a failure releases
                 bound.append(self._bind(plan))     # those already bound
                 if plan.backend == "sim":
-                    bound[-1].state = self._private / f"device{index}.state"
+                    bound[-1].state = states / f"device{index}.state"
                     bound[-1].memfd = os.memfd_create(f"platpass-device{index}",
                                                       os.MFD_CLOEXEC)
             slots = placement(count, len(plans))
@@ -339,32 +371,58 @@ class Supervisor:
         from platpass.ops.control import ControlServer
 
         with Serving() as serving:
-            for bound in worker.devices:
+            opened = []
+            for bound in worker.devices:  # everything that needs root first
                 opener = None if bound.memfd is None else \
                     sim_opener(memfd=functools.partial(os.dup, bound.memfd))
                 device = serving.open(bound.plan, opener)
-                kept = None
-                restored = False
-                if isinstance(device.backend, SimulatedBackend) and bound.state is not None:
-                    kept = _KeptState(serving.reactor, device.backend, bound.state,
-                                      bound.plan.node.path)
-                    restored = kept.load()
-                    if restored:
-                        log.info("%s: state restored from the previous worker",
-                                 bound.plan.node.path)
-                # A restored device is served as its predecessor's clients left it, as
-                # after a disconnect; anything else is quiesced as at any serve start.
-                serving.server.serve_fd(bound.plan.node.path, device,
-                                        os.dup(bound.sock.fileno()), bound.plan.options,
-                                        quiesce=not restored)
-                if kept is not None:
-                    if not restored:  # a successor always finds a state to start from
-                        kept.save()
-                    kept.watch()
-            serving.control = ControlServer(serving.reactor, serving.server, worker.control,
-                                            name=f"worker {worker.index}")
-            serving.serve_forever()
+                if self._on_open is not None:
+                    self._on_open(bound.plan, device)
+                opened.append((bound, device))
+            control = ControlServer(serving.reactor, serving.server, worker.control,
+                                    name=f"worker {worker.index}")
+            serving.control = control
+            states = os.open(self._private / "states", os.O_RDONLY | os.O_DIRECTORY
+                             | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if self.run_as is not None:
+                # Its socket file is in the supervisor's directory, which a worker that
+                # dropped privileges cannot write: the supervisor removes it.
+                serving.control = None
+                creds = drop_privileges(self.run_as)
+                log.info("worker %d runs as uid %d gid %d, no capabilities, no_new_privs",
+                         worker.index, creds.uids[0], creds.gids[0])
+            try:
+                self._serve_opened(serving, opened, states)
+            finally:
+                if serving.control is None:
+                    control.close(unlink=False)
+                os.close(states)
         return 0
+
+    def _serve_opened(self, serving: Serving, opened: list[tuple[_Bound, VfioDevice]],
+                      states: int) -> None:
+        """Serve a worker's open devices, each restored from its predecessor's state where
+        one was saved, until SIGTERM."""
+        for bound, device in opened:
+            kept = None
+            restored = False
+            if isinstance(device.backend, SimulatedBackend) and bound.state is not None:
+                kept = _KeptState(serving.reactor, device.backend, bound.state,
+                                  bound.plan.node.path, dir_fd=states)
+                restored = kept.load()
+                if restored:
+                    log.info("%s: state restored from the previous worker",
+                             bound.plan.node.path)
+            # A restored device is served as its predecessor's clients left it, as
+            # after a disconnect; anything else is quiesced as at any serve start.
+            serving.server.serve_fd(bound.plan.node.path, device,
+                                    os.dup(bound.sock.fileno()), bound.plan.options,
+                                    quiesce=not restored)
+            if kept is not None:
+                if not restored:  # a successor always finds a state to start from
+                    kept.save()
+                kept.watch()
+        serving.serve_forever()
 
     def _reap(self, worker: Worker) -> None:
         assert worker.pid is not None and worker.pidfd is not None
