@@ -897,7 +897,8 @@ def assess_tree(tree: DeviceTree, registry: DriverRegistry, *,
     page_shares = shared_pages(mmio)
     overlaps = overlapping_regions(mmio)
     holders = _Holders((n.path for n in nodes), nodes=tree.raw.nodes)
-    outside, needs = host_use(references(tree.raw), tree.effectively_enabled,
+    outside, needs = host_use(references(tree.raw, tree.effectively_enabled),
+                              tree.effectively_enabled,
                               (n.path for n in nodes), groups, holders=holders)
     critical = host_critical(tree.raw, (n.path for n in nodes), holders=holders)
     memo: dict[str, tuple[Evidence, ...]] = {}
