@@ -136,24 +136,18 @@ def _u32(node: RawNode, prop: str) -> int | None:
     return int.from_bytes(value, "big")
 
 
-def _with_cells(tree: RawTree, words: tuple[int, ...], cells_name: str) -> Iterator[RawNode]:
-    by_phandle = tree.by_phandle
-    i, n = 0, len(words)
-    while i < n:
-        phandle = words[i]
-        if phandle == 0:  # an empty entry
-            i += 1
-            continue
-        target = by_phandle.get(phandle)
-        if target is None:
-            return
-        count = _u32(target, cells_name)
-        if count is None:
-            if cells_name not in _OPTIONAL_CELLS:
-                return
-            count = 0
-        yield target
-        i += 1 + count
+def _provider(target: RawNode | None, cells_name: str) -> tuple[str | None, int]:
+    """A list entry's provider path and its argument count; ``(None, 0)`` where the walk of
+    a list stops (no such phandle, or a provider without the cell count that is not
+    optional)."""
+    if target is None:
+        return None, 0
+    count = _u32(target, cells_name)
+    if count is None:
+        if cells_name not in _OPTIONAL_CELLS:
+            return None, 0
+        count = 0
+    return target.path, count
 
 
 def phandle_entries(tree: RawTree, node: RawNode,
@@ -249,6 +243,7 @@ def references(tree: RawTree, enabled: Callable[[str], bool] | None = None
     add = out.append
     by_phandle = tree.by_phandle
     boring = _BORING
+    providers: dict[tuple[int, str], tuple[str | None, int]] = {}
     for node in tree.nodes:
         if node.path in _SKIPPED_NODES:
             continue
@@ -272,8 +267,23 @@ def references(tree: RawTree, enabled: Callable[[str], bool] | None = None
             if kind == _KIND_CELLS:
                 if cells_name == "#gpio-cells" and "gpio-hog" in props:
                     continue
-                for target in _with_cells(tree, _words(value), cells_name):
-                    add(Reference(path, name, target.path))
+                # each provider's cell count is looked up once per tree
+                words = cells(value[:len(value) & ~3])
+                i, n = 0, len(words)
+                while i < n:
+                    phandle = words[i]
+                    if phandle == 0:  # an empty entry
+                        i += 1
+                        continue
+                    entry = providers.get((phandle, cells_name))
+                    if entry is None:
+                        entry = providers[phandle, cells_name] = _provider(
+                            by_phandle.get(phandle), cells_name)
+                    provider, count = entry
+                    if provider is None:
+                        break
+                    add(Reference(path, name, provider))
+                    i += 1 + count
             elif kind == _KIND_SUPPLY:
                 supplier = by_phandle.get(int.from_bytes(value[:4], "big"))
                 if supplier is not None:
