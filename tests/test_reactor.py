@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -99,3 +100,23 @@ def test_a_signal_stops_run_forever_and_close_restores_the_wakeup_fd() -> None:
     loop.close()
     assert _signal.set_wakeup_fd(-1) == -1  # close() already gave the wakeup fd back
     _signal.signal(_signal.SIGUSR1, _signal.SIG_DFL)
+
+
+def test_a_timer_added_by_a_helper_thread_wakes_the_waiting_loop(reactor: EpollReactor
+                                                                  ) -> None:
+    import threading
+
+    reactor.allow_helpers()
+    fired = threading.Event()
+    loop = threading.Thread(target=reactor.run_forever)
+    loop.start()  # nothing to wait for: epoll_wait with no timeout
+    try:
+        time.sleep(0.05)
+        with reactor.lock:  # as a client's own thread does
+            reactor.call_later(0.01, fired.set)
+        assert fired.wait(2.0)
+    finally:
+        with reactor.lock:
+            reactor.call_later(0, reactor.stop)
+        loop.join(2.0)
+    assert not loop.is_alive()

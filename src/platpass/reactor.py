@@ -13,11 +13,13 @@ import errno
 import heapq
 import itertools
 import logging
+import os
 import select
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,7 +67,14 @@ class TimerHandle:
 
 
 class EpollReactor:
-    """Level-triggered epoll loop with timers. Not thread-safe: one loop, one thread."""
+    """Level-triggered epoll loop with timers.
+
+    One thread runs the loop. Another thread may do the loop's kind of work (a client
+    served on its own thread, see :class:`platpass.vfio_user.server.VfioUserServer`) only
+    while it holds :attr:`lock`, which the loop holds while it runs callbacks and timers;
+    such a thread calls :meth:`allow_helpers` first, so that a timer it schedules wakes
+    the loop instead of waiting for the loop's next event.
+    """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -74,6 +83,41 @@ class EpollReactor:
         self._seq = itertools.count()
         self._stopping = False
         self._signal_wakeup: tuple[socket.socket, socket.socket] | None = None
+        #: Held while callbacks run (re-entrant: a callback may close a server, which
+        #: takes it again).
+        self.lock = threading.RLock()
+        self._loop_thread: int | None = None
+        self._wake_fd: int | None = None
+
+    def allow_helpers(self) -> None:
+        """Make the loop take :attr:`lock` while it dispatches, and let threads other than
+        the loop's schedule timers: a timer they add wakes the loop through an eventfd, as
+        its wait may be longer than the timer. Idempotent; call it before a helper thread
+        starts (a loop without helpers takes no lock)."""
+        if self._wake_fd is not None:
+            return
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.add_reader(self._wake_fd, self._drain_wake)
+
+    def _drain_wake(self) -> None:
+        if self._wake_fd is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wake_fd)
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """From inside a callback: let helper threads take :attr:`lock` meanwhile (the
+        caller re-checks whatever they may have changed). Outside a callback (the lock not
+        held by this thread) there is nothing to let go."""
+        try:
+            self.lock.release()
+        except RuntimeError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            self.lock.acquire()
 
     def add_reader(self, fd: int, callback: ReadCallback) -> None:
         if fd in self._readers:
@@ -91,10 +135,23 @@ class EpollReactor:
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         handle = TimerHandle(self.time() + max(delay, 0.0), next(self._seq), callback)
         heapq.heappush(self._timers, handle)
+        if self._wake_fd is not None and threading.get_ident() != self._loop_thread:
+            os.eventfd_write(self._wake_fd, 1)  # the loop may be waiting past this timer
         return handle
 
     def time(self) -> float:
         return time.monotonic()
+
+    def run_due_timers(self) -> int:
+        """Run the timers that are due now; how many ran. For a helper thread, holding
+        :attr:`lock`, before it handles a request, as the loop runs due timers before it
+        dispatches: a timer then fires no later relative to that client's requests than
+        when the loop serves the client (the loop itself may be waiting for the lock, or
+        for a CPU, meanwhile)."""
+        timers = self._timers
+        if timers and timers[0].when <= time.monotonic():
+            return self._run_due_timers()
+        return 0
 
     def watching(self, fd: int) -> bool:
         """True while ``fd`` has a reader (tests use it to check teardown)."""
@@ -103,7 +160,9 @@ class EpollReactor:
     def run_once(self, timeout: float | None = None) -> int:
         """Wait for at most ``timeout`` seconds (None: until something happens), dispatch
         ready readers and due timers; returns how many callbacks ran."""
-        ran = self._run_due_timers() if self._timers else 0
+        self._loop_thread = threading.get_ident()
+        with self.lock:
+            ran = self._run_due_timers() if self._timers else 0
         if self._timers:
             until_timer = max(self._timers[0].when - self.time(), 0.0)
             timeout = until_timer if timeout is None else min(timeout, until_timer)
@@ -111,13 +170,14 @@ class EpollReactor:
             timeout = 0.0
         events = self._epoll.poll(-1 if timeout is None else timeout)
         readers = self._readers
-        for fd, _mask in events:
-            callback = readers.get(fd)
-            if callback is not None:
-                callback()
-                ran += 1
-        if self._timers:
-            ran += self._run_due_timers()
+        with self.lock:
+            for fd, _mask in events:
+                callback = readers.get(fd)
+                if callback is not None:
+                    callback()
+                    ran += 1
+            if self._timers:
+                ran += self._run_due_timers()
         return ran
 
     def run_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -134,25 +194,37 @@ class EpollReactor:
         """Run until :meth:`stop` is called from a callback.
 
         The same steps as :meth:`run_once` in one loop with its look-ups hoisted: every
-        trapped register access of every client is one turn of it (one clock read when
-        timers are pending, one ``epoll_wait``, one callback).
+        trapped register access of a client the loop serves is one turn of it (one clock
+        read when timers are pending, one ``epoll_wait``, one callback). Once helpers are
+        allowed, :attr:`lock` is held while the events of one wait are dispatched.
         """
         self._stopping = False
+        self._loop_thread = threading.get_ident()
         poll = self._epoll.poll
         reader = self._readers.get
         timers = self._timers
         clock = time.monotonic
+        lock = self.lock
         while not self._stopping:
             timeout = -1.0
             if timers:
                 timeout = timers[0].when - clock()
                 if timeout <= 0.0:
-                    self._run_due_timers()
+                    with lock:
+                        self._run_due_timers()
                     timeout = 0.0
-            for fd, _mask in poll(timeout):
-                callback = reader(fd)
-                if callback is not None:
-                    callback()
+            events = poll(timeout)
+            if self._wake_fd is None:  # no helper threads: no lock to take (~0.15 us)
+                for fd, _mask in events:
+                    callback = reader(fd)
+                    if callback is not None:
+                        callback()
+                continue
+            with lock:
+                for fd, _mask in events:
+                    callback = reader(fd)
+                    if callback is not None:
+                        callback()
 
     def stop(self) -> None:
         """Make :meth:`run_forever` return after the current dispatch."""
@@ -186,7 +258,11 @@ class EpollReactor:
             signal.signal(signum, lambda *_: None)
 
     def close(self) -> None:
-        """Release the epoll fd and the signal wakeup socket, if any."""
+        """Release the epoll fd, the signal wakeup socket and the helpers' eventfd."""
+        if self._wake_fd is not None:
+            self.remove_reader(self._wake_fd)
+            os.close(self._wake_fd)
+            self._wake_fd = None
         if self._signal_wakeup is not None:
             signal.set_wakeup_fd(-1)
             for sock in self._signal_wakeup:

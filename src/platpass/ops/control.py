@@ -61,6 +61,10 @@ def endpoint_status(endpoint: DeviceEndpoint, extra: dict[str, Any] | None = Non
     device = endpoint.device
     stats = device.stats
     client = None
+    if endpoint.client is not None:
+        # A client that has hung up is not reported: its end-of-file is taken now (on
+        # its own thread, it may not have reached the loop's lock yet).
+        endpoint.client.settle()
     if endpoint.client is not None and not endpoint.client.closed:
         try:
             pid, uid, gid = _UCRED.unpack(endpoint.client.sock.getsockopt(
