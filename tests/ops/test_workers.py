@@ -24,6 +24,18 @@ PL031_MR = 0x04  # match register: read/write, 0 at power-on
 
 
 
+def _start(*argv: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``python -m platpass ARGV`` and the lines it printed up to "ready"."""
+    proc = subprocess.Popen([sys.executable, "-m", "platpass", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("ready"):
+            break
+    return proc, lines
+
+
 def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     """SIGTERM the supervisor as a service manager would; its exit code and stderr."""
     proc.send_signal(signal.SIGTERM)
@@ -56,16 +68,9 @@ def _by_name(ctl: Path) -> dict[str, dict]:
 
 def test_kill_9_worker_restarts_and_the_device_keeps_its_state(tmp_path: Path) -> None:
     socks, ctl = tmp_path / "socks", tmp_path / "ctl"
-    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", RTC, WDT,
-                             "--socket-dir", str(socks), "--control", str(ctl),
-                             "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, lines = _start("serve", "--sim", RTC, WDT, "--socket-dir", str(socks), "--control",
+                         str(ctl), "--workers", "2")
     try:
-        lines = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("ready"):
-                break
         assert any(RTC in line and "(worker 0)" in line for line in lines), lines
         assert any(WDT in line and "(worker 1)" in line for line in lines), lines
         _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
@@ -115,14 +120,9 @@ def test_writes_through_a_mapping_outlive_the_worker(tmp_path: Path) -> None:
     the mapped PL031 page that no event boundary took over yet is taken over by the next
     worker, not lost with the dead one."""
     socks, ctl = tmp_path / "socks", tmp_path / "ctl"
-    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", RTC,
-                             "--socket-dir", str(socks), "--control", str(ctl),
-                             "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _start("serve", "--sim", RTC, "--socket-dir", str(socks), "--control", str(ctl),
+                     "--workers", "2")
     try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("ready"):
-                break
         _wait(lambda: _by_name(ctl)[RTC]["state"] == "serving")
         status = _by_name(ctl)[RTC]
         client = VfioUserClient.connect(status["socket"])
@@ -222,13 +222,8 @@ def test_up_serves_from_workers(tmp_path: Path, user: str | None) -> None:
         tmp_path.chmod(0o755)  # the user's sockets live here; up checks who may write it
     config = _toml(tmp_path, "workers = 2" + (f'\nuser = "{user}"' if user else ""))
     ctl = tmp_path / "run" / "lab.ctl"
-    proc = subprocess.Popen([sys.executable, "-m", "platpass", "up", "--foreground",
-                             str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _start("up", "--foreground", str(config))
     try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("ready"):
-                break
         _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
         status = _by_name(ctl)
         assert status[RTC]["worker"] == 0 and status[WDT]["worker"] == 1
@@ -269,16 +264,9 @@ def _uids(pid: int) -> tuple[int, ...]:
 def test_workers_drop_to_the_user_and_keep_state_in_a_directory_it_owns(
         tmp_path: Path) -> None:
     socks, ctl = tmp_path / "socks", tmp_path / "ctl"
-    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", RTC, WDT,
-                             "--socket-dir", str(socks), "--control", str(ctl),
-                             "--workers", "2", "--user", "65534:65534"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, lines = _start("serve", "--sim", RTC, WDT, "--socket-dir", str(socks), "--control",
+                         str(ctl), "--workers", "2", "--user", "65534:65534")
     try:
-        lines = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("ready"):
-                break
         assert any("workers run as uid 65534 gid 65534" in line for line in lines), lines
         _wait(lambda: all(d["state"] == "serving" for d in _by_name(ctl).values()))
         status = _by_name(ctl)
@@ -304,14 +292,9 @@ def test_workers_drop_to_the_user_and_keep_state_in_a_directory_it_owns(
 def test_uart_output_from_several_workers(tmp_path: Path) -> None:
     socks, out = tmp_path / "socks", tmp_path / "uart.out"
     uarts = ["/soc@9000000/serial@0", "/soc@9000000/serial@10000"]
-    proc = subprocess.Popen([sys.executable, "-m", "platpass", "serve", "--sim", *uarts,
-                             "--socket-dir", str(socks), "--workers", "2",
-                             "--uart-output", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _start("serve", "--sim", *uarts, "--socket-dir", str(socks), "--workers", "2",
+                     "--uart-output", str(out))
     try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("ready"):
-                break
         for name, text in zip(uarts, (b"abc", b"xyz"), strict=True):
             with VfioUserClient.connect(socks / f"{name.rsplit('/', 1)[1]}.sock") as client:
                 client.write(0, 0x30, 4, 0x301)   # UARTCR: UARTEN, TXE, RXE
