@@ -275,7 +275,7 @@ def test_sigterm_stops_serve_while_its_clients_wait_on_their_threads(tmp_path: P
     from .test_end_to_end import PL011, PL031, Server
 
     server = Server("--sim", f"/soc@9000000/{PL011}", f"/soc@9000000/{PL031}",
-                    "--socket-dir", str(tmp_path))
+                    "--socket-dir", str(tmp_path), "--client-threads", "2")
     clients = [VfioUserClient.connect(tmp_path / f"{name}.sock") for name in (PL011, PL031)]
     try:
         assert clients[0].read(0, 0x48, 4) == 0  # UARTDMACR, trapped
@@ -308,3 +308,29 @@ def test_timers_due_before_a_request_run_before_it_even_with_the_loop_away(sp805
         time.sleep(0.02)
         assert wdog.read(0, 0x010, 4) == 1  # WDOGRIS: the expiry ran before this read
         wdog.write(0, SP805_CONTROL, 4, 0)
+
+
+@pytest.mark.parametrize("value", ["65", "-1", "many"])
+def test_client_threads_option_is_bounded(value: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "platpass", "serve", "--sim",
+                           "--socket-dir", "/nonexistent", "--client-threads", value],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--client-threads" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_serves_from_the_loop_unless_asked(tmp_path: Path) -> None:
+    """Client threads are opt-in: by default serve's process has its loop's thread only."""
+    from .test_end_to_end import PL011, Server
+
+    server = Server("--sim", f"/soc@9000000/{PL011}", "--socket-dir", str(tmp_path))
+    client = VfioUserClient.connect(tmp_path / f"{PL011}.sock")
+    try:
+        assert client.read(0, 0x48, 4) == 0
+        assert len(os.listdir(f"/proc/{server.proc.pid}/task")) == 1
+    finally:
+        client.close()
+        assert server.stop() == 0

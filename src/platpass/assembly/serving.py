@@ -86,10 +86,8 @@ def open_device(export: Export, opener: BackendOpener, reactor: Reactor, *,
     return device
 
 
-#: Clients of one serving process served on threads of their own (the others, past this
-#: many at once, by its loop): a VM's trapped devices each get one; a thread costs a stack
-#: and takes the loop's lock per request.
-CLIENT_THREADS = 8
+#: Most clients ``serve --client-threads`` may give threads of their own.
+MAX_CLIENT_THREADS = 64
 
 
 class Serving:
@@ -100,13 +98,14 @@ class Serving:
     """
 
     def __init__(self, reactor: EpollReactor | None = None, *,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, client_threads: int = 0) -> None:
         self._owns_reactor = reactor is None
         self.reactor = reactor if reactor is not None else EpollReactor()
-        # A reactor of its own is a serving process's (serve, up, a worker): its first
-        # clients are served on threads of their own (fewer steps per trapped access).
-        self.server = VfioUserServer(self.reactor, limits, client_threads=(
-            CLIENT_THREADS if self._owns_reactor else 0))
+        # ``client_threads`` (serve --client-threads): the first clients are served on
+        # threads of their own. Off by default: it makes one busy client's trapped
+        # accesses faster, and many clients' p99 and a one-CPU interrupt slower
+        # (docs/benchmarks.md).
+        self.server = VfioUserServer(self.reactor, limits, client_threads=client_threads)
         self.devices: list[VfioDevice] = []
         #: node path -> why its PCI identity was chosen (plans with ``pci``).
         self.pci_accounts: dict[str, str] = {}

@@ -264,7 +264,8 @@ class Supervisor:
                  describe: Callable[[str], dict[str, Any]] | None = None,
                  others: Callable[[], list[dict[str, Any]]] | None = None,
                  run_as: RunAs | None = None,
-                 on_open: Callable[[DevicePlan, VfioDevice], None] | None = None) -> None:
+                 on_open: Callable[[DevicePlan, VfioDevice], None] | None = None,
+                 client_threads: int = 0) -> None:
         if not plans:
             raise OpsError("no device to place on workers")
         self.reactor = EpollReactor()
@@ -274,6 +275,7 @@ class Supervisor:
         self._stopping = False
         self.run_as = run_as
         self._on_open = on_open
+        self._client_threads = client_threads
         self._private = Path(tempfile.mkdtemp(prefix="platpass-workers-"))  # 0700, ours
         # Saved device states: written by workers, which may run as run_as by then. The
         # supervisor creates the directory inside its own and never reads what is in it.
@@ -370,7 +372,7 @@ class Supervisor:
             return 0
         from platpass.ops.control import ControlServer
 
-        with Serving() as serving:
+        with Serving(client_threads=self._client_threads) as serving:
             opened = []
             for bound in worker.devices:  # everything that needs root first
                 opener = None if bound.memfd is None else \
