@@ -188,7 +188,7 @@ def test_disabled_and_unmodelled_children_are_left_off_the_bus(caplog) -> None:
                           "\t\t\teeprom@0 {"))
     node = tree.node(SPI)
     backend = open_sim_backend(node, EpollReactor(), ManualClock())
-    subtree = tuple(r for r in tree.raw.nodes if r.path.startswith(SPI + "/"))
+    subtree = tuple(tree.raw.descendants(SPI))
     with caplog.at_level(logging.WARNING):
         populate_bus(backend, subtree)
     assert backend.model.targets == {}
@@ -205,7 +205,7 @@ def test_disabled_and_unmodelled_children_are_left_off_the_bus(caplog) -> None:
 def test_malformed_eeprom_node_is_a_one_line_error(edit, message) -> None:
     tree = _tree(edit)
     backend = open_sim_backend(tree.node(SPI), EpollReactor(), ManualClock())
-    subtree = tuple(r for r in tree.raw.nodes if r.path.startswith(SPI + "/"))
+    subtree = tuple(tree.raw.descendants(SPI))
     with pytest.raises(HostError, match=message):
         populate_bus(backend, subtree)
     backend.close()

@@ -33,8 +33,7 @@ def _open(path: str, clock: ManualClock) -> SimulatedBackend:
     tree = devicetree.load_dts(SPI_BOARD) if path == SPI else load_board()
     backend = open_sim_backend(tree.node(path), EpollReactor(), clock)
     if path == SPI:
-        populate_bus(backend, tuple(r for r in tree.raw.nodes
-                                    if r.path.startswith(SPI + "/")))
+        populate_bus(backend, tuple(tree.raw.descendants(SPI)))
     return backend
 
 

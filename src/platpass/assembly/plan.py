@@ -151,14 +151,8 @@ def choose_exports(tree: DeviceTree, paths: Sequence[str], *, everything_assigna
         if assessment.driver is None:
             refusals.append(f"{assessment.node.path}: no driver")
             continue
-        exports.append(Export.of(assessment, descendants(tree, assessment.node.path)))
+        exports.append(Export.of(assessment, tuple(tree.raw.descendants(assessment.node.path))))
     return exports, refusals
-
-
-def descendants(tree: DeviceTree, path: str) -> tuple[RawNode, ...]:
-    """The raw nodes below ``path``, in blob order (parents before their children)."""
-    prefix = path.rstrip("/") + "/"
-    return tuple(raw for raw in tree.raw.nodes if raw.path.startswith(prefix))
 
 
 def find_export(tree: DeviceTree, path: str, registry: DriverRegistry | None = None

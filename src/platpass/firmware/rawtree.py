@@ -115,6 +115,12 @@ class RawTree:
             self._children = index
         return list(self._children.get(node.path, ()))
 
+    def descendants(self, path: str) -> list[RawNode]:
+        """The nodes below ``path`` (its subtree without itself), in blob order: parents
+        before their children."""
+        prefix = path.rstrip("/") + "/"
+        return [node for node in self.nodes if node.path.startswith(prefix)]
+
 
 _U32 = struct.Struct(">I")
 

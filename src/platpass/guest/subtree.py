@@ -48,7 +48,7 @@ def guest_children(tree: RawTree, device: str, label: str,
     ``"<path relative to the device>:<property>"``.
     """
     root = tree.by_path[device]
-    descendants = [n for n in tree.nodes if n.path.startswith(device + "/")]
+    descendants = tree.descendants(device)
     labels: dict[str, str] = {device: label, **dict(travelling or {})}
     tops = {device: label, **dict(travelling or {})}
     for node in tree.nodes:

@@ -22,6 +22,7 @@ from platpass.errors import HostError
 from platpass.firmware.devicetree import DeviceTree, compile_dts, load_blob
 from platpass.firmware.model import DeviceNode
 from platpass.firmware.rawtree import RawNode
+from platpass.firmware.resolve import string_list
 from platpass.host.simulated.backend import SimulatedBackend
 from platpass.host.simulated.clock import ModelClock, ReactorClock
 from platpass.host.simulated.models.base import DeviceModel
@@ -171,11 +172,6 @@ def _raw_u32(raw: RawNode, *names: str) -> int | None:
     return None
 
 
-def _compatibles(raw: RawNode) -> tuple[str, ...]:
-    value = raw.props.get("compatible", b"")
-    return tuple(s.decode(errors="replace") for s in value.split(b"\0") if s)
-
-
 def spi_eeprom_for(raw: RawNode, clock: ModelClock) -> SpiEeprom:
     """An AT25 model sized the way Linux's at25 reads the node: ``size``, ``pagesize``,
     ``address-width`` (or the older ``at25,byte-len``, ``at25,page-size``,
@@ -211,7 +207,7 @@ def populate_bus(backend: SimulatedBackend, subtree: Sequence[RawNode]) -> None:
         status = raw.props.get("status", b"okay").rstrip(b"\0")
         if status not in (b"okay", b"ok"):
             continue
-        compatibles = _compatibles(raw)
+        compatibles = string_list(raw.props.get("compatible"))
         if not any(c in AT25_COMPATIBLES for c in compatibles):
             _log.warning("%s: no simulated model for %s; nothing answers on its chip "
                          "select", raw.path, list(compatibles))
