@@ -136,10 +136,11 @@ def _u32(node: RawNode, prop: str) -> int | None:
     return int.from_bytes(value, "big")
 
 
-def _provider(target: RawNode | None, cells_name: str) -> tuple[str | None, int]:
-    """A list entry's provider path and its argument count; ``(None, 0)`` where the walk of
-    a list stops (no such phandle, or a provider without the cell count that is not
-    optional)."""
+def _provider(target: RawNode | None, cells_name: str) -> tuple[RawNode | None, int]:
+    """A list entry's provider and its argument count; ``(None, 0)`` where the walk of a
+    list stops (no such phandle, or a provider without the cell count that is not
+    optional). The one reading of a phandle list's entries, for :func:`references` and
+    :func:`phandle_entries` alike."""
     if target is None:
         return None, 0
     count = _u32(target, cells_name)
@@ -147,7 +148,7 @@ def _provider(target: RawNode | None, cells_name: str) -> tuple[str | None, int]
         if cells_name not in _OPTIONAL_CELLS:
             return None, 0
         count = 0
-    return target.path, count
+    return target, count
 
 
 def phandle_entries(tree: RawTree, node: RawNode,
@@ -180,15 +181,8 @@ def phandle_entries(tree: RawTree, node: RawNode,
             out.append((None, ()))
             i += 1
             continue
-        target = tree.by_phandle.get(words[i])
-        if target is None:
-            return None
-        count = _u32(target, cells_name)
-        if count is None:
-            if cells_name not in _OPTIONAL_CELLS:
-                return None
-            count = 0
-        if i + 1 + count > n:
+        target, count = _provider(tree.by_phandle.get(words[i]), cells_name)
+        if target is None or i + 1 + count > n:
             return None
         out.append((target, tuple(words[i + 1:i + 1 + count])))
         i += 1 + count
@@ -243,7 +237,7 @@ def references(tree: RawTree, enabled: Callable[[str], bool] | None = None
     add = out.append
     by_phandle = tree.by_phandle
     boring = _BORING
-    providers: dict[tuple[int, str], tuple[str | None, int]] = {}
+    providers: dict[tuple[int, str], tuple[RawNode | None, int]] = {}
     for node in tree.nodes:
         if node.path in _SKIPPED_NODES:
             continue
@@ -282,7 +276,7 @@ def references(tree: RawTree, enabled: Callable[[str], bool] | None = None
                     provider, count = entry
                     if provider is None:
                         break
-                    add(Reference(path, name, provider))
+                    add(Reference(path, name, provider.path))
                     i += 1 + count
             elif kind == _KIND_SUPPLY:
                 supplier = by_phandle.get(int.from_bytes(value[:4], "big"))
