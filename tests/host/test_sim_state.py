@@ -128,38 +128,52 @@ def test_a_uart_carries_on_with_the_characters_it_held() -> None:
     assert again.read(0, 0x00, 4) == ord("o") and again.read(0, 0x00, 4) == ord("k")
 
 
-def test_kept_state_saves_after_a_change_and_a_new_worker_loads_it(tmp_path: Path) -> None:
+@pytest.fixture
+def states(tmp_path: Path):
+    """The states directory as a worker holds it: an fd (names are looked up in it)."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def test_kept_state_saves_after_a_change_and_a_new_worker_loads_it(tmp_path: Path,
+                                                                   states: int) -> None:
     reactor = EpollReactor()
     clock = ManualClock(1.0)
     first = _open(PL031, clock)
-    kept = _KeptState(reactor, first, tmp_path / "device0.state", PL031)
+    kept = _KeptState(reactor, first, states, "device0.state", PL031)
     assert not kept.load()                  # nothing saved yet: power-on state
     kept.watch()
     first.write(0, 0x04, 4, 0xBEEF)         # RTCMR
     assert reactor.run_until(lambda: (tmp_path / "device0.state").exists(), 2.0)
     second = _open(PL031, clock)
-    assert _KeptState(reactor, second, tmp_path / "device0.state", PL031).load()
+    assert _KeptState(reactor, second, states, "device0.state", PL031).load()
     assert second.read(0, 0x04, 4) == 0xBEEF
     reactor.close()
 
 
-def test_a_file_that_is_not_model_state_is_ignored(tmp_path: Path, caplog) -> None:
+def test_a_file_that_is_not_model_state_is_ignored(tmp_path: Path, states: int,
+                                                    caplog) -> None:
     path = tmp_path / "device0.state"
     path.write_bytes(pickle.dumps({"mr": os.system}))
     backend = _open(PL031, ManualClock())
     with caplog.at_level(logging.WARNING):
-        assert not _KeptState(EpollReactor(), backend, path, PL031).load()
+        assert not _KeptState(EpollReactor(), backend, states, path.name, PL031).load()
     assert "posix.system is not model state" in caplog.text
     assert "power-on state" in caplog.text
     path.write_bytes(b"\x80\x05garbage")
-    assert not _KeptState(EpollReactor(), backend, path, PL031).load()
+    assert not _KeptState(EpollReactor(), backend, states, path.name, PL031).load()
     assert backend.read(0, 0x04, 4) == 0
 
 
 def test_a_failed_save_is_logged_once_and_serving_goes_on(tmp_path: Path, caplog) -> None:
     reactor = EpollReactor()
     backend = _open(PL031, ManualClock())
-    kept = _KeptState(reactor, backend, tmp_path / "gone" / "device0.state", PL031)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    fd = os.open(gone, os.O_RDONLY | os.O_DIRECTORY)
+    gone.rmdir()  # the directory is gone under the fd: no file can be made in it
+    kept = _KeptState(reactor, backend, fd, "device0.state", PL031)
     kept.watch()
     with caplog.at_level(logging.ERROR):
         backend.write(0, 0x04, 4, 1)
@@ -168,4 +182,5 @@ def test_a_failed_save_is_logged_once_and_serving_goes_on(tmp_path: Path, caplog
         reactor.run_until(lambda: False, 0.1)
     assert caplog.text.count("cannot save its state") == 1
     assert backend.read(0, 0x04, 4) == 2
+    os.close(fd)
     reactor.close()

@@ -128,10 +128,10 @@ class _Bound:
     plan: DevicePlan
     sock: socket.socket
     socket_file: SocketFile | None  # None: an inherited fd (not ours to unlink)
-    #: Where a simulated device's state is kept between its workers (in the supervisor's
-    #: private directory), and the memfd of its register mirror, which the supervisor
-    #: holds so that what a guest wrote through a mapping outlives a worker too.
-    state: Path | None = None
+    #: The file a simulated device's state is kept in between its workers (a name in the
+    #: supervisor's ``states`` directory), and the memfd of its register mirror, which the
+    #: supervisor holds so that what a guest wrote through a mapping outlives a worker too.
+    state: str | None = None
     memfd: int | None = None
 
 
@@ -161,20 +161,19 @@ class _KeptState:
 
     A model lives in its worker's memory. After every model step that may have changed it
     (a trapped write, a timer, a host-side input), its :meth:`SimulatedBackend.snapshot`
-    is written to ``path`` within :data:`SAVE_DELAY` (steps in between are saved
+    is written to the file ``name`` of the directory ``dir_fd`` (opened before the worker
+    dropped privileges: the supervisor's directory around it is root's) within
+    :data:`SAVE_DELAY` (steps in between are saved
     together), replacing the previous file whole. A restarted worker restores it before
     serving, so the device comes back as a client's disconnect leaves it, less at most
     the last :data:`SAVE_DELAY` seconds of changes. A save that fails is logged once and
     saving stops; serving goes on.
     """
 
-    def __init__(self, reactor: EpollReactor, backend: Any, path: Path, name: str,
-                 dir_fd: int | None = None) -> None:
-        self.reactor, self.backend, self.name = reactor, backend, name
-        #: With ``dir_fd`` (the directory, opened before the worker dropped privileges:
-        #: the supervisor's own directory around it is root's), ``path`` is only a name.
-        self.dir_fd = dir_fd
-        self.path = Path(path.name) if dir_fd is not None else path
+    def __init__(self, reactor: EpollReactor, backend: Any, dir_fd: int, name: str,
+                 label: str) -> None:
+        self.reactor, self.backend, self.label = reactor, backend, label
+        self.dir_fd, self.name = dir_fd, name
         self._timer: TimerHandle | None = None
         self._failed = False
 
@@ -182,7 +181,7 @@ class _KeptState:
         """Restore the saved state, if any; True when one was restored. A file that does
         not hold this model's state is logged and ignored (power-on state)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                          dir_fd=self.dir_fd)
         except FileNotFoundError:
             return False
@@ -197,7 +196,7 @@ class _KeptState:
             self.backend.restore(state)
         except Exception as err:  # any bad file means power-on state
             log.warning("%s: saved state not restored (%s); the device starts at power-on "
-                        "state", self.name, err)
+                        "state", self.label, err)
             return False
         return True
 
@@ -213,18 +212,18 @@ class _KeptState:
         """Write the state now (a temporary file in the same private directory, renamed
         over the previous one: a death mid-write leaves the previous state)."""
         self._timer = None
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.name + ".tmp"
         try:
             data = pickle.dumps(self.backend.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, self.path, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            os.replace(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except Exception as err:  # saving must never stop serving
             self._failed = True
             log.error("%s: cannot save its state (%s); it will not survive a worker "
-                      "restart", self.name, err)
+                      "restart", self.label, err)
 
 
 @dataclass
@@ -294,7 +293,7 @@ class Supervisor:
             for index, plan in enumerate(plans):  # one by one: a failure releases
                 bound.append(self._bind(plan))     # those already bound
                 if plan.backend == "sim":
-                    bound[-1].state = states / f"device{index}.state"
+                    bound[-1].state = f"device{index}.state"
                     bound[-1].memfd = os.memfd_create(f"platpass-device{index}",
                                                       os.MFD_CLOEXEC)
             slots = placement(count, len(plans))
@@ -409,8 +408,8 @@ class Supervisor:
             kept = None
             restored = False
             if isinstance(device.backend, SimulatedBackend) and bound.state is not None:
-                kept = _KeptState(serving.reactor, device.backend, bound.state,
-                                  bound.plan.node.path, dir_fd=states)
+                kept = _KeptState(serving.reactor, device.backend, states, bound.state,
+                                  bound.plan.node.path)
                 restored = kept.load()
                 if restored:
                     log.info("%s: state restored from the previous worker",
