@@ -299,6 +299,10 @@ def test_uart_output_from_several_workers(tmp_path: Path) -> None:
             with VfioUserClient.connect(socks / f"{name.rsplit('/', 1)[1]}.sock") as client:
                 client.write(0, 0x30, 4, 0x301)   # UARTCR: UARTEN, TXE, RXE
                 for byte in text:
+                    # as a driver does: no FIFO (LCR_H.FEN clear), so wait for the
+                    # holding register (UARTFR.TXFF clear) before each byte
+                    while client.read(0, 0x18, 4) & 0x20:
+                        time.sleep(0.001)
                     client.write(0, 0x00, 4, byte)
         _wait(lambda: out.exists() and len(out.read_bytes()) == 6)
         got = out.read_bytes()   # two workers appending: each UART's bytes in order
