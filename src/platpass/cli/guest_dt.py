@@ -361,12 +361,11 @@ def run(args: argparse.Namespace) -> int:
     elif flavour is Flavour.QEMU:
         output = qemu.build(base_blob, guests, args.disable, args.remove)
         lines = [f"-dtb {out_path}"]
+        from platpass.vmm.qemu_pci import vfio_user_pci
+
         for path, function in pci.items():
-            addr = f"{function.slot:#x}" if not function.function \
-                else f"{function.slot:02x}.{function.function:x}"
-            lines.append(f"-device '{{\"driver\": \"vfio-user-pci\", \"socket\": "
-                         f"{{\"path\": \"SOCKET\", \"type\": \"unix\"}}, "
-                         f"\"addr\": \"{addr}\"}}'  # {path}")
+            device = vfio_user_pci("SOCKET", function.qemu_addr)
+            lines.append(f"-device '{device}'  # {path}")
         output = replace(output, vmm_lines=tuple(lines))
     else:
         output = xen.build(guests, str(out_path), record.page_size)

@@ -166,6 +166,11 @@ class PciFunction:
         return f"{self.slot:x}" if not self.function else f"{self.slot:x},{self.function:x}"
 
     @property
+    def qemu_addr(self) -> str:
+        """The value of QEMU's ``-device ...,addr=`` that puts the function here."""
+        return f"{self.slot:#x}" if not self.function else f"{self.slot:02x}.{self.function:x}"
+
+    @property
     def compatible(self) -> str:
         """``pciVVVV,DDDD`` (hex, no leading zeros), as the PCI binding names a function."""
         return f"pci{self.vendor:x},{self.device:x}"

@@ -99,12 +99,16 @@ def count_trace(log: Path, event: str) -> int:
                if re.search(rf"\b{re.escape(event)}\b", line))
 
 
-def vfio_user_pci(socket_path: Path | str) -> str:
-    """The ``-device`` JSON for QEMU's vfio-user client on ``socket_path``."""
+def vfio_user_pci(socket_path: Path | str, addr: str | None = None) -> str:
+    """The ``-device`` JSON for QEMU's vfio-user client on ``socket_path``, in PCI slot
+    ``addr`` (QEMU's ``SLOT[.FN]``) when given."""
     import json
 
-    return json.dumps({"driver": "vfio-user-pci",
-                       "socket": {"path": str(socket_path), "type": "unix"}})
+    device: dict[str, object] = {"driver": "vfio-user-pci",
+                                 "socket": {"path": str(socket_path), "type": "unix"}}
+    if addr is not None:
+        device["addr"] = addr
+    return json.dumps(device)
 
 
 def qemu_in_root(root: Path, arch: str = "x86_64") -> Qemu | None:

@@ -32,6 +32,7 @@ from platpass.vmm.qemu_pci import (
     ServedPciFunction,
     busybox_initramfs,
     serve_pci_function,
+    vfio_user_pci,
 )
 
 BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
@@ -116,8 +117,7 @@ def test_guest_at25_probes_the_eeprom_behind_the_assigned_spi_controller(
         qemu_image.busybox_arm64, INIT, qemu_image.arm64_modules("spi-thunderx.ko", "at25.ko")))
     qemu = qemu_image.qemu_arm64
     assert qemu is not None
-    device = (f'{{"driver": "vfio-user-pci", "socket": {{"path": "{tmp / "spi.sock"}", '
-              f'"type": "unix"}}, "addr": "{SLOT:#x}"}}')
+    device = vfio_user_pci(tmp / "spi.sock", f"{SLOT:#x}")
     argv = qemu.command(kernel=qemu_image.kernel_arm64, initrd=initrd, devices=[device],
                         machine=MACHINE, append="console=ttyAMA0 quiet panic=-1",
                         extra=("-dtb", str(guest_dtb)))
