@@ -140,12 +140,10 @@ def open_sim_backend(node: DeviceNode, reactor: Reactor,
     """A :class:`SimulatedBackend` for ``node`` running on ``reactor``'s clock (or
     ``clock``, e.g. a :class:`~platpass.host.simulated.clock.ManualClock` in tests), its
     mirror in ``memfd`` when given (the backend owns it from then on)."""
-    if len(node.regions) != 1:
-        if memfd is not None:
-            os.close(memfd)
-        raise HostError(f"{node.path}: simulated devices have exactly one region, "
-                        f"firmware gives {len(node.regions)}")
     try:
+        if len(node.regions) != 1:
+            raise HostError(f"{node.path}: simulated devices have exactly one region, "
+                            f"firmware gives {len(node.regions)}")
         model = model_for(node, clock or ReactorClock(reactor))
     except BaseException:
         if memfd is not None:
@@ -200,9 +198,9 @@ def populate_bus(backend: SimulatedBackend, subtree: Sequence[RawNode]) -> None:
     model = backend.model
     if not isinstance(model, OcteonSpi) or not subtree:
         return
-    parent = subtree[0].path.rsplit("/", 1)[0]
+    device = subtree[0].parent  # the subtree is in blob order: its first node is a child
     for raw in subtree:
-        if raw.path.rsplit("/", 1)[0] != parent:
+        if raw.parent is not device:
             continue
         status = raw.props.get("status", b"okay").rstrip(b"\0")
         if status not in (b"okay", b"ok"):
