@@ -240,14 +240,7 @@ def run(args: argparse.Namespace) -> int:
             if args.trace:
                 serving.recorder = TraceWriter(args.trace, serving.reactor.time,
                                                reactor=serving.reactor)
-            if args.socket_dir is not None:
-                socket_dir = Path(args.socket_dir)
-                if not socket_dir.is_dir() and run_as is not None:
-                    # A directory we create belongs to the user we become (as systemd's
-                    # RuntimeDirectory= with User=), so the server can remove its sockets on
-                    # exit; an existing directory is left as it is.
-                    make_owned_directory(socket_dir, run_as.uid, run_as.gid)
-                socket_dir.mkdir(parents=True, exist_ok=True)
+            _make_socket_dir(args, run_as)
             for plan in plans:
                 device = serving.add(plan)
                 if args.uart_output:
@@ -281,6 +274,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_socket_dir(args: argparse.Namespace, run_as: RunAs | None) -> None:
+    """``--socket-dir``, made when missing. A directory we create belongs to the user we
+    become (as systemd's RuntimeDirectory= with User=), so the server can remove its
+    sockets on exit; an existing directory is left as it is."""
+    if args.socket_dir is None:
+        return
+    socket_dir = Path(args.socket_dir)
+    if not socket_dir.is_dir() and run_as is not None:
+        make_owned_directory(socket_dir, run_as.uid, run_as.gid)
+    socket_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _run_workers(args: argparse.Namespace, plans: list[DevicePlan], workers: int,
                  backend_name: str, run_as: RunAs | None) -> int:
     """Serve ``plans`` from several worker processes (:mod:`platpass.ops.workers`). With
@@ -289,11 +294,7 @@ def _run_workers(args: argparse.Namespace, plans: list[DevicePlan], workers: int
     from platpass.ops import activation
     from platpass.ops.workers import Supervisor, placement
 
-    if args.socket_dir is not None:
-        socket_dir = Path(args.socket_dir)
-        if not socket_dir.is_dir() and run_as is not None:
-            make_owned_directory(socket_dir, run_as.uid, run_as.gid)
-        socket_dir.mkdir(parents=True, exist_ok=True)
+    _make_socket_dir(args, run_as)
     on_open = None
     if args.uart_output:
         path = args.uart_output
