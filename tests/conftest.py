@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     absent = needed_tools.missing()
     if absent:
         pytest.exit(needed_tools.report(absent), returncode=3)
+    # The C fast path of this checkout, built in place (scripts/test has done it already;
+    # a plain ``pytest`` run gets it here), before any test module imports platpass.
+    built = subprocess.run([sys.executable, str(REPO / "scripts" / "build-native"), "--quiet"],
+                           capture_output=True, text=True)
+    if built.returncode:
+        pytest.exit(f"scripts/build-native failed: {built.stderr.strip()}", returncode=3)
     try:
         real_dtbs.ensure(say=lambda line: print(line, file=sys.stderr, flush=True))
     except (RuntimeError, OSError) as err:
@@ -100,3 +107,21 @@ def _platpass_logger_restored() -> Iterator[None]:
     yield
     logger.handlers[:] = saved[0]
     logger.level, logger.propagate, logger.disabled = saved[1], saved[2], saved[3]
+
+
+@pytest.fixture(params=["C", "Python"])
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once with the C fast path (``platpass.vfio_user._native``) and once
+    with the Python one: servers and clients made during the test take the path named.
+    Modules whose servers answer trapped accesses use it (``pytestmark``)."""
+    from platpass.vfio_user import client, native, server
+
+    if request.param == "Python":
+        monkeypatch.setattr(server, "NATIVE", None)
+        monkeypatch.setattr(client, "NATIVE", None)
+        monkeypatch.setenv("PLATPASS_NATIVE", "0")  # and the processes the test starts
+    elif native.NATIVE is None:  # scripts/build-native ran at session start
+        pytest.fail(f"the C fast path is not available: {native.UNAVAILABLE}")
+    else:
+        monkeypatch.delenv("PLATPASS_NATIVE", raising=False)
+    return str(request.param)

@@ -19,6 +19,7 @@ TOOLS: dict[str, str] = {
     "as": "binutils",
     "ld": "binutils",
     "objcopy": "binutils",
+    "cc": "gcc",  # scripts/build-native: the C fast path (bench/mmio.py's C server too)
     "qemu-system-aarch64": "qemu-system-arm",
     "qemu-aarch64": "qemu-user",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",

@@ -39,6 +39,9 @@ from platpass.vfio_user.protocol import messages as m
 from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, Header
 from platpass.vfio_user.server import VfioUserServer
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 T = TypeVar("T")
 
 # PL031 (rtc@20000) and PL061 (gpio@30000) registers used below.

@@ -26,6 +26,9 @@ from platpass.vfio_user.protocol import messages as m
 from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, Header, HeaderFlags
 from platpass.vfio_user.session import Limits, Reply
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 SEED = 20261125
 
 

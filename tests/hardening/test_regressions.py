@@ -25,6 +25,9 @@ from platpass.vfio_user.protocol.header import HEADER_SIZE, Command, Header
 from platpass.vfio_user.server import VfioUserServer
 from platpass.vfio_user.session import Session
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 
 @pytest.fixture
 def reactor() -> Iterator[EpollReactor]:

@@ -12,6 +12,9 @@ import pytest
 from platpass.errors import ConnectionLost, PlatpassError
 from platpass.vfio_user.client import VfioUserClient
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 CALLS: dict[str, Callable[[VfioUserClient], object]] = {
     "negotiate": lambda c: c.negotiate(),
     "device_info": lambda c: c.device_info(),

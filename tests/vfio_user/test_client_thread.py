@@ -32,6 +32,9 @@ from platpass.vfio_user.server import DeviceEndpoint, VfioUserServer
 
 from .conftest import open_device
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 SP805_LOCK, SP805_LOAD, SP805_CONTROL, SP805_INTCLR = 0xC00, 0x000, 0x008, 0x00C
 PL031_MR = 0x004
 

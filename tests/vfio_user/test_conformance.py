@@ -19,6 +19,9 @@ from platpass.host.simulated.board import board_dts_path
 
 from .test_end_to_end import SOC, Server
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 HDR = struct.Struct("<HHIII")  # Header: id, command, size, flags, error
 
 

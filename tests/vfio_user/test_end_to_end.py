@@ -28,6 +28,9 @@ from platpass.host.simulated.board import board_dts_path
 from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, RegionFlags
 from platpass.vfio_user.client import VfioUserClient
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 SOC = "/soc@9000000"
 PL011, PL031, PL061, SP805 = "serial@0", "rtc@20000", "gpio@30000", "watchdog@40000"
 

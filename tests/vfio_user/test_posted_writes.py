@@ -32,6 +32,9 @@ from .test_end_to_end import PL011, Server
 from .test_server import Wire, negotiate
 
 # The in-process server's fixtures.
+
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
 quiet_device = test_server.quiet_device
 wire = test_server.wire
 

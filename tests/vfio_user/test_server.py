@@ -47,6 +47,9 @@ from platpass.vfio_user.server import SocketOptions, VfioUserServer
 
 from .conftest import board_node, driver_for, open_fds
 
+# Every server and client here runs once on the C fast path and once on the Python one.
+pytestmark = pytest.mark.usefixtures("fast_path")
+
 
 class Wire:
     """The client end of a socketpair whose other end the server adopted."""

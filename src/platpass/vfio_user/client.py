@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from platpass.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError, VfioError
-from platpass.vfio_device.uapi import DmaMapFlags, IrqSetFlags, RegionFlags
+from platpass.vfio_device.uapi import ACCESS_SIZES, DmaMapFlags, IrqSetFlags, RegionFlags
+from platpass.vfio_user.native import NATIVE
 from platpass.vfio_user.protocol import messages as m
 from platpass.vfio_user.protocol.connection import (
     NEED_DATA,
@@ -64,6 +65,7 @@ from platpass.vfio_user.scm_rights import ancillary_space, received_fds, rights
 
 _PAGE = mmap.PAGESIZE
 _MAX_ONE = BUFFER_SIZE - ACCESS_SIZE  # the longest write the send buffer holds
+_ONE_ACCESS = frozenset(ACCESS_SIZES)  # what the C round trip takes (aligned)
 _TIMEVAL = struct.Struct("@ll")  # struct timeval (SO_RCVTIMEO / SO_SNDTIMEO)
 
 
@@ -180,6 +182,9 @@ class VfioUserClient:
         self._read_request = self._send_views[ACCESS_SIZE]
         self._sendall = sock.sendall
         self._recv_into = sock.recv_into
+        #: The C round trip of one access (:mod:`platpass.vfio_user.native`), or None.
+        self._roundtrip = NATIVE.roundtrip if NATIVE is not None else None
+        self._fd = sock.fileno()
         #: The framer holds nothing (its ``idle``), kept here so the fast path does not
         #: ask it on every access: cleared whenever bytes go to the framer, set again once
         #: a message has been taken out of it and it is idle.
@@ -409,6 +414,16 @@ class VfioUserClient:
         if not self._fast_ok:
             return int.from_bytes(self.read_bytes(region, offset, size), "little")
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
+        roundtrip = self._roundtrip
+        if roundtrip is not None and size in _ONE_ACCESS and not offset % size:
+            try:
+                got = roundtrip(self._fd, msg_id, region, offset, size)
+            except OSError as err:
+                self._lose(err, "REGION_READ")
+            if type(got) is int:
+                return got
+            return int.from_bytes(self._finish_slow(msg_id, Command.REGION_READ, got)
+                                  .payload[16:], "little")
         pack_read(self._send_buf, msg_id, region, offset, size)
         try:
             self._sendall(self._read_request)
@@ -418,8 +433,9 @@ class VfioUserClient:
         value = read_reply_value(self._recv_buf, nbytes, msg_id, size)
         if value is not None:
             return value
-        return int.from_bytes(self._finish_slow(msg_id, Command.REGION_READ, nbytes)
-                              .payload[16:], "little")
+        return int.from_bytes(self._finish_slow(msg_id, Command.REGION_READ,
+                                                self._recv_view[:nbytes]).payload[16:],
+                              "little")
 
     def write(self, region: int, offset: int, size: int, value: int, *,
               posted: bool = False) -> None:
@@ -431,6 +447,15 @@ class VfioUserClient:
             self.write_bytes(region, offset, value.to_bytes(size, "little"), no_reply=posted)
             return
         self._next_id = msg_id = (self._next_id + 1) & 0xFFFF
+        roundtrip = self._roundtrip
+        if roundtrip is not None and size in _ONE_ACCESS and not offset % size:
+            try:
+                got = roundtrip(self._fd, msg_id, region, offset, size, value, posted)
+            except OSError as err:
+                self._lose(err, "REGION_WRITE")
+            if got is not None and type(got) is not int:
+                self._finish_slow(msg_id, Command.REGION_WRITE, got)
+            return
         length = pack_write(self._send_buf, msg_id, region, offset, size, value,
                             posted=posted)
         try:
@@ -441,7 +466,7 @@ class VfioUserClient:
         except OSError as err:
             self._lose(err, "REGION_WRITE")
         if not is_write_reply(self._recv_buf, nbytes, msg_id):
-            self._finish_slow(msg_id, Command.REGION_WRITE, nbytes)
+            self._finish_slow(msg_id, Command.REGION_WRITE, self._recv_view[:nbytes])
 
     def post_write(self, region: int, offset: int, size: int, value: int) -> None:
         """Posted register write: REGION_WRITE with the no-reply flag, returning once sent.
@@ -451,12 +476,14 @@ class VfioUserClient:
         Raises ConnectionLost."""
         self.write(region, offset, size, value, posted=True)
 
-    def _finish_slow(self, msg_id: int, command: Command, nbytes: int) -> Message:
-        """The fast path got something else: hand the bytes to the framer and wait."""
-        if nbytes == 0:
+    def _finish_slow(self, msg_id: int, command: Command, data: bytes | memoryview
+                     ) -> Message:
+        """The fast path got something else (``data``, what it read): hand the bytes to
+        the framer and wait."""
+        if not data:
             self._lose(None, command.name)
         self._fast_ok = False
-        self._framer.receive_data(bytes(self._recv_view[:nbytes]))
+        self._framer.receive_data(bytes(data))
         while True:
             reply = self._receive()
             if reply.header.is_command:

@@ -70,6 +70,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from platpass.errors import HostError, PlatpassError, RemoteProtocolError, VfioError
 from platpass.host.safepath import SocketFile, bind_unix_socket
@@ -77,6 +78,21 @@ from platpass.lograte import LogLimiter
 from platpass.reactor import EpollReactor, ListenerBackoff
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
+from platpass.vfio_user.native import (
+    CLOSED as _N_CLOSED,
+)
+from platpass.vfio_user.native import (
+    FAILED as _N_FAILED,
+)
+from platpass.vfio_user.native import (
+    NATIVE,
+)
+from platpass.vfio_user.native import (
+    RECV_FAILED as _N_RECV_FAILED,
+)
+from platpass.vfio_user.native import (
+    SLOW as _N_SLOW,
+)
 from platpass.vfio_user.protocol.connection import (
     NEED_DATA,
     Connection,
@@ -115,6 +131,14 @@ _SETTLE_READS = 64
 #: Seconds a client's own thread gets to take a closed peer's leftovers and EOF when a new
 #: client waits for the device.
 _SETTLE_WAIT = 1.0
+
+#: A connection's ``_native.Server`` (a C type, untyped here).
+_NativeServer = Any
+
+
+def _mask(regions: frozenset[int]) -> int:
+    """The region indexes as a bit mask (the C path answers regions 0-63 only)."""
+    return sum(1 << r for r in regions if r < 64)
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -172,6 +196,8 @@ class ClientConnection:
         #: The thread this client is served on (``VfioUserServer(client_threads=N)``).
         self._thread: threading.Thread | None = None
         self._fast_ok = False  # set once VERSION has been negotiated
+        #: The C fast path of this connection (``_native.Server``), made at negotiation.
+        self._native: _NativeServer | None = None
         #: negotiated and nothing held by the framer: the next chunk may take the fast path
         self._fast_ready = False
         self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
@@ -190,6 +216,19 @@ class ClientConnection:
     # ------------------------------------------------------------------ input
 
     def on_readable(self) -> None:
+        native = self._native
+        if native is not None:
+            try:
+                result = native.serve(False)
+            except Exception:  # never let one connection take the shared loop down
+                log.exception("client of %s: unexpected failure; closing it",
+                              self.endpoint.name)
+                self.close()
+                return
+            if type(result) is int:  # DONE, or AGAIN: nothing more to do
+                return
+            self._native_stopped(result)
+            return
         try:
             nbytes, ancdata, msg_flags, _addr = self._recvmsg_into(self._bufs,
                                                                    self._anc_size, _DONTWAIT)
@@ -233,13 +272,86 @@ class ClientConnection:
         if self.session.negotiated and not self._fast_ok:
             self._fast_ok = True
             self._version_timer.cancel()
+            if self.server.native and not self.closed:
+                self._native = self._make_native()
             if len(self.server.threaded) < self.server.client_threads:
                 self._start_thread()
         # The fast path may take the next chunk only when the framer holds nothing: the
         # chunk then starts a message.
         self._fast_ready = self._fast_ok and not self.closed and self.framer.idle
 
-    def _fast_path(self, nbytes: int) -> int:
+    def _make_native(self) -> _NativeServer:
+        assert NATIVE is not None
+        reactor = self.server.reactor
+        native: _NativeServer = NATIVE.Server(
+            fd=self.fd, buf=self._buf, reply=self._reply, read=self._read,
+            write=self._write, readable=_mask(self._readable),
+            writable=_mask(self._writable), refused=VfioError, anc_size=self._anc_size,
+            conn=self, lock=reactor.lock, due_timers=reactor.run_due_timers)
+        return native
+
+    def _native_stopped(self, result: tuple[Any, ...]) -> None:
+        """Carry on where the C fast path stopped (``result`` says where and why), as
+        :meth:`_received` and :meth:`_fast_path` would have from there; the C loop then
+        takes the rest of the chunk again while nothing waits to be sent."""
+        try:
+            self._native_carry_on(result)
+        except Exception:  # never let one connection take the shared loop down
+            log.exception("client of %s: unexpected failure; closing it", self.endpoint.name)
+            self.close()
+
+    def _native_carry_on(self, result: Any) -> None:
+        native = self._native
+        while True:
+            code = result[0]
+            if code == _N_RECV_FAILED:
+                self._receive_failed(OSError(result[1], os.strerror(result[1])))
+                return
+            _code, at, nbytes, extra, flag = result
+            if code == _N_CLOSED:  # closed meanwhile: what came is dropped, fds too
+                _close_fds(received_fds(extra))
+                return
+            if code == _N_SLOW:
+                self._to_framer(at, nbytes, extra or [], flag)
+                return
+            if code == _N_FAILED:
+                at = self._native_failed(at, extra, bool(flag))
+            else:  # _N_UNSENT: the reply of the access that ends at ``at``
+                data = self._reply_views[extra]
+                if flag >= 0:  # partly sent: the rest waits for the socket
+                    self._out.append((memoryview(bytes(data[flag:])), ()))
+                    self._wait_writable()
+                else:
+                    self._send_now(data)  # queues it, or finds the send's error
+            if self.closed or at >= nbytes:
+                return
+            if self._out or native is None:  # back-pressured: the Python path queues
+                start = self._fast_path(nbytes, at)
+                if start < nbytes and not self.closed:
+                    self._to_framer(start, nbytes, [], 0)
+                return
+            result = native.answer(at, nbytes)
+            if type(result) is int:  # DONE
+                return
+
+    def _native_failed(self, at: int, err: BaseException, posted: bool) -> int:
+        """The access at ``buf[at:]`` raised ``err`` in the device, called from C: a
+        backend failure is answered EIO (counted when posted), as :meth:`_fast_path`
+        does; anything else is a bug and propagates. Returns where the next message
+        starts."""
+        if not isinstance(err, HostError | OSError):
+            raise err
+        _id, command, _s, _f, _e, _o, _r, count = ACCESS.unpack_from(self._buf, at)
+        msg_id = self._backend_failed(command, posted, self._buf, at, err)
+        end = at + ACCESS_SIZE + (count if command != _REGION_READ else 0)
+        if posted:
+            self.session.failed_posted += 1
+        else:
+            self._send_now(self._reply_views[pack_error_reply(self._reply, msg_id,
+                                                              command, errno.EIO)])
+        return end
+
+    def _fast_path(self, nbytes: int, at: int = 0) -> int:
         """Answer the single-access REGION_READ/WRITE messages at the start of the
         receive buffer directly; returns where the first message it did not answer
         starts (``nbytes`` when it answered them all).
@@ -254,7 +366,6 @@ class ClientConnection:
         """
         buf = self._buf
         reply = self._reply
-        at = 0
         while at < nbytes:
             try:
                 length = answer_read(buf, at, nbytes, reply, self._read, self._readable)
@@ -378,6 +489,9 @@ class ClientConnection:
         self._thread.start()
 
     def _serve_on_thread(self) -> None:
+        if self._native is not None:
+            self._serve_on_thread_natively(self._native)
+            return
         recvmsg_into, bufs, anc_size = self._recvmsg_into, self._bufs, self._anc_size
         lock = self.server.reactor.lock
         run_due_timers = self.server.reactor.run_due_timers
@@ -400,6 +514,29 @@ class ClientConnection:
                 if self.closed or self._out:
                     self._leave_thread()
                     return
+
+    def _serve_on_thread_natively(self, native: _NativeServer) -> None:
+        """The thread's loop in C: ``serve(True)`` receives with the GIL let go and
+        answers each chunk under the loop's lock (after the timers due), returning only
+        for what Python must do, with the lock held."""
+        lock = self.server.reactor.lock
+        while True:
+            try:
+                result = native.serve(True)
+            except Exception:  # raised with the lock let go
+                with lock:
+                    log.exception("client of %s: unexpected failure; closing it",
+                                  self.endpoint.name)
+                    self.close()
+                    self._leave_thread()
+                return
+            try:
+                self._native_stopped(result)
+                if self.closed or self._out:
+                    self._leave_thread()
+                    return
+            finally:
+                lock.release()
 
     def _leave_thread(self) -> None:
         """The thread stops serving (under the loop's lock). Closed: the socket is closed
@@ -522,6 +659,7 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
+        self._native = None  # it knows the fd by number only
         self._version_timer.cancel()
         self.server.forget_client(self)
         self._out.clear()
@@ -667,9 +805,13 @@ class VfioUserServer:
     """Serves any number of devices from one reactor."""
 
     def __init__(self, reactor: EpollReactor, limits: Limits | None = None, *,
-                 negotiation_timeout: float = 10.0, client_threads: int = 0) -> None:
+                 negotiation_timeout: float = 10.0, client_threads: int = 0,
+                 native: bool = True) -> None:
         self.reactor = reactor
         self.limits = limits or Limits()
+        #: Answer single accesses in C (:mod:`platpass.vfio_user.native`) when it is
+        #: available; False keeps every client on the Python path (tests, benchmarks).
+        self.native = native and NATIVE is not None
         #: At most this many clients at a time (those that negotiate while fewer are) are
         #: served on a thread of their own that waits in a blocking receive: their
         #: requests skip the loop's ``epoll_wait`` and dispatch. The rest, and everything
