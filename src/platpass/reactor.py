@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 ReadCallback = Callable[[], None]
+#: ``poll(epfd, timeout, fast, lock) -> ready fds`` (:meth:`EpollReactor.use_fast_poll`).
+FastPoll = Callable[[int, float, dict[int, object], object], list[int]]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class EpollReactor:
         self.lock = threading.RLock()
         self._loop_thread: int | None = None
         self._wake_fd: int | None = None
+        #: fd -> an object that answers the fd's input itself inside ``_fast_poll``
+        #: (:meth:`add_reader`'s ``fast``); its callback runs only for what it hands back.
+        self._fast: dict[int, object] = {}
+        self._fast_poll: FastPoll | None = None
 
     def allow_helpers(self) -> None:
         """Make the loop take :attr:`lock` while it dispatches, and let threads other than
@@ -119,7 +125,22 @@ class EpollReactor:
         finally:
             self.lock.acquire()
 
-    def add_reader(self, fd: int, callback: ReadCallback) -> None:
+    def use_fast_poll(self, poll: FastPoll) -> None:
+        """Make :meth:`run_forever` wait with ``poll`` (``platpass.vfio_user._native``'s):
+        ``poll(epfd, timeout, fast, lock)`` waits as ``epoll_wait`` does, answers the
+        ready fds whose ``fast`` object it knows itself, and returns the fds whose
+        callbacks must still run. A trapped register access is then one turn of the loop
+        without a Python call. Idempotent."""
+        self._fast_poll = poll
+
+    def add_reader(self, fd: int, callback: ReadCallback, fast: object | None = None) -> None:
+        """Call ``callback`` when ``fd`` is readable. ``fast``: an object the wait of
+        :meth:`use_fast_poll` serves the fd's input with itself (``callback`` then runs
+        only for what it hands back); ignored without a fast poll."""
+        if fast is None:
+            self._fast.pop(fd, None)
+        else:
+            self._fast[fd] = fast
         if fd in self._readers:
             self._readers[fd] = callback
             return
@@ -127,6 +148,7 @@ class EpollReactor:
         self._readers[fd] = callback
 
     def remove_reader(self, fd: int) -> None:
+        self._fast.pop(fd, None)
         if self._readers.pop(fd, None) is not None:
             # An fd closed before removal was already dropped from the set by the kernel.
             with contextlib.suppress(OSError, ValueError):
@@ -159,7 +181,8 @@ class EpollReactor:
 
     def run_once(self, timeout: float | None = None) -> int:
         """Wait for at most ``timeout`` seconds (None: until something happens), dispatch
-        ready readers and due timers; returns how many callbacks ran."""
+        ready readers and due timers; returns how many callbacks ran (an access the fast
+        poll answered itself runs none)."""
         self._loop_thread = threading.get_ident()
         with self.lock:
             ran = self._run_due_timers() if self._timers else 0
@@ -168,10 +191,14 @@ class EpollReactor:
             timeout = until_timer if timeout is None else min(timeout, until_timer)
         if ran:
             timeout = 0.0
-        events = self._epoll.poll(-1 if timeout is None else timeout)
+        if self._fast_poll is not None:  # as run_forever: fast fds answered inside
+            ready = self._fast_poll(self._epoll.fileno(), -1.0 if timeout is None else timeout,
+                                    self._fast, self.lock)
+        else:
+            ready = [fd for fd, _mask in self._epoll.poll(-1 if timeout is None else timeout)]
         readers = self._readers
         with self.lock:
-            for fd, _mask in events:
+            for fd in ready:
                 callback = readers.get(fd)
                 if callback is not None:
                     callback()
@@ -205,6 +232,7 @@ class EpollReactor:
         timers = self._timers
         clock = time.monotonic
         lock = self.lock
+        fast_poll, fast, epfd = self._fast_poll, self._fast, self._epoll.fileno()
         while not self._stopping:
             timeout = -1.0
             if timers:
@@ -213,6 +241,24 @@ class EpollReactor:
                     with lock:
                         self._run_due_timers()
                     timeout = 0.0
+            if fast_poll is not None:
+                # The fast poll answers its fds' accesses itself (under the lock once
+                # helpers are allowed); what it returns are fds whose callbacks must run.
+                helpers = self._wake_fd is not None
+                ready = fast_poll(epfd, timeout, fast, lock if helpers else None)
+                if not ready:
+                    continue
+                if helpers:
+                    lock.acquire()
+                try:
+                    for fd in ready:
+                        callback = reader(fd)
+                        if callback is not None:
+                            callback()
+                finally:
+                    if helpers:
+                        lock.release()
+                continue
             events = poll(timeout)
             if self._wake_fd is None:  # no helper threads: no lock to take (~0.15 us)
                 for fd, _mask in events:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import threading
@@ -410,6 +411,93 @@ def test_c_answers_exactly_what_the_python_fast_path_answers(message: bytes) -> 
             assert rig.calls == [] and ours == b""
     finally:
         rig.close()
+
+
+# ------------------------------------------------------------------ the reactor's wait
+
+
+def test_poll_answers_its_servers_and_returns_what_python_must_run(rig: Rig) -> None:
+    assert C is not None
+    epoll = select.epoll()
+    r, w = os.pipe()
+    try:
+        epoll.register(rig.ours.fileno(), select.EPOLLIN)
+        epoll.register(r, select.EPOLLIN)
+        fast = {rig.ours.fileno(): rig.server}
+        rig.send(read_msg(1, 0, 0x18, 4))
+        assert C.poll(epoll.fileno(), 1.0, fast, rig.lock) == []  # answered inside
+        assert rig.replies() == read_reply(1, 0, 0x18, 4, 0x55667788)
+        assert rig.lock.held == 0 and rig.timers == 0  # the loop runs its own timers
+        os.write(w, b"x")
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [r]  # not a fast fd
+        os.read(r, 1)
+        rig.send(UNUSUAL["another command"])
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [rig.ours.fileno()]
+        assert rig.server.take() == (native.SLOW, 0, 32, None, 0)
+        rig.fail[0x18] = OSError(errno.EIO, "backend gone")
+        rig.send(read_msg(2, 0, 0x18, 4))
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [rig.ours.fileno()]
+        result = rig.server.take()
+        assert result[0] == native.FAILED and result[3] is rig.fail[0x18]
+        rig.fail[0x18] = KeyboardInterrupt("not an Exception: never kept in a result")
+        rig.send(read_msg(3, 0, 0x18, 4))
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [rig.ours.fileno()]
+        with pytest.raises(KeyboardInterrupt, match="never kept"):
+            rig.server.take()  # raised where the callback runs, not inside the wait
+        assert C.poll(epoll.fileno(), 0.0, fast, None) == []  # nothing left, no wait
+        assert rig.server.take() == native.AGAIN
+    finally:
+        epoll.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_poll_keeps_an_untaken_result_and_does_not_serve_past_it(rig: Rig) -> None:
+    assert C is not None
+    epoll = select.epoll()
+    try:
+        epoll.register(rig.ours.fileno(), select.EPOLLIN)
+        fast = {rig.ours.fileno(): rig.server}
+        rig.send(UNUSUAL["another command"])
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [rig.ours.fileno()]
+        rig.send(read_msg(2, 0, 0x18, 4))
+        # The first result is not taken yet: the fd is handed to Python again, unread.
+        assert C.poll(epoll.fileno(), 1.0, fast, None) == [rig.ours.fileno()]
+        assert rig.calls == []
+        assert rig.server.take()[:3] == (native.SLOW, 0, 32)
+        assert rig.server.take() == native.DONE  # then the read, in order
+        assert rig.replies() == read_reply(2, 0, 0x18, 4, 0x55667788)
+    finally:
+        epoll.close()
+
+
+def test_run_forever_serves_clients_in_c(tmp_path: Path) -> None:
+    """``platpass serve``'s loop: trapped accesses are answered inside the reactor's wait,
+    and what the C path hands back (a refused access) still gets the codec's errno."""
+    reactor = EpollReactor()
+    reactor.allow_helpers()  # so that a timer added from this thread wakes the loop
+    server = VfioUserServer(reactor)
+    device = open_device(reactor, "arm,pl011")
+    server.serve("uart", device, tmp_path / "uart.sock")
+    thread = threading.Thread(target=reactor.run_forever)
+    thread.start()
+    try:
+        with VfioUserClient.connect(tmp_path / "uart.sock") as client:
+            for _ in range(20):
+                assert client.read(0, 0x48, 4) == 0
+            with pytest.raises(VfioError) as info:
+                client.read(0, 0x1000, 4)
+            assert info.value.errno == errno.EINVAL
+            client.write(0, 0x48, 4, 0)
+            (conn,) = server.clients
+            assert conn._native.answered == 21
+    finally:
+        reactor.call_later(0, reactor.stop)
+        thread.join(10)
+        server.close()
+        device.close()
+        reactor.close()
+    assert not thread.is_alive()
 
 
 # ------------------------------------------------------------------ the client's round trip

@@ -28,8 +28,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -103,7 +106,14 @@ typedef struct {
 	PyObject *lock;		/* the reactor's lock (blocking serve only) */
 	PyObject *due_timers;	/* reactor.run_due_timers (blocking serve only) */
 	unsigned long long answered;	/* accesses answered here (tests, status) */
+	PyObject *pending;	/* what poll() got for Python: a result, or an exception */
 } Server;
+
+/* Room for the ancillary data of one receive (SCM_MAX_FD descriptors). */
+union control {
+	char buf[CMSG_SPACE(sizeof(int) * 253)];
+	struct cmsghdr align;
+};
 
 static PyObject *str_closed, *str_fast_ready, *str_out, *str_acquire, *str_release;
 
@@ -119,6 +129,7 @@ static void Server_dealloc(Server *self)
 	Py_XDECREF(self->conn);
 	Py_XDECREF(self->lock);
 	Py_XDECREF(self->due_timers);
+	Py_XDECREF(self->pending);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -140,8 +151,9 @@ static int Server_init(Server *self, PyObject *args, PyObject *kwds)
 					 &reply, &read, &write, &readable, &writable,
 					 &refused, &anc_size, &conn, &lock, &due))
 		return -1;
-	if (fd < 0 || anc_size < 0) {
-		PyErr_SetString(PyExc_ValueError, "fd and anc_size must not be negative");
+	if (fd < 0 || anc_size < 0 ||
+	    anc_size > (Py_ssize_t)sizeof(((union control *)0)->buf)) {
+		PyErr_SetString(PyExc_ValueError, "fd or anc_size out of range");
 		return -1;
 	}
 	if (!PyCallable_Check(read) || !PyCallable_Check(write) || !PyCallable_Check(due)) {
@@ -463,62 +475,55 @@ static int call_method0(PyObject *obj, PyObject *name)
 }
 
 /*
- * serve(block) - receive one chunk and answer it.
- *
- * Non-blocking (the loop calls it when the socket is readable): AGAIN when nothing was
- * there, DONE when the chunk was answered, else the tuple for Python.
- *
- * Blocking (a thread of the connection's own): loops receiving with the GIL let go,
- * and handles each chunk holding the reactor's lock, after the timers that are due
- * (as the loop would run them before this request).  It returns only for something
- * Python must do, and then *with the lock held*: the caller handles the tuple and
- * releases it.  When it raises, it has released the lock.
+ * Receive one chunk without waiting and answer it: AGAIN when nothing was there, DONE
+ * when the chunk was answered, else the tuple for Python.
  */
-static PyObject *Server_serve(Server *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *serve_ready(Server *self)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * 253)];	/* SCM_MAX_FD */
-		struct cmsghdr align;
-	} control;
+	union control control;
 	struct msghdr msg;
 	struct iovec iov;
-	int block, err, fast;
+	PyObject *res;
+	int err, fast;
 	ssize_t n;
 
-	if (nargs != 1) {
-		PyErr_SetString(PyExc_TypeError, "serve(block)");
+	n = receive(self, &msg, &iov, control.buf, 0, &err);
+	if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
+		return PyLong_FromLong(AGAIN);
+	if (n < 0)
+		return Py_BuildValue("(ii)", RECV_FAILED, err);
+	fast = truthy_attr(self->conn, str_fast_ready);
+	if (fast < 0) {
+		close_passed_fds(&msg);
 		return NULL;
 	}
-	block = PyObject_IsTrue(args[0]);
-	if (block < 0)
-		return NULL;
-	if (self->anc_size > (Py_ssize_t)sizeof(control.buf)) {
-		PyErr_SetString(PyExc_ValueError, "anc_size larger than serve() supports");
-		return NULL;
+	if (!fast || n < ACCESS_SIZE || msg.msg_controllen || msg.msg_flags) {
+		res = slow_chunk(SLOW, n, &msg);
+		if (!res)
+			close_passed_fds(&msg);
+		return res;
 	}
-	for (;;) {
-		PyObject *res;
-		int closed;
+	return answer_chunk(self, 0, n);
+}
 
-		n = receive(self, &msg, &iov, control.buf, block, &err);
-		if (!block) {
-			if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
-				return PyLong_FromLong(AGAIN);
-			if (n < 0)
-				return Py_BuildValue("(ii)", RECV_FAILED, err);
-			fast = truthy_attr(self->conn, str_fast_ready);
-			if (fast < 0) {
-				close_passed_fds(&msg);
-				return NULL;
-			}
-			if (!fast || n < ACCESS_SIZE || msg.msg_controllen || msg.msg_flags) {
-				res = slow_chunk(SLOW, n, &msg);
-				if (!res)
-					close_passed_fds(&msg);
-				return res;
-			}
-			return answer_chunk(self, 0, n);
-		}
+/*
+ * The blocking loop of a thread of the connection's own: receives with the GIL let go,
+ * and handles each chunk holding the reactor's lock, after the timers that are due (as
+ * the loop would run them before this request).  It returns only for something Python
+ * must do, and then *with the lock held*: the caller handles the tuple and releases it.
+ * When it raises, it has released the lock.
+ */
+static PyObject *serve_blocking(Server *self)
+{
+	union control control;
+	struct msghdr msg;
+	struct iovec iov;
+	int err, fast, closed;
+	PyObject *res;
+	ssize_t n;
+
+	for (;;) {
+		n = receive(self, &msg, &iov, control.buf, 1, &err);
 		if (call_method0(self->lock, str_acquire) < 0) {
 			if (n > 0)
 				close_passed_fds(&msg);
@@ -570,6 +575,47 @@ raise:
 	return NULL;
 }
 
+/*
+ * serve(block) - receive and answer: serve_ready() for the loop (block false), the
+ * blocking loop for a thread of the connection's own (block true).
+ */
+static PyObject *Server_serve(Server *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	int block;
+
+	if (nargs != 1) {
+		PyErr_SetString(PyExc_TypeError, "serve(block)");
+		return NULL;
+	}
+	block = PyObject_IsTrue(args[0]);
+	if (block < 0)
+		return NULL;
+	if (self->anc_size > (Py_ssize_t)sizeof(((union control *)0)->buf)) {
+		PyErr_SetString(PyExc_ValueError, "anc_size larger than serve() supports");
+		return NULL;
+	}
+	return block ? serve_blocking(self) : serve_ready(self);
+}
+
+/*
+ * take() - for the connection's reader callback: what poll() kept for Python (raised
+ * again when it was an exception), else serve(False) now.
+ */
+static PyObject *Server_take(Server *self, PyObject *unused)
+{
+	PyObject *pending = self->pending;
+
+	if (!pending)
+		return serve_ready(self);
+	self->pending = NULL;
+	if (PyExceptionInstance_Check(pending)) {
+		PyErr_SetObject((PyObject *)Py_TYPE(pending), pending);
+		Py_DECREF(pending);
+		return NULL;
+	}
+	return pending;
+}
+
 static PyObject *Server_get_answered(Server *self, void *closure)
 {
 	return PyLong_FromUnsignedLongLong(self->answered);
@@ -578,6 +624,8 @@ static PyObject *Server_get_answered(Server *self, void *closure)
 static PyMethodDef Server_methods[] = {
 	{"serve", (PyCFunction)(void (*)(void))Server_serve, METH_FASTCALL,
 	 "serve(block) -> DONE | AGAIN | tuple: receive one chunk and answer it."},
+	{"take", (PyCFunction)Server_take, METH_NOARGS,
+	 "take() -> what poll() kept for Python, or serve(False)."},
 	{"answer", (PyCFunction)(void (*)(void))Server_answer, METH_FASTCALL,
 	 "answer(at, nbytes) -> DONE | tuple: answer the accesses at buf[at:nbytes]."},
 	{NULL}
@@ -601,6 +649,121 @@ static PyTypeObject ServerType = {
 	.tp_init = (initproc)Server_init,
 	.tp_new = PyType_GenericNew,
 };
+
+/*
+ * poll(epfd, timeout, fast, lock) -> [fd, ...]
+ *
+ * The reactor's wait (platpass.reactor.EpollReactor.run_forever), for a loop that serves
+ * vfio-user clients: one epoll_wait (timeout in seconds, negative: none) with the GIL let
+ * go, then every ready fd whose entry in ``fast`` is a Server is served here (its
+ * serve(False)), holding ``lock`` when it is not None.  Returned: the ready fds whose
+ * reader callback must run - every fd not in ``fast``, and each Server's that got
+ * something for Python, which it keeps for its take().  EINTR returns [] after the
+ * signal handlers ran (the reactor's stop signal is one of them).
+ */
+static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct epoll_event events[64];
+	PyObject *fast, *lock, *ready;
+	int epfd, ms, n, i, locked = 0;
+	double timeout;
+
+	if (nargs != 4 || !PyDict_Check(args[2])) {
+		PyErr_SetString(PyExc_TypeError, "poll(epfd, timeout, fast: dict, lock)");
+		return NULL;
+	}
+	epfd = (int)PyLong_AsLong(args[0]);
+	timeout = PyFloat_AsDouble(args[1]);
+	if (PyErr_Occurred())
+		return NULL;
+	fast = args[2];
+	lock = args[3];
+	if (timeout < 0)
+		ms = -1;
+	else if (timeout * 1000.0 >= (double)INT_MAX)
+		ms = INT_MAX;
+	else
+		ms = (int)ceil(timeout * 1000.0);
+	Py_BEGIN_ALLOW_THREADS
+	n = epoll_wait(epfd, events, 64, ms);
+	Py_END_ALLOW_THREADS
+	if (n < 0) {
+		if (errno != EINTR)
+			return PyErr_SetFromErrno(PyExc_OSError);
+		if (PyErr_CheckSignals() < 0)
+			return NULL;
+		return PyList_New(0);
+	}
+	ready = PyList_New(0);
+	if (!ready)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		PyObject *key = PyLong_FromLong(events[i].data.fd), *entry, *res;
+		Server *server;
+
+		if (!key)
+			goto fail;
+		entry = PyDict_GetItemWithError(fast, key);
+		if (!entry && PyErr_Occurred()) {
+			Py_DECREF(key);
+			goto fail;
+		}
+		if (entry && Py_IS_TYPE(entry, &ServerType) &&
+		    !((Server *)entry)->pending) {
+			server = (Server *)entry;
+			Py_INCREF(server);
+			if (lock != Py_None && !locked) {
+				if (call_method0(lock, str_acquire) < 0) {
+					Py_DECREF(server);
+					Py_DECREF(key);
+					goto fail;
+				}
+				locked = 1;
+			}
+			res = serve_ready(server);
+			if (res && PyLong_CheckExact(res)) {	/* DONE or AGAIN */
+				Py_DECREF(res);
+				Py_DECREF(server);
+				Py_DECREF(key);
+				continue;
+			}
+			if (!res) {	/* its callback raises it, in the reader's context */
+				PyObject *type, *exc, *tb;
+
+				PyErr_Fetch(&type, &exc, &tb);
+				PyErr_NormalizeException(&type, &exc, &tb);
+				if (tb && exc)
+					PyException_SetTraceback(exc, tb);
+				Py_XDECREF(type);
+				Py_XDECREF(tb);
+				res = exc;
+			}
+			server->pending = res;
+			Py_DECREF(server);
+		}
+		if (PyList_Append(ready, key) < 0) {
+			Py_DECREF(key);
+			goto fail;
+		}
+		Py_DECREF(key);
+	}
+	if (locked && call_method0(lock, str_release) < 0) {
+		Py_DECREF(ready);
+		return NULL;
+	}
+	return ready;
+fail:
+	Py_DECREF(ready);
+	if (locked) {
+		PyObject *type, *exc, *tb;
+
+		PyErr_Fetch(&type, &exc, &tb);
+		if (call_method0(lock, str_release) < 0)
+			PyErr_Clear();
+		PyErr_Restore(type, exc, tb);
+	}
+	return NULL;
+}
 
 /* ------------------------------------------------------------------ the client side */
 
@@ -736,6 +899,8 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 }
 
 static PyMethodDef module_methods[] = {
+	{"poll", (PyCFunction)(void (*)(void))fast_poll, METH_FASTCALL,
+	 "poll(epfd, timeout, fast, lock) -> ready fds: the reactor's wait (see the source)."},
 	{"roundtrip", (PyCFunction)(void (*)(void))roundtrip, METH_VARARGS | METH_KEYWORDS,
 	 "One single-access REGION_READ/REGION_WRITE and its reply (see the source)."},
 	{NULL}

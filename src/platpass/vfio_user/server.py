@@ -219,7 +219,7 @@ class ClientConnection:
         native = self._native
         if native is not None:
             try:
-                result = native.serve(False)
+                result = native.take()  # what the reactor's fast poll kept, or a receive
             except Exception:  # never let one connection take the shared loop down
                 log.exception("client of %s: unexpected failure; closing it",
                               self.endpoint.name)
@@ -274,6 +274,8 @@ class ClientConnection:
             self._version_timer.cancel()
             if self.server.native and not self.closed:
                 self._native = self._make_native()
+                if self.server.reactor.watching(self.fd):  # not back-pressured
+                    self.server.reactor.add_reader(self.fd, self.on_readable, self._native)
             if len(self.server.threaded) < self.server.client_threads:
                 self._start_thread()
         # The fast path may take the next chunk only when the framer holds nothing: the
@@ -812,6 +814,9 @@ class VfioUserServer:
         #: Answer single accesses in C (:mod:`platpass.vfio_user.native`) when it is
         #: available; False keeps every client on the Python path (tests, benchmarks).
         self.native = native and NATIVE is not None
+        if self.native:
+            assert NATIVE is not None
+            reactor.use_fast_poll(NATIVE.poll)
         #: At most this many clients at a time (those that negotiate while fewer are) are
         #: served on a thread of their own that waits in a blocking receive: their
         #: requests skip the loop's ``epoll_wait`` and dispatch. The rest, and everything
@@ -907,7 +912,7 @@ class VfioUserServer:
         with contextlib.suppress(OSError, ValueError):
             self._wpoll.unregister(client.fd)
         if not client.closed and not client.on_own_thread:  # its thread reads it
-            self.reactor.add_reader(client.fd, client.on_readable)
+            self.reactor.add_reader(client.fd, client.on_readable, client._native)
 
     def _on_wpoll(self) -> None:
         for fd, _mask in self._wpoll.poll(0):
