@@ -363,6 +363,30 @@ def test_bad_arguments_are_refused(rig: Rig) -> None:
                  conn=rig.conn, lock=rig.lock, due_timers=rig.due_timers)
     with pytest.raises(ValueError, match="outside the buffer"):
         rig.server.answer(10, 1 << 20)
+    bare = C.Server.__new__(C.Server)  # never initialised: refuses, does not crash
+    for call in (lambda: bare.serve(False), lambda: bare.answer(0, 0), bare.take):
+        with pytest.raises(ValueError, match="not initialised"):
+            call()
+
+
+def test_a_connection_and_its_server_are_collected_together(rig: Rig) -> None:
+    import gc
+    import weakref
+
+    assert C is not None
+
+    class Connection(Conn):
+        pass
+
+    conn = Connection()
+    conn.native = C.Server(fd=rig.ours.fileno(), buf=bytearray(64), reply=bytearray(40),
+                           read=rig.read, write=rig.write, readable=1, writable=1,
+                           refused=Refused, anc_size=64, conn=conn, lock=rig.lock,
+                           due_timers=rig.due_timers)
+    gone = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert gone() is None
 
 
 # The decision, message by message, against the Python fast path.

@@ -117,8 +117,36 @@ union control {
 
 static PyObject *str_closed, *str_fast_ready, *str_out, *str_acquire, *str_release;
 
+/* The Server refers to its connection, which refers to it: the cycle collector sees both. */
+static int Server_traverse(Server *self, visitproc visit, void *arg)
+{
+	Py_VISIT(self->buf.obj);
+	Py_VISIT(self->reply.obj);
+	Py_VISIT(self->read);
+	Py_VISIT(self->write);
+	Py_VISIT(self->refused);
+	Py_VISIT(self->conn);
+	Py_VISIT(self->lock);
+	Py_VISIT(self->due_timers);
+	Py_VISIT(self->pending);
+	return 0;
+}
+
+static int Server_clear(Server *self)
+{
+	Py_CLEAR(self->read);
+	Py_CLEAR(self->write);
+	Py_CLEAR(self->refused);
+	Py_CLEAR(self->conn);
+	Py_CLEAR(self->lock);
+	Py_CLEAR(self->due_timers);
+	Py_CLEAR(self->pending);
+	return 0;
+}
+
 static void Server_dealloc(Server *self)
 {
+	PyObject_GC_UnTrack(self);
 	if (self->buf.obj)
 		PyBuffer_Release(&self->buf);
 	if (self->reply.obj)
@@ -239,6 +267,15 @@ static void close_passed_fds(struct msghdr *msg)
 			close(fd);
 		}
 	}
+}
+
+/* A Server made without __init__, or cleared by the cycle collector, serves nothing. */
+static int usable(Server *self)
+{
+	if (self->conn && self->read && self->lock)
+		return 1;
+	PyErr_SetString(PyExc_ValueError, "Server not initialised (or already collected)");
+	return 0;
 }
 
 static int truthy_attr(PyObject *obj, PyObject *name)
@@ -409,6 +446,8 @@ static PyObject *Server_answer(Server *self, PyObject *const *args, Py_ssize_t n
 		PyErr_SetString(PyExc_TypeError, "answer(at, nbytes)");
 		return NULL;
 	}
+	if (!usable(self))
+		return NULL;
 	at = PyLong_AsSsize_t(args[0]);
 	nbytes = PyLong_AsSsize_t(args[1]);
 	if (PyErr_Occurred())
@@ -588,12 +627,8 @@ static PyObject *Server_serve(Server *self, PyObject *const *args, Py_ssize_t na
 		return NULL;
 	}
 	block = PyObject_IsTrue(args[0]);
-	if (block < 0)
+	if (block < 0 || !usable(self))
 		return NULL;
-	if (self->anc_size > (Py_ssize_t)sizeof(((union control *)0)->buf)) {
-		PyErr_SetString(PyExc_ValueError, "anc_size larger than serve() supports");
-		return NULL;
-	}
 	return block ? serve_blocking(self) : serve_ready(self);
 }
 
@@ -606,7 +641,7 @@ static PyObject *Server_take(Server *self, PyObject *unused)
 	PyObject *pending = self->pending;
 
 	if (!pending)
-		return serve_ready(self);
+		return usable(self) ? serve_ready(self) : NULL;
 	self->pending = NULL;
 	if (PyExceptionInstance_Check(pending)) {
 		PyErr_SetObject((PyObject *)Py_TYPE(pending), pending);
@@ -642,8 +677,10 @@ static PyTypeObject ServerType = {
 	.tp_name = "platpass.vfio_user._native.Server",
 	.tp_basicsize = sizeof(Server),
 	.tp_dealloc = (destructor)Server_dealloc,
-	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
 	.tp_doc = "The fast path of one vfio-user client connection (see the module).",
+	.tp_traverse = (traverseproc)Server_traverse,
+	.tp_clear = (inquiry)Server_clear,
 	.tp_methods = Server_methods,
 	.tp_getset = Server_getset,
 	.tp_init = (initproc)Server_init,
@@ -709,7 +746,7 @@ static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
 			goto fail;
 		}
 		if (entry && Py_IS_TYPE(entry, &ServerType) &&
-		    !((Server *)entry)->pending) {
+		    !((Server *)entry)->pending && ((Server *)entry)->conn) {
 			server = (Server *)entry;
 			Py_INCREF(server);
 			if (lock != Py_None && !locked) {
