@@ -142,7 +142,8 @@ def _raw_server(path: str, cpu: int, ready: mp.synchronize.Event) -> None:
 UARTDMACR = 0x48
 
 
-def _device_server(sock_dir: str, cpu: int, ready: mp.synchronize.Event) -> None:
+def _device_server(sock_dir: str, cpu: int, ready: mp.synchronize.Event,
+                   native: bool = True) -> None:
     _pin(cpu)
     from platpass.drivers.common import PlatformDriver, Trap
     from platpass.drivers.registry import default_registry
@@ -165,6 +166,14 @@ def _device_server(sock_dir: str, cpu: int, ready: mp.synchronize.Event) -> None
         return cls(node)
 
     reactor = EpollReactor()
+    if not native:  # the Python path of every connection, and the reactor's Python wait
+        server = VfioUserServer(reactor, native=False)
+        device = VfioDevice(uart, driver(uart, uart.compatible),
+                            open_sim_backend(uart, reactor), reactor)
+        server.serve("uart-python", device, Path(sock_dir) / "uart-python.sock")
+        ready.set()
+        reactor.run_forever()
+        return
     # As ``platpass serve`` does by default: every client served by the loop. A second
     # server on the same loop gives its clients threads of their own (``serve
     # --client-threads 8``) and serves another PL011 instance: the same read, same run.
@@ -235,6 +244,12 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
         dev.start()
         if not ready.wait(30):
             raise SystemExit("device server did not start")
+        ready.clear()
+        py_dev = ctx.Process(target=_device_server, args=(tmp, server_cpu, ready, False),
+                             daemon=True)
+        py_dev.start()
+        if not ready.wait(30):
+            raise SystemExit("device server (Python path) did not start")
         _pin(client_cpu)
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -270,7 +285,9 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
             uart = VfioUserClient.connect(os.path.join(tmp, "uart.sock"))
             rtc = VfioUserClient.connect(os.path.join(tmp, "rtc.sock"))
             uart_thread = VfioUserClient.connect(os.path.join(tmp, "uart-thread.sock"))
+            uart_python = VfioUserClient.connect(os.path.join(tmp, "uart-python.sock"))
             uart_read, rtc_read, thread_read = uart.read, rtc.read, uart_thread.read
+            python_read = uart_python.read
             uart_write, uart_post = uart.write, uart.post_write
 
             def trapped() -> None:
@@ -278,6 +295,9 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
 
             def on_own_thread() -> None:
                 thread_read(0, UARTDMACR, 4)
+
+            def python_server() -> None:
+                python_read(0, UARTDMACR, 4)
 
             def modelled() -> None:
                 rtc_read(0, 0, 4)  # RTCDR: the simulated PL031 computes it on each read
@@ -300,7 +320,7 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
 
             # Interleave, so that every figure sees the same machine state.
             figures = {"raw": (raw_round_trip, 2), "trapped": (trapped, 2),
-                       "thread": (on_own_thread, 2),
+                       "thread": (on_own_thread, 2), "python": (python_server, 2),
                        "modelled": (modelled, 4), "write": (replied_write, 2),
                        "posted": (posted_write, 2), "burst": (replied_burst, 16),
                        "posted_burst": (posted_burst, 16)}
@@ -358,13 +378,16 @@ def run(client_cpu: int, server_cpu: int, iterations: int,
             sock.close()
             uart.close()
             uart_thread.close()
+            uart_python.close()
             region.close()
             rtc.close()
         finally:
             raw.kill()
             dev.kill()
+            py_dev.kill()
             raw.join()
             dev.join()
+            py_dev.join()
     return results
 
 
@@ -385,8 +408,11 @@ def main() -> int:
     placements = [(cpus[0], cpus[0])]
     if len(cpus) > 1:
         placements.append((cpus[0], cpus[1]))
+    from platpass.vfio_user import native
+
     print(f"python {sys.version.split()[0]}, {len(cpus)} CPUs available, "
-          f"{args.iterations} round trips per figure")
+          f"{args.iterations} round trips per figure; server and client: "
+          f"{native.describe()}")
     for client_cpu, server_cpu in placements:
         where = "same CPU" if client_cpu == server_cpu else "different CPUs"
         curves: dict[str, list[float]] = {}
@@ -405,6 +431,9 @@ def main() -> int:
         print(f"  trapped REGION_READ 4 B via server: median {r['trapped'][0]:7.2f} us  "
               f"p99 {r['trapped'][1]:7.2f} us   ratio {r['trapped'][0] / r['raw'][0]:.2f}x "
               f"(p99 {r['trapped'][1] / r['raw'][1]:.2f}x, target <= 2x)  [PL011 UARTDMACR]")
+        print(f"  same, server's Python path         : median {r['python'][0]:7.2f} us  "
+              f"p99 {r['python'][1]:7.2f} us   C / Python "
+              f"{r['trapped'][0] / r['python'][0]:.2f}x (PLATPASS_NATIVE=0 in the server)")
         print(f"  same, client on a thread of its own: median {r['thread'][0]:7.2f} us  "
               f"p99 {r['thread'][1]:7.2f} us   own thread / loop "
               f"{r['thread'][0] / r['trapped'][0]:.2f}x (serve --client-threads)")

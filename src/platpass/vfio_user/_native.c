@@ -811,10 +811,9 @@ fail:
  * but a posted write, the reply is awaited with the GIL let go.  Returns the value read
  * (0 for a write, None for a posted write) when the reply is exactly that access's
  * successful reply.  Raises OSError when the socket fails (its timeouts included).
- * Anything else - an error reply, another message, the end of the stream - returns the
- * bytes read (the start of one message: its header, and its body when that fits in 40
- * bytes; fewer at the end of the stream, none when the peer closed first), which the
- * caller's full codec takes and completes from the socket.
+ * Anything else - an error reply, another message, a reply in pieces, the end of the
+ * stream - returns the bytes of the one receive (at most 40; none when the peer closed),
+ * which the caller's full codec takes and completes from the socket.
  */
 static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 {
@@ -887,45 +886,24 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 	}
 	if (posted)
 		Py_RETURN_NONE;
-	/* The reply: exactly one message, at most ACCESS_SIZE + 8 bytes for this one. */
-	got = 0;
+	/*
+	 * The reply, in one receive of at most the longest successful reply (as the Python
+	 * client's one recv_into): a reply that is anything but exactly that access's
+	 * successful reply, or that came in pieces, goes to the caller's codec as it is.
+	 */
 	Py_BEGIN_ALLOW_THREADS
-	while (got < HEADER_SIZE) {
-		n = recv(fd, in + got, HEADER_SIZE - got, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += n;
-	}
+	do {
+		n = recv(fd, in, sizeof(in), 0);
+	} while (n < 0 && errno == EINTR);
 	Py_END_ALLOW_THREADS
 	if (n < 0)
 		return PyErr_SetFromErrno(PyExc_OSError);
-	if (got < HEADER_SIZE)	/* end of file: what came, for the codec to judge */
+	got = n;
+	if (got < ACCESS_SIZE || rep->size != got)
 		return PyBytes_FromStringAndSize((const char *)in, got);
-	if (rep->size < HEADER_SIZE) {
-		/* Not a message at all: the caller's codec rejects it. */
-		return PyBytes_FromStringAndSize((const char *)in, got);
-	}
-	len = rep->size <= sizeof(in) ? (ssize_t)rep->size : (ssize_t)sizeof(in);
-	Py_BEGIN_ALLOW_THREADS
-	while (got < len) {
-		n = recv(fd, in + got, len - got, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += n;
-	}
-	Py_END_ALLOW_THREADS
-	if (got < len) {
-		if (n < 0)
-			return PyErr_SetFromErrno(PyExc_OSError);
-		return PyBytes_FromStringAndSize((const char *)in, got);	/* end of file */
-	}
 	/* The fields the Python codec's fast path checks (region_access), no more. */
 	if (rep->msg_id == msg_id && rep->command == req->command &&
-	    rep->flags == TYPE_REPLY && got >= ACCESS_SIZE && rep->count == count) {
+	    rep->flags == TYPE_REPLY && rep->count == count) {
 		if (req->command == CMD_REGION_READ && rep->size == ACCESS_SIZE + count)
 			return PyLong_FromUnsignedLongLong(get_value(in + ACCESS_SIZE, count));
 		if (req->command == CMD_REGION_WRITE && rep->size == ACCESS_SIZE)
