@@ -65,6 +65,7 @@ from platpass.ops.activation import InheritedSocket
 from platpass.ops.logs import add_logging_options, configure_logging
 from platpass.ops.workers import parse_workers
 from platpass.vfio_device.device import VfioDevice
+from platpass.vfio_user import native
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 creds = drop_privileges(run_as)
                 print(f"running as uid {creds.uids[0]} gid {creds.gids[0]} groups "
                       f"{list(creds.groups)}, no capabilities, no_new_privs", flush=True)
+            print(f"trapped accesses: {native.describe()}", flush=True)
             print("ready", flush=True)
             activation.notify("READY=1")
             serving.serve_forever()
@@ -315,6 +317,7 @@ def _run_workers(args: argparse.Namespace, plans: list[DevicePlan], workers: int
             print(f"workers run as uid {run_as.uid} gid {run_as.gid} groups "
                   f"{list(run_as.groups)}, no capabilities, no_new_privs (the supervisor "
                   "stays root to start them)", flush=True)
+        print(f"trapped accesses: {native.describe()}", flush=True)
         print(f"ready ({len(supervisor.workers)} workers)", flush=True)
         activation.notify("READY=1")
         supervisor.serve_forever()
