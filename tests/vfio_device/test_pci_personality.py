@@ -382,8 +382,8 @@ def test_serve_pci_with_uart_output_end_to_end(tmp_path):
                              "--uart-output", str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert "PCI personality 115d:0101" in lines[0] and lines[2] == "ready\n", lines
+        lines = [proc.stdout.readline() for _ in range(4)]
+        assert "PCI personality 115d:0101" in lines[0] and lines[3] == "ready\n", lines
         with VfioUserClient.connect(sock) as client:
             assert client.read(CONFIG_REGION_INDEX, 0, 4) == 0x0101115D
             client.write(CONFIG_REGION_INDEX, Reg.COMMAND, 2, int(Command.MEMORY))
