@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 ReadCallback = Callable[[], None]
-#: ``poll(epfd, timeout, fast, lock) -> ready fds`` (:meth:`EpollReactor.use_fast_poll`).
-FastPoll = Callable[[int, float, dict[int, object], object], list[int]]
+#: ``poll(epfd, timeout, fast, lock, timers) -> ready fds``
+#: (:meth:`EpollReactor.use_fast_poll`).
+FastPoll = Callable[..., list[int]]
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,12 @@ class EpollReactor:
             self.lock.acquire()
 
     def use_fast_poll(self, poll: FastPoll) -> None:
-        """Make :meth:`run_forever` wait with ``poll`` (``platpass.vfio_user._native``'s):
-        ``poll(epfd, timeout, fast, lock)`` waits as ``epoll_wait`` does, answers the
-        ready fds whose ``fast`` object it knows itself, and returns the fds whose
-        callbacks must still run. A trapped register access is then one turn of the loop
-        without a Python call. Idempotent."""
+        """Make the loop wait with ``poll`` (``platpass.vfio_user._native``'s):
+        ``poll(epfd, timeout, fast, lock[, timers])`` waits as ``epoll_wait`` does,
+        answers the ready fds whose ``fast`` object it knows itself, and returns the fds
+        whose callbacks must still run; given the timer heap, it waits on while it
+        answered everything, until the timeout or a change of the heap. A trapped
+        register access then costs the loop no Python at all. Idempotent."""
         self._fast_poll = poll
 
     def add_reader(self, fd: int, callback: ReadCallback, fast: object | None = None) -> None:
@@ -243,9 +245,11 @@ class EpollReactor:
                     timeout = 0.0
             if fast_poll is not None:
                 # The fast poll answers its fds' accesses itself (under the lock once
-                # helpers are allowed); what it returns are fds whose callbacks must run.
+                # helpers are allowed), waiting on while that is all there is, until the
+                # timeout or until the timers change; it returns fds whose callbacks
+                # must run.
                 helpers = self._wake_fd is not None
-                ready = fast_poll(epfd, timeout, fast, lock if helpers else None)
+                ready = fast_poll(epfd, timeout, fast, lock if helpers else None, timers)
                 if not ready:
                     continue
                 if helpers:

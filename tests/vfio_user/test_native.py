@@ -495,6 +495,49 @@ def test_poll_keeps_an_untaken_result_and_does_not_serve_past_it(rig: Rig) -> No
         epoll.close()
 
 
+def test_poll_waits_on_while_it_answers_everything(rig: Rig) -> None:
+    """Given the timer heap, poll does not come back to Python for accesses it answered:
+    only for an fd Python must serve, a change of the heap, or its timeout."""
+    assert C is not None
+    epoll = select.epoll()
+    r, w = os.pipe()
+    heap: list[object] = [object()]
+    try:
+        epoll.register(rig.ours.fileno(), select.EPOLLIN)
+        epoll.register(r, select.EPOLLIN)
+        fast = {rig.ours.fileno(): rig.server}
+
+        def later() -> None:
+            for msg_id in (1, 2, 3):
+                rig.peer.sendall(read_msg(msg_id, 0, 0x18, 4))
+                assert len(rig.peer.recv(64)) == 36  # answered inside the same poll
+            os.write(w, b"x")
+
+        feeder = threading.Thread(target=later, daemon=True)
+        feeder.start()
+        assert C.poll(epoll.fileno(), 10.0, fast, None, heap) == [r]
+        feeder.join(5)
+        assert rig.server.answered == 3
+        os.read(r, 1)
+
+        def schedules(region: int, offset: int, count: int) -> int:
+            heap.insert(0, object())  # as reactor.call_later from inside a model
+            return 0
+
+        server = C.Server(fd=rig.ours.fileno(), buf=rig.buf, reply=rig.reply, read=schedules,
+                          write=rig.write, readable=1, writable=1, refused=Refused,
+                          anc_size=64, conn=rig.conn, lock=rig.lock,
+                          due_timers=rig.due_timers)
+        rig.send(read_msg(4, 0, 0x18, 4))
+        assert C.poll(epoll.fileno(), 10.0, {rig.ours.fileno(): server}, None, heap) == []
+        assert server.answered == 1  # back at once, for the reactor to plan its wait
+        assert C.poll(epoll.fileno(), 0.05, fast, None, heap) == []  # the timeout ends it
+    finally:
+        epoll.close()
+        os.close(r)
+        os.close(w)
+
+
 def test_run_forever_serves_clients_in_c(tmp_path: Path) -> None:
     """``platpass serve``'s loop: trapped accesses are answered inside the reactor's wait,
     and what the C path hands back (a refused access) still gets the codec's errno."""

@@ -35,6 +35,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -688,62 +689,40 @@ static PyTypeObject ServerType = {
 };
 
 /*
- * poll(epfd, timeout, fast, lock) -> [fd, ...]
- *
- * The reactor's wait (platpass.reactor.EpollReactor.run_forever), for a loop that serves
- * vfio-user clients: one epoll_wait (timeout in seconds, negative: none) with the GIL let
- * go, then every ready fd whose entry in ``fast`` is a Server is served here (its
- * serve(False)), holding ``lock`` when it is not None.  Returned: the ready fds whose
- * reader callback must run - every fd not in ``fast``, and each Server's that got
- * something for Python, which it keeps for its take().  EINTR returns [] after the
- * signal handlers ran (the reactor's stop signal is one of them).
+ * One epoll_wait of at most ms milliseconds (GIL let go), then every ready fd whose
+ * entry in ``fast`` is a Server is served here (holding ``lock`` unless it is None);
+ * the other ready fds - and each Server's that got something for Python, which it keeps
+ * for its take() - are appended to ``ready``.  Returns 0, 1 when the wait was
+ * interrupted by a signal (its handlers have run), -1 on error.
  */
-static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static int poll_once(int epfd, int ms, PyObject *fast, PyObject *lock, PyObject *ready)
 {
 	struct epoll_event events[64];
-	PyObject *fast, *lock, *ready;
-	int epfd, ms, n, i, locked = 0;
-	double timeout;
+	int n, i, locked = 0, rc = 0;
 
-	if (nargs != 4 || !PyDict_Check(args[2])) {
-		PyErr_SetString(PyExc_TypeError, "poll(epfd, timeout, fast: dict, lock)");
-		return NULL;
-	}
-	epfd = (int)PyLong_AsLong(args[0]);
-	timeout = PyFloat_AsDouble(args[1]);
-	if (PyErr_Occurred())
-		return NULL;
-	fast = args[2];
-	lock = args[3];
-	if (timeout < 0)
-		ms = -1;
-	else if (timeout * 1000.0 >= (double)INT_MAX)
-		ms = INT_MAX;
-	else
-		ms = (int)ceil(timeout * 1000.0);
 	Py_BEGIN_ALLOW_THREADS
 	n = epoll_wait(epfd, events, 64, ms);
 	Py_END_ALLOW_THREADS
 	if (n < 0) {
-		if (errno != EINTR)
-			return PyErr_SetFromErrno(PyExc_OSError);
-		if (PyErr_CheckSignals() < 0)
-			return NULL;
-		return PyList_New(0);
+		if (errno != EINTR) {
+			PyErr_SetFromErrno(PyExc_OSError);
+			return -1;
+		}
+		return PyErr_CheckSignals() < 0 ? -1 : 1;
 	}
-	ready = PyList_New(0);
-	if (!ready)
-		return NULL;
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n && rc == 0; i++) {
 		PyObject *key = PyLong_FromLong(events[i].data.fd), *entry, *res;
 		Server *server;
 
-		if (!key)
-			goto fail;
+		if (!key) {
+			rc = -1;
+			break;
+		}
 		entry = PyDict_GetItemWithError(fast, key);
 		if (!entry && PyErr_Occurred()) {
 			Py_DECREF(key);
-			goto fail;
+			rc = -1;
+			break;
 		}
 		if (entry && Py_IS_TYPE(entry, &ServerType) &&
 		    !((Server *)entry)->pending && ((Server *)entry)->conn) {
@@ -753,7 +732,8 @@ static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
 				if (call_method0(lock, str_acquire) < 0) {
 					Py_DECREF(server);
 					Py_DECREF(key);
-					goto fail;
+					rc = -1;
+					break;
 				}
 				locked = 1;
 			}
@@ -778,28 +758,104 @@ static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
 			server->pending = res;
 			Py_DECREF(server);
 		}
-		if (PyList_Append(ready, key) < 0) {
-			Py_DECREF(key);
-			goto fail;
-		}
+		if (PyList_Append(ready, key) < 0)
+			rc = -1;
 		Py_DECREF(key);
 	}
-	if (locked && call_method0(lock, str_release) < 0) {
-		Py_DECREF(ready);
-		return NULL;
-	}
-	return ready;
-fail:
-	Py_DECREF(ready);
 	if (locked) {
 		PyObject *type, *exc, *tb;
 
 		PyErr_Fetch(&type, &exc, &tb);
-		if (call_method0(lock, str_release) < 0)
-			PyErr_Clear();
-		PyErr_Restore(type, exc, tb);
+		if (call_method0(lock, str_release) < 0) {
+			if (type)
+				PyErr_Clear();
+			else
+				rc = -1;
+		}
+		if (type)
+			PyErr_Restore(type, exc, tb);
 	}
-	return NULL;
+	return rc;
+}
+
+static double monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/*
+ * poll(epfd, timeout, fast, lock, timers=None) -> [fd, ...]
+ *
+ * The reactor's wait (platpass.reactor.EpollReactor), for a loop that serves vfio-user
+ * clients: waits as epoll_wait does (timeout in seconds, negative: none), serving the
+ * ready fds it knows (poll_once), and returns the ready fds whose reader callbacks must
+ * run.  While everything that became ready was served here, it waits again instead of
+ * returning - until the timeout has passed, or ``timers`` (the reactor's timer heap)
+ * changed, as a device may schedule a timer while it is served; the reactor then
+ * recomputes its wait.  A timeout of 0 polls once.  A signal returns [] (its handlers
+ * have run: the reactor's stop is one).
+ */
+static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *fast, *lock, *timers = Py_None, *ready, *first = NULL;
+	Py_ssize_t count = 0;
+	double timeout, deadline = 0;
+	int epfd, ms, rc;
+
+	if ((nargs != 4 && nargs != 5) || !PyDict_Check(args[2])) {
+		PyErr_SetString(PyExc_TypeError,
+				"poll(epfd, timeout, fast: dict, lock, timers: list | None)");
+		return NULL;
+	}
+	epfd = (int)PyLong_AsLong(args[0]);
+	timeout = PyFloat_AsDouble(args[1]);
+	if (PyErr_Occurred())
+		return NULL;
+	fast = args[2];
+	lock = args[3];
+	if (nargs == 5)
+		timers = args[4];
+	if (timers != Py_None) {
+		if (!PyList_Check(timers)) {
+			PyErr_SetString(PyExc_TypeError, "poll: timers must be a list or None");
+			return NULL;
+		}
+		count = PyList_GET_SIZE(timers);
+		first = count ? PyList_GET_ITEM(timers, 0) : NULL;	/* compared, not used */
+	}
+	if (timeout >= 0)
+		deadline = monotonic() + timeout;
+	ready = PyList_New(0);
+	if (!ready)
+		return NULL;
+	for (;;) {
+		if (timeout < 0) {
+			ms = -1;
+		} else {
+			double left = deadline - monotonic();
+
+			if (left <= 0)
+				ms = 0;
+			else if (left * 1000.0 >= (double)INT_MAX)
+				ms = INT_MAX;
+			else
+				ms = (int)ceil(left * 1000.0);
+		}
+		rc = poll_once(epfd, ms, fast, lock, ready);
+		if (rc < 0) {
+			Py_DECREF(ready);
+			return NULL;
+		}
+		if (rc > 0 || PyList_GET_SIZE(ready) || ms == 0 || timers == Py_None)
+			break;
+		if (PyList_GET_SIZE(timers) != count ||
+		    (count && PyList_GET_ITEM(timers, 0) != first))
+			break;	/* a device scheduled (or ran) a timer: the reactor re-plans */
+	}
+	return ready;
 }
 
 /* ------------------------------------------------------------------ the client side */
@@ -915,7 +971,7 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 
 static PyMethodDef module_methods[] = {
 	{"poll", (PyCFunction)(void (*)(void))fast_poll, METH_FASTCALL,
-	 "poll(epfd, timeout, fast, lock) -> ready fds: the reactor's wait (see the source)."},
+	 "poll(epfd, timeout, fast, lock, timers=None) -> ready fds: the reactor's wait."},
 	{"roundtrip", (PyCFunction)(void (*)(void))roundtrip, METH_VARARGS | METH_KEYWORDS,
 	 "One single-access REGION_READ/REGION_WRITE and its reply (see the source)."},
 	{NULL}
