@@ -13,9 +13,13 @@ bounded, so a failure reproduces and the test takes a few seconds.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import struct
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -116,8 +120,10 @@ def version_message() -> bytes:
     return Header(0xFFFF, Command.VERSION, HEADER_SIZE + len(payload), 0).encode() + payload
 
 
-def run(chunks: list[bytes], *, use_c: bool) -> Run:
-    """The stream through a server on one path."""
+def run(chunks: list[bytes], *, use_c: bool,
+        after_close: Callable[[int], None] | None = None) -> Run:
+    """The stream through a server on one path; ``after_close(fd)`` runs in the device
+    call that closed the connection (at :data:`CLOSES`), right after the close."""
     reactor = EpollReactor()
     server = VfioUserServer(reactor, native=use_c)
     assert server.native is use_c
@@ -130,7 +136,10 @@ def run(chunks: list[bytes], *, use_c: bool) -> Run:
         if offset == BACKEND_FAILS:
             raise HostError("the device went away")
         if offset == CLOSES and endpoint is not None and endpoint.client is not None:
+            fd = endpoint.client.fd
             endpoint.client.close()
+            if after_close is not None:
+                after_close(fd)
 
     def read(region: int, offset: int, count: int) -> int:
         out.calls.append((region, offset, count))
@@ -198,3 +207,161 @@ def test_c_and_python_paths_answer_a_random_stream_identically(seed: int) -> Non
     assert c.closed_at == py.closed_at
     assert c.failed_posted == py.failed_posted
 
+
+def access(msg_id: int, offset: int, *, value: int | None = None, posted: bool = False,
+           count: int = 4) -> bytes:
+    """A single access of region 0 (a read when ``value`` is None)."""
+    if value is None:
+        return struct.pack("=HHIIIQII", msg_id, 9, 32, 0, 0, offset, 0, count)
+    return struct.pack("=HHIIIQII", msg_id, 10, 32 + count, 0x10 if posted else 0, 0,
+                       offset, 0, count) + value.to_bytes(count, "little")
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["C", "Python"])
+def test_a_device_that_closes_its_connection_gets_no_more_calls(use_c: bool) -> None:
+    """The rest of the chunk after the access whose device call closed the connection is
+    dropped on both paths: no more device calls (posted writes included), no reply."""
+    for closing in (access(2, CLOSES), access(2, CLOSES, value=7, posted=True)):
+        chunk = b"".join([access(1, 0x48), closing, access(3, 0x48, value=1, posted=True),
+                          access(4, 0x48, value=2, posted=True), access(5, 0x48)])
+        got = run([chunk], use_c=use_c)
+        assert got.calls[2:] == []
+        assert got.closed_at == 1
+        assert len(got.replies[0]) == 36  # the first read's reply, nothing after
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["C", "Python"])
+def test_nothing_is_sent_on_a_closed_connections_fd_number(use_c: bool) -> None:
+    """A device call closes the connection and the fd number is taken by another file at
+    once (as the next accept or open would): the reply of that access, and nothing else,
+    may go there."""
+    reused: list[socket.socket] = []
+
+    def take_the_number(fd: int) -> None:
+        a, b = socket.socketpair()  # the lowest free number: usually fd already
+        if a.fileno() != fd:
+            os.dup2(a.fileno(), fd)
+            a.close()
+            a = socket.socket(fileno=fd)
+        reused.extend([a, b])
+
+    chunk = access(1, CLOSES) + access(2, 0x48)
+    got = run([chunk], use_c=use_c, after_close=take_the_number)
+    try:
+        assert got.closed_at == 1
+        other = reused[1]
+        other.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other.recv(100)  # nothing came out of the server on the new file
+    finally:
+        for sock in reused:
+            sock.close()
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["C", "Python"])
+def test_a_client_thread_stops_when_a_device_call_closes_its_connection(use_c: bool) -> None:
+    """On a client's own thread the same holds: after the device call that closed the
+    connection, the thread neither sends nor receives on the fd number (now another
+    file's) and leaves."""
+    reactor = EpollReactor()
+    server = VfioUserServer(reactor, client_threads=1, native=use_c)
+    device = open_device(reactor, "arm,pl011")
+    reused: list[socket.socket] = []
+    taken = threading.Event()
+    real_read = device.read
+
+    def read(region: int, offset: int, count: int) -> int:
+        value = real_read(region, offset, count)
+        if offset == CLOSES and endpoint.client is not None:
+            fd = endpoint.client.fd
+            endpoint.client.close()
+            a, b = socket.socketpair()
+            if a.fileno() != fd:
+                os.dup2(a.fileno(), fd)
+                a.close()
+                a = socket.socket(fileno=fd)
+            reused.extend([a, b])
+            taken.set()
+        return value
+
+    device.read = read  # type: ignore[method-assign]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("")
+    listener.listen(1)
+    listener.setblocking(False)
+    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = endpoint.adopt(theirs)
+    loop = threading.Thread(target=reactor.run_forever)
+    loop.start()
+    try:
+        ours.settimeout(10)
+        ours.sendall(version_message())
+        assert ours.recv(1 << 16)
+        for _ in range(1000):  # the loop starts it right after the VERSION reply
+            if conn._thread is not None:
+                break
+            time.sleep(0.01)
+        thread = conn._thread
+        assert thread is not None and (conn._native is not None) is use_c
+        ours.sendall(access(1, CLOSES))
+        assert ours.recv(100) == b""  # closed, without the reply
+        assert taken.wait(10)
+        a, b = reused
+        b.sendall(b"someone else's")
+        thread.join(10)
+        assert not thread.is_alive()
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(100)  # the thread sent nothing on the new file
+        a.setblocking(False)
+        assert a.recv(100) == b"someone else's"  # and took nothing from it
+    finally:
+        reactor.call_later(0, reactor.stop)
+        loop.join(10)
+        ours.close()
+        for sock in reused:
+            sock.close()
+        server.close()
+        device.close()
+        reactor.close()
+    assert not loop.is_alive()
+
+
+def test_fds_of_a_chunk_the_fast_poll_kept_are_closed_with_the_connection() -> None:
+    """The reactor's wait received a chunk with fds for Python (kept for the reader's
+    callback), and the connection is closed before that callback runs (by another fd's
+    callback, or the server's close): the fds are closed, not leaked."""
+    reactor = EpollReactor()
+    server = VfioUserServer(reactor, native=True)
+    device = open_device(reactor, "arm,pl011")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("")
+    listener.listen(1)
+    listener.setblocking(False)
+    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = endpoint.adopt(theirs)
+    r, w = os.pipe()
+    try:
+        ours.sendall(version_message())
+        reactor.run_once(1)
+        assert ours.recv(1 << 16) and conn._native is not None
+        ours.sendmsg([access(1, 0x48)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          struct.pack("i", w))])
+        os.close(w)
+        w = -1
+        assert native.NATIVE is not None
+        ready = native.NATIVE.poll(reactor._epoll.fileno(), 1.0, reactor._fast, None)
+        assert ready == [conn.fd]  # kept for its callback: it came with an fd
+        conn.close()
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # every copy of the write end is closed
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        ours.close()
+        server.close()
+        device.close()
+        reactor.close()

@@ -43,7 +43,7 @@
 #endif
 
 /* Bumped whenever the Python side's expectations change; Python checks it. */
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 #define HEADER_SIZE 16
 #define ACCESS_SIZE 32
@@ -108,6 +108,7 @@ typedef struct {
 	PyObject *due_timers;	/* reactor.run_due_timers (blocking serve only) */
 	unsigned long long answered;	/* accesses answered here (tests, status) */
 	PyObject *pending;	/* what poll() got for Python: a result, or an exception */
+	int detached;		/* the connection closed: fd is no longer ours (detach()) */
 } Server;
 
 /* Room for the ancillary data of one receive (SCM_MAX_FD descriptors). */
@@ -337,10 +338,11 @@ static void pack_reply(Server *self, const struct access *req, uint32_t size)
 static PyObject *answer_chunk(Server *self, Py_ssize_t at, Py_ssize_t nbytes)
 {
 	unsigned char *buf = self->buf.buf;
+	struct access copy;
 
 	while (at < nbytes) {
-		const struct access *req = (const struct access *)(buf + at);
 		PyObject *args[4] = {NULL, NULL, NULL, NULL}, *result;
+		const struct access *req = &copy;
 		uint32_t size = ACCESS_SIZE, count;
 		int posted = 0, write, queued;
 		uint64_t value = 0;
@@ -349,6 +351,11 @@ static PyObject *answer_chunk(Server *self, Py_ssize_t at, Py_ssize_t nbytes)
 
 		if (nbytes - at < ACCESS_SIZE)
 			break;
+		/*
+		 * The device is Python and may re-enter the connection (even receive into
+		 * buf): the reply is built from the request as it was parsed, as in Python.
+		 */
+		memcpy(&copy, buf + at, sizeof(copy));
 		count = req->count;
 		if (!valid_count(count) || req->offset % count || req->region >= 64)
 			break;
@@ -416,6 +423,13 @@ static PyObject *answer_chunk(Server *self, Py_ssize_t at, Py_ssize_t nbytes)
 		Py_DECREF(result);
 		self->answered++;
 		at += size;
+		/*
+		 * The device closed the connection (ClientConnection.close() detached us):
+		 * the fd number may already name another file.  Python's fast path stops
+		 * here too, sending nothing more and dropping the rest of the chunk.
+		 */
+		if (self->detached)
+			return PyLong_FromLong(DONE);
 		if (posted)
 			continue;
 		if (write) {
@@ -457,6 +471,8 @@ static PyObject *Server_answer(Server *self, PyObject *const *args, Py_ssize_t n
 		PyErr_SetString(PyExc_ValueError, "answer: range outside the buffer");
 		return NULL;
 	}
+	if (self->detached)	/* closed: nothing more is answered, nothing sent */
+		return PyLong_FromLong(DONE);
 	return answer_chunk(self, at, nbytes);
 }
 
@@ -527,6 +543,8 @@ static PyObject *serve_ready(Server *self)
 	int err, fast;
 	ssize_t n;
 
+	if (self->detached)
+		return PyLong_FromLong(AGAIN);	/* its fd is not ours any more */
 	n = receive(self, &msg, &iov, control.buf, 0, &err);
 	if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
 		return PyLong_FromLong(AGAIN);
@@ -546,6 +564,24 @@ static PyObject *serve_ready(Server *self)
 	return answer_chunk(self, 0, n);
 }
 
+/* Let the reactor's lock go while an exception is set, keeping that exception. */
+static void release_raising(Server *self)
+{
+	PyObject *type, *exc, *tb;
+
+	PyErr_Fetch(&type, &exc, &tb);
+	if (call_method0(self->lock, str_release) < 0)
+		PyErr_Clear();
+	PyErr_Restore(type, exc, tb);
+}
+
+/* What serve(True) returns for a connection closed while it was served: no chunk. */
+static PyObject *closed_result(void)
+{
+	return Py_BuildValue("(innNi)", CLOSED, (Py_ssize_t)0, (Py_ssize_t)0, PyList_New(0),
+			     0);
+}
+
 /*
  * The blocking loop of a thread of the connection's own: receives with the GIL let go,
  * and handles each chunk holding the reactor's lock, after the timers that are due (as
@@ -563,6 +599,14 @@ static PyObject *serve_blocking(Server *self)
 	ssize_t n;
 
 	for (;;) {
+		if (self->detached) {	/* closed: never receive on an fd that is not ours */
+			if (call_method0(self->lock, str_acquire) < 0)
+				return NULL;
+			res = closed_result();
+			if (!res)
+				release_raising(self);
+			return res;
+		}
 		n = receive(self, &msg, &iov, control.buf, 1, &err);
 		if (call_method0(self->lock, str_acquire) < 0) {
 			if (n > 0)
@@ -599,19 +643,18 @@ static PyObject *serve_blocking(Server *self)
 		if (!PyLong_CheckExact(res))
 			return res;	/* the lock stays held for the caller, as documented */
 		Py_DECREF(res);
+		if (self->detached) {	/* a device call closed it: Python lets the thread go */
+			res = closed_result();
+			if (!res)
+				goto raise;
+			return res;
+		}
 		if (call_method0(self->lock, str_release) < 0)
 			return NULL;
 	}
 raise:
 	close_passed_fds(&msg);
-	{
-		PyObject *type, *exc, *tb;
-
-		PyErr_Fetch(&type, &exc, &tb);
-		if (call_method0(self->lock, str_release) < 0)
-			PyErr_Clear();
-		PyErr_Restore(type, exc, tb);
-	}
+	release_raising(self);
 	return NULL;
 }
 
@@ -652,6 +695,22 @@ static PyObject *Server_take(Server *self, PyObject *unused)
 	return pending;
 }
 
+/*
+ * detach() - the connection is closing: never touch the fd again (its number may soon
+ * name another file), and hand back what poll() kept for Python (None if nothing), so
+ * that the caller closes the fds a kept chunk carries.
+ */
+static PyObject *Server_detach(Server *self, PyObject *unused)
+{
+	PyObject *pending = self->pending;
+
+	self->detached = 1;
+	self->pending = NULL;
+	if (!pending)
+		Py_RETURN_NONE;
+	return pending;
+}
+
 static PyObject *Server_get_answered(Server *self, void *closure)
 {
 	return PyLong_FromUnsignedLongLong(self->answered);
@@ -664,6 +723,8 @@ static PyMethodDef Server_methods[] = {
 	 "take() -> what poll() kept for Python, or serve(False)."},
 	{"answer", (PyCFunction)(void (*)(void))Server_answer, METH_FASTCALL,
 	 "answer(at, nbytes) -> DONE | tuple: answer the accesses at buf[at:nbytes]."},
+	{"detach", (PyCFunction)Server_detach, METH_NOARGS,
+	 "detach() -> what poll() kept, or None: the connection closed, the fd is not ours."},
 	{NULL}
 };
 
@@ -725,7 +786,8 @@ static int poll_once(int epfd, int ms, PyObject *fast, PyObject *lock, PyObject 
 			break;
 		}
 		if (entry && Py_IS_TYPE(entry, &ServerType) &&
-		    !((Server *)entry)->pending && ((Server *)entry)->conn) {
+		    !((Server *)entry)->pending && ((Server *)entry)->conn &&
+		    !((Server *)entry)->detached) {
 			server = (Server *)entry;
 			Py_INCREF(server);
 			if (lock != Py_None && !locked) {

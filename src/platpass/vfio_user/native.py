@@ -24,7 +24,7 @@ from types import ModuleType
 
 #: The ``ABI`` this Python side expects of ``_native.c`` (bumped with every change of the
 #: interface between them).
-ABI = 1
+ABI = 2
 #: What its ``Server.serve``/``answer`` report: an int for DONE (the chunk was answered)
 #: and AGAIN (nothing to read), else a tuple whose first item is one of the others.
 DONE, AGAIN, SLOW, FAILED, UNSENT, RECV_FAILED, CLOSED = range(7)

@@ -385,8 +385,10 @@ class ClientConnection:
                     if taken is None:
                         return at
                     at, length = taken
-                    if not length:
-                        continue  # posted: nothing to send
+                    if not length:  # posted: nothing to send
+                        if self.closed:  # by the device call: the rest is dropped
+                            return nbytes
+                        continue
             data = self._reply_views[length]
             if self._out:
                 self._send_now(data)  # queued behind what already waits
@@ -661,7 +663,15 @@ class ClientConnection:
         if self.closed:
             return
         self.closed = True
-        self._native = None  # it knows the fd by number only
+        native, self._native = self._native, None
+        if native is not None:
+            # It knows the fd by number only: from now on it never touches it (a device
+            # call that closed us returns to a loop that must not send or receive on a
+            # number that may name another file), and a chunk the reactor's fast poll
+            # received for us but no callback took is dropped here, with its fds.
+            kept = native.detach()
+            if type(kept) is tuple and kept[0] in (_N_SLOW, _N_CLOSED) and kept[3]:
+                _close_fds(received_fds(kept[3]))
         self._version_timer.cancel()
         self.server.forget_client(self)
         self._out.clear()
