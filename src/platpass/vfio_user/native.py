@@ -9,18 +9,14 @@ nothing: the device (the drivers' traps, the models) is still called in Python, 
 message it does not answer exactly as :mod:`platpass.vfio_user.protocol.region_access`
 would goes to the full codec.
 
-It is an accelerator, never a requirement: ``scripts/install`` builds it (gcc and the
-Python headers are already needed for pylibfdt), ``scripts/test`` builds it in place for
-the checkout it tests, and without it, or with ``PLATPASS_NATIVE=0`` in the environment,
-the same paths run in Python (the tests run both). A module built from another version of
-the source (its ``ABI`` differs) is not used.
+It is an accelerator, never a requirement (:mod:`platpass.accel`): without it, or with
+``PLATPASS_NATIVE=0`` in the environment, the same paths run in Python (the tests run
+both).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
+from platpass import accel
 
 #: The ``ABI`` this Python side expects of ``_native.c`` (bumped with every change of the
 #: interface between them).
@@ -32,22 +28,8 @@ _CODES = {"DONE": DONE, "AGAIN": AGAIN, "SLOW": SLOW, "FAILED": FAILED, "UNSENT"
           "RECV_FAILED": RECV_FAILED, "CLOSED": CLOSED}
 
 
-def _load() -> tuple[ModuleType | None, str | None]:
-    if os.environ.get("PLATPASS_NATIVE", "1") == "0":
-        return None, "disabled by PLATPASS_NATIVE=0"
-    try:
-        _native = importlib.import_module("platpass.vfio_user._native")
-    except ImportError as err:
-        return None, f"not built ({err}): scripts/install or scripts/build-native builds it"
-    if getattr(_native, "ABI", None) != ABI or any(
-            getattr(_native, name, None) != code for name, code in _CODES.items()):
-        return None, (f"built from another version (ABI {getattr(_native, 'ABI', None)}, "
-                      f"expected {ABI}): rebuild it with scripts/build-native")
-    return _native, None
-
-
 #: The C module, or None when it is not used (then :data:`UNAVAILABLE` says why).
-NATIVE, UNAVAILABLE = _load()
+NATIVE, UNAVAILABLE = accel.load("platpass.vfio_user._native", ABI, _CODES)
 
 
 def describe() -> str:
