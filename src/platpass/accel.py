@@ -1,7 +1,7 @@
 """Optional C accelerators: whether one is used, and if not, why.
 
 platpass has two small C modules, each a faster copy of one Python hot loop that stays
-beside it: ``platpass.firmware._fdtwalk`` (a device tree's structure block walked into
+beside it: ``platpass.firmware._native`` (a device tree's structure block walked into
 nodes) and ``platpass.vfio_user._native`` (the trapped-register round trip). Neither is
 required: ``scripts/install`` builds both with the package, ``scripts/test`` builds them
 in place for the checkout it tests (``scripts/build-native``), and without one, or with

@@ -1,5 +1,5 @@
 """The direct structure-block walk (``rawtree._walk_struct``) against libfdt's own walk
-(``rawtree._walk``), and its C copy (``_fdtwalk.walk``) against it, on every shared real
+(``rawtree._walk``), and its C copy (``_native.walk``) against it, on every shared real
 board: the same nodes, parents, properties and phandles, in the same order."""
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ def test_a_blob_that_ends_inside_a_node_is_refused() -> None:
 
 # ------------------------------------------------------------------ the walk in C
 
-needs_c = pytest.mark.skipif(rawtree.FDTWALK is None,
+needs_c = pytest.mark.skipif(rawtree.NATIVE is None,
                              reason="unreachable: the session start builds the module")
 
 
 @needs_c
 def test_the_c_walk_reads_what_the_python_walk_reads(shared_dtbs: list[Path]) -> None:
-    """``_fdtwalk.walk`` (what ``read_blob`` uses when it is built) against
+    """``_native.walk`` (what ``read_blob`` uses when it is built) against
     ``_walk_struct``, on every shared real board."""
-    assert rawtree.FDTWALK is not None
+    assert rawtree.NATIVE is not None
     for path in shared_dtbs:
         blob = path.read_bytes()
-        ours = rawtree._walk_native(rawtree.FDTWALK, blob, str(path))
+        ours = rawtree._walk_native(rawtree.NATIVE, blob, str(path))
         python = rawtree._walk_struct(blob, str(path))
         assert _shape(ours) == _shape(python), path
         assert [type(n) for n in ours.nodes] == [rawtree.RawNode] * len(ours.nodes)
@@ -70,7 +70,7 @@ def test_read_blob_uses_the_c_walk() -> None:
     from platpass.firmware.devicetree import compile_dts
 
     calls: list[int] = []
-    real = rawtree.FDTWALK
+    real = rawtree.NATIVE
 
     class Spy:
         ABI = 1
@@ -82,12 +82,12 @@ def test_read_blob_uses_the_c_walk() -> None:
             return real.walk(data, node_class)
 
     blob = compile_dts(text="/dts-v1/; / { a: a { phandle = <7>; }; };")
-    saved = rawtree.FDTWALK
-    rawtree.FDTWALK = Spy  # type: ignore[assignment]
+    saved = rawtree.NATIVE
+    rawtree.NATIVE = Spy  # type: ignore[assignment]
     try:
         tree = rawtree.read_blob(blob, "spy")
     finally:
-        rawtree.FDTWALK = saved
+        rawtree.NATIVE = saved
     assert calls == [len(blob)]
     assert tree.by_phandle[7].path == "/a"
 
@@ -96,7 +96,7 @@ def test_read_blob_uses_the_c_walk() -> None:
 def test_the_c_walk_refuses_what_the_python_walk_refuses() -> None:
     from platpass.firmware.devicetree import compile_dts
 
-    assert rawtree.FDTWALK is not None
+    assert rawtree.NATIVE is not None
     blob = bytearray(compile_dts(text="/dts-v1/; / { a { b = <1>; }; };"))
     off_struct = int.from_bytes(blob[8:12], "big")
     size_struct = int.from_bytes(blob[36:40], "big")
@@ -108,11 +108,11 @@ def test_the_c_walk_refuses_what_the_python_walk_refuses() -> None:
     bad_name = bytes(blob).replace(b"a\0", b"\xff\0", 1)
     for broken, message in ((cut, "ends inside a node"), (bad_token, "unexpected token 0x7")):
         for walk in (lambda b: rawtree._walk_struct(b, "x"),
-                     lambda b: rawtree._walk_native(rawtree.FDTWALK, b, "x")):
+                     lambda b: rawtree._walk_native(rawtree.NATIVE, b, "x")):
             with pytest.raises(DeviceTreeLoadError, match=message):
                 walk(bytes(broken))
     with pytest.raises(UnicodeDecodeError):
-        rawtree._walk_native(rawtree.FDTWALK, bad_name, "x")
+        rawtree._walk_native(rawtree.NATIVE, bad_name, "x")
     with pytest.raises(DeviceTreeLoadError, match="not valid text"):
         rawtree.read_blob(bad_name, "x")
 
@@ -121,7 +121,7 @@ def test_the_c_walk_refuses_what_the_python_walk_refuses() -> None:
 def test_the_c_walk_never_reads_outside_a_damaged_blob(shared_dtbs: list[Path]) -> None:
     """Damaged blobs, validated or not, straight to the C walk: it returns a tree or raises
     ValueError, and for a blob libfdt validates it reads what the Python walk reads."""
-    assert rawtree.FDTWALK is not None
+    assert rawtree.NATIVE is not None
     rng = random.Random(20261204)
     blob = min((p.read_bytes() for p in shared_dtbs[:6]), key=len)
     agreed = 0
@@ -134,7 +134,7 @@ def test_the_c_walk_never_reads_outside_a_damaged_blob(shared_dtbs: list[Path]) 
             del damaged[rng.randrange(40, len(damaged)):]
         data = bytes(damaged)
         try:
-            ours = rawtree._walk_native(rawtree.FDTWALK, data, "x")
+            ours = rawtree._walk_native(rawtree.NATIVE, data, "x")
         except (DeviceTreeLoadError, UnicodeDecodeError):
             ours = None
         if len(data) >= 40 and not _libfdt.fdt_check_header(bytearray(data)) and \

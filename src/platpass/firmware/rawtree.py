@@ -2,7 +2,7 @@
 
 This is the only place that talks to ``libfdt``. libfdt validates the whole blob in C
 (``fdt_check_full``); the validated structure block is then walked once, front to back, into
-plain Python objects (token by token for a version 16+ blob, in C by ``_fdtwalk.c`` when it
+plain Python objects (token by token for a version 16+ blob, in C by ``_native.c`` when it
 is built, else in Python; through ``fdt_next_node`` + ``fdt_first/next_property_offset``
 for an older one); every later question (address
 translation, interrupt routing, verdicts) is answered from these dicts without calling back
@@ -162,8 +162,8 @@ def read_blob(blob: bytes | bytearray, origin: str = "<blob>") -> RawTree:
         raise DeviceTreeLoadError(f"{origin}: corrupt device tree: {libfdt.fdt_strerror(err)}")
     try:
         if libfdt.fdt_version(data) >= 16:
-            if FDTWALK is not None:
-                return _walk_native(FDTWALK, bytes(data), origin)
+            if NATIVE is not None:
+                return _walk_native(NATIVE, bytes(data), origin)
             return _walk_struct(bytes(data), origin)
         return _walk(data, origin)
     except (UnicodeDecodeError, SystemError) as err:
@@ -243,16 +243,16 @@ def _walk(data: bytearray, origin: str) -> RawTree:
     return RawTree(nodes, [], by_path)
 
 
-#: ``platpass.firmware._fdtwalk`` (:func:`_walk_struct` in C), or None when it is not used
-#: (:data:`FDTWALK_UNAVAILABLE` says why; :mod:`platpass.accel`).
-FDTWALK, FDTWALK_UNAVAILABLE = accel.load("platpass.firmware._fdtwalk", 1)
+#: ``platpass.firmware._native`` (:func:`_walk_struct` in C), or None when it is not used
+#: (:data:`NATIVE_UNAVAILABLE` says why; :mod:`platpass.accel`).
+NATIVE, NATIVE_UNAVAILABLE = accel.load("platpass.firmware._native", 1)
 
 
-def _walk_native(fdtwalk: ModuleType, data: bytes, origin: str) -> RawTree:
+def _walk_native(native: ModuleType, data: bytes, origin: str) -> RawTree:
     """:func:`_walk_struct`, in C: the same nodes, in the same order, and the same
     errors. About a third of a scan was this walk in Python."""
     try:
-        nodes, by_path = fdtwalk.walk(data, RawNode)
+        nodes, by_path = native.walk(data, RawNode)
     except UnicodeDecodeError:
         raise  # read_blob's message for a name that is not text
     except ValueError as err:
