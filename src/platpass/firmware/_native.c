@@ -76,7 +76,7 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
 	PyObject *node_class, *nodes = NULL, *by_path = NULL, *stack = NULL, *result = NULL;
 	PyObject **names = NULL;	/* string-block offset -> its name, decoded once */
-	PyObject *props = NULL;		/* the open node's properties (borrowed from it) */
+	PyObject *props = NULL;		/* the open node's properties (a reference of ours) */
 	const unsigned char *data, *strings;
 	size_t size, off_struct, size_struct, off_strings, size_strings, end, pos;
 	Py_buffer view;
@@ -170,7 +170,7 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 				fail("bad node name", pos);
 				goto out;
 			}
-			props = PyDict_New();
+			Py_XSETREF(props, PyDict_New());
 			if (!props)
 				goto out;
 			if (depth) {
@@ -178,14 +178,11 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 				parent = PyList_GET_ITEM(stack, depth - 1);
 				above = PyObject_GetAttr(parent, str_path);
-				if (!above) {
-					Py_CLEAR(props);
+				if (!above)
 					goto out;
-				}
 				leaf = PyUnicode_DecodeUTF8((const char *)name, stop - name, NULL);
 				if (!leaf) {
 					Py_DECREF(above);
-					Py_CLEAR(props);
 					goto out;
 				}
 				if (PyUnicode_GET_LENGTH(above) == 1)	/* the root: "/" */
@@ -198,22 +195,18 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 				parent = Py_None;
 				path = PyUnicode_FromString("/");
 			}
-			if (!path) {
-				Py_CLEAR(props);
+			if (!path)
 				goto out;
-			}
 			node = PyObject_CallFunctionObjArgs(node_class, path, parent, props, NULL);
 			if (!node || PyList_Append(stack, node) < 0 ||
 			    PyList_Append(nodes, node) < 0 ||
 			    PyDict_SetItem(by_path, path, node) < 0) {
 				Py_XDECREF(node);
 				Py_DECREF(path);
-				Py_CLEAR(props);
 				goto out;
 			}
 			Py_DECREF(node);
 			Py_DECREF(path);
-			Py_DECREF(props);	/* the node holds it; we keep a borrowed pointer */
 			pos = ((size_t)(stop - data) + 4) & ~(size_t)3;
 		} else if (tag == FDT_END_NODE) {
 			Py_ssize_t depth = PyList_GET_SIZE(stack);
@@ -247,11 +240,14 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 			if (depth == 1)
 				break;	/* the root is closed: the walk is over */
 			/* the parent's dict again: it is held by the parent, on the stack */
-			open_props = PyObject_GetAttr(PyList_GET_ITEM(stack, depth - 2), str_props);
-			if (!open_props)
+			Py_XSETREF(props, PyObject_GetAttr(PyList_GET_ITEM(stack, depth - 2),
+							   str_props));
+			if (!props)
 				goto out;
-			props = open_props;
-			Py_DECREF(open_props);
+			if (!PyDict_Check(props)) {
+				PyErr_SetString(PyExc_TypeError, "node_class must keep props as given");
+				goto out;
+			}
 			pos += 4;
 		} else if (tag == FDT_NOP) {
 			pos += 4;
@@ -274,6 +270,7 @@ out:
 			Py_XDECREF(names[i]);
 		PyMem_Free(names);
 	}
+	Py_XDECREF(props);
 	Py_XDECREF(nodes);
 	Py_XDECREF(by_path);
 	Py_XDECREF(stack);
@@ -479,7 +476,9 @@ static PyObject *references(PyObject *module, PyObject *const *args, Py_ssize_t 
 				if (PyErr_Occurred())
 					goto next;
 				interesting = 1;	/* not classified yet: it may refer */
-			} else if (PyLong_AsLong(PyTuple_GET_ITEM(k, 0)) != KIND_NONE) {
+			} else if (!PyTuple_Check(k) || PyTuple_GET_SIZE(k) != 2 ||
+				   PyLong_AsLong(PyTuple_GET_ITEM(k, 0)) != KIND_NONE) {
+				PyErr_Clear();	/* a memo it cannot read: the full pass decides */
 				interesting = 1;
 			}
 		}
