@@ -72,3 +72,24 @@ def test_the_reference_walk_follows_the_rules_not_a_copy_of_them() -> None:
     assert refs == ["/a clocks -> /clk", "/a clocks -> /clk", "/a novel-name-supply -> /reg",
                     "/a pinctrl-0 -> /reg", "/a pinctrl-0 -> /reg", "/a reset-gpios -> /gpio",
                     "/broken clocks -> /clk"]
+
+
+def test_a_node_class_that_is_not_plain_slots_is_called() -> None:
+    """Nodes are stored straight into RawNode's slots; any other class is called as the
+    Python walk calls it, and gives the same tree."""
+    assert rawtree.NATIVE is not None
+    blob = compile_dts(text="/dts-v1/; / { a { phandle = <5>; b { x = <1>; }; }; };")
+    made: list[str] = []
+
+    class Counted(rawtree.RawNode):
+        def __init__(self, path: str, parent: rawtree.RawNode | None,
+                     props: dict[str, bytes], phandle: int | None = None) -> None:
+            made.append(path)
+            super().__init__(path, parent, props, phandle)
+
+    nodes, by_path = rawtree.NATIVE.walk(blob, Counted)
+    plain, _ = rawtree.NATIVE.walk(blob, rawtree.RawNode)
+    assert made == ["/", "/a", "/a/b"]  # each node made by a call, in blob order
+    assert [(n.path, n.props, n.phandle) for n in nodes] == \
+        [(n.path, n.props, n.phandle) for n in plain]
+    assert by_path["/a/b"].parent is by_path["/a"] and by_path["/a"].phandle == 5

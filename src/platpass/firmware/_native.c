@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -67,6 +68,81 @@ static PyObject *fail(const char *what, size_t pos)
 }
 
 /*
+ * Where node_class keeps path, parent, props and phandle, when they are __slots__ of the
+ * class itself (rawtree.RawNode, whose __init__ only stores them; a test holds the two
+ * ways to the same nodes): a node is then made by storing them, without a call to
+ * __init__ per node (a tenth of the walk).  Any other class, a subclass included, is
+ * called as usual.
+ */
+struct slots {
+	Py_ssize_t path, parent, props, phandle;
+};
+
+static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *offset)
+{
+	PyObject *descr = PyObject_GetAttrString(cls, name);
+	int ok = 0;
+
+	if (!descr) {
+		PyErr_Clear();
+		return 0;
+	}
+	/* a slot of this very class: a subclass (which may have its own __init__) is called */
+	if (Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+	    ((PyDescrObject *)descr)->d_type == (PyTypeObject *)cls) {
+		PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+
+		if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+			*offset = member->offset;
+			ok = 1;
+		}
+	}
+	Py_DECREF(descr);
+	return ok;
+}
+
+static int find_slots(PyObject *cls, struct slots *slots)
+{
+	return PyType_Check(cls) && ((PyTypeObject *)cls)->tp_itemsize == 0 &&
+	       slot_offset(cls, "path", &slots->path) &&
+	       slot_offset(cls, "parent", &slots->parent) &&
+	       slot_offset(cls, "props", &slots->props) &&
+	       slot_offset(cls, "phandle", &slots->phandle);
+}
+
+static void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+	PyObject **slot = (PyObject **)((char *)obj + offset);
+
+	Py_INCREF(value);
+	Py_XSETREF(*slot, value);
+}
+
+static PyObject *get_slot(PyObject *obj, Py_ssize_t offset)
+{
+	return *(PyObject **)((char *)obj + offset);	/* borrowed; set at creation */
+}
+
+/* A new node: stored into its slots, or node_class(path, parent, props) when not plain. */
+static PyObject *new_node(PyObject *cls, const struct slots *slots, int plain, PyObject *path,
+			  PyObject *parent, PyObject *props)
+{
+	PyTypeObject *type = (PyTypeObject *)cls;
+	PyObject *node;
+
+	if (!plain)
+		return PyObject_CallFunctionObjArgs(cls, path, parent, props, NULL);
+	node = type->tp_alloc(type, 0);
+	if (!node)
+		return NULL;
+	set_slot(node, slots->path, path);
+	set_slot(node, slots->parent, parent);
+	set_slot(node, slots->props, props);
+	set_slot(node, slots->phandle, Py_None);
+	return node;
+}
+
+/*
  * walk(blob: bytes, node_class) -> (nodes, by_path)
  *
  * node_class(path, parent, props) makes each node (rawtree.RawNode); nodes is every node
@@ -79,7 +155,9 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 	PyObject *props = NULL;		/* the open node's properties (a reference of ours) */
 	const unsigned char *data, *strings;
 	size_t size, off_struct, size_struct, off_strings, size_strings, end, pos;
+	struct slots slots;
 	Py_buffer view;
+	int plain;
 
 	if (nargs != 2) {
 		PyErr_SetString(PyExc_TypeError, "walk(blob, node_class)");
@@ -88,6 +166,7 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 	if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
 		return NULL;
 	node_class = args[1];
+	plain = find_slots(node_class, &slots);
 	data = view.buf;
 	size = (size_t)view.len;
 	if (size < FDT_HEADER_SIZE) {
@@ -177,9 +256,19 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 				PyObject *above, *leaf;
 
 				parent = PyList_GET_ITEM(stack, depth - 1);
-				above = PyObject_GetAttr(parent, str_path);
+				if (plain) {
+					above = get_slot(parent, slots.path);
+					Py_INCREF(above);
+				} else {
+					above = PyObject_GetAttr(parent, str_path);
+				}
 				if (!above)
 					goto out;
+				if (!PyUnicode_Check(above)) {
+					Py_DECREF(above);
+					PyErr_SetString(PyExc_TypeError, "a node's path must be a str");
+					goto out;
+				}
 				leaf = PyUnicode_DecodeUTF8((const char *)name, stop - name, NULL);
 				if (!leaf) {
 					Py_DECREF(above);
@@ -197,7 +286,7 @@ static PyObject *walk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 			}
 			if (!path)
 				goto out;
-			node = PyObject_CallFunctionObjArgs(node_class, path, parent, props, NULL);
+			node = new_node(node_class, &slots, plain, path, parent, props);
 			if (!node || PyList_Append(stack, node) < 0 ||
 			    PyList_Append(nodes, node) < 0 ||
 			    PyDict_SetItem(by_path, path, node) < 0) {
