@@ -29,6 +29,7 @@ from platpass.vfio_user.protocol.region_access import (
     ACCESS,
     ACCESS_SIZE,
     answer_read,
+    is_write_reply,
     pack_error_reply,
     pack_read,
     pack_read_reply,
@@ -635,6 +636,41 @@ def test_roundtrip_refuses_what_is_not_one_access(far: FakeServer) -> None:
     far.server.setblocking(False)
     with pytest.raises(BlockingIOError):
         far.server.recv(64)  # nothing was sent
+
+
+@pytest.mark.parametrize(("msg_id", "region", "offset", "value"), [
+    (1, 0, 2**64 + 0x48, None),  # wrapped, this would read register 0x48
+    (1, 0, 2**64 + 0x48, 1),
+    (1, 0, -4, None),
+    (1, 2**32, 0x48, 1),  # region 0
+    (1, -1, 0x48, None),
+    (2**16 + 1, 0, 0x48, None),
+    (1, 0, 0x48, -1),
+])
+def test_roundtrip_refuses_a_field_that_does_not_fit(far: FakeServer, msg_id: int,
+                                                     region: int, offset: int,
+                                                     value: int | None) -> None:
+    """As the Python path's struct.pack does: never a wrapped field, nothing sent."""
+    assert C is not None
+    # a request sent anyway would wait for its reply: not for long
+    far.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 50_000))
+    with pytest.raises(OverflowError):
+        C.roundtrip(far.client.fileno(), msg_id, region, offset, 4, value)
+    with pytest.raises(OverflowError):
+        C.roundtrip(far.client.fileno(), 1, 0, 0x48, 2**32 + 4)  # count 4, wrapped
+    far.server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        far.server.recv(64)  # nothing was sent
+
+
+def test_roundtrip_takes_a_write_reply_as_the_python_client_does(far: FakeServer) -> None:
+    """region_access.is_write_reply does not hold a write's reply to its count; neither
+    does the C round trip (the same reply is accepted on both paths)."""
+    assert C is not None
+    far.server.sendall(write_reply(6, 0, 0x8, 2))
+    assert C.roundtrip(far.client.fileno(), 6, 0, 0x8, 4, 1) == 0
+    reply = bytearray(write_reply(6, 0, 0x8, 2))
+    assert is_write_reply(reply, len(reply), 6)
 
 
 def test_roundtrip_timeout_is_an_oserror(far: FakeServer) -> None:

@@ -923,6 +923,46 @@ static PyObject *fast_poll(PyObject *module, PyObject *const *args, Py_ssize_t n
 /* ------------------------------------------------------------------ the client side */
 
 /*
+ * An int that fits the field, for PyArg's "O&": the "I" and "K" formats wrap what does
+ * not fit (2**64 + 0x48 would become 0x48, -4 a huge offset), where the Python path's
+ * struct.pack refuses it.  A field that does not fit is an error, and nothing is sent.
+ */
+static int to_field(PyObject *obj, unsigned long long *out, unsigned long long max)
+{
+	unsigned long long value;
+
+	if (!PyLong_Check(obj)) {
+		PyErr_Format(PyExc_TypeError, "roundtrip: %.50s is not an int",
+			     Py_TYPE(obj)->tp_name);
+		return 0;
+	}
+	value = PyLong_AsUnsignedLongLong(obj);	/* OverflowError: negative or too big */
+	if (value == (unsigned long long)-1 && PyErr_Occurred())
+		return 0;
+	if (value > max) {
+		PyErr_SetString(PyExc_OverflowError, "roundtrip: field out of range");
+		return 0;
+	}
+	*out = value;
+	return 1;
+}
+
+static int to_u64(PyObject *obj, void *out)
+{
+	return to_field(obj, out, UINT64_MAX);
+}
+
+static int to_u32(PyObject *obj, void *out)
+{
+	return to_field(obj, out, UINT32_MAX);
+}
+
+static int to_u16(PyObject *obj, void *out)
+{
+	return to_field(obj, out, UINT16_MAX);
+}
+
+/*
  * roundtrip(fd, msg_id, region, offset, count, value=None, posted=False) -> int | None
  *
  * One access: a REGION_READ (value None) or a REGION_WRITE, sent whole; for anything
@@ -940,16 +980,16 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 	unsigned char out[ACCESS_SIZE + 8], in[ACCESS_SIZE + 8];
 	struct access *req = (struct access *)out;
 	const struct access *rep = (const struct access *)in;
-	unsigned long long offset, value = 0;
-	unsigned int msg_id, region, count;
+	unsigned long long offset, msg_id, region, count, value = 0;
 	PyObject *value_obj = Py_None;
 	ssize_t n, got, len;
 	int fd, posted = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iIIKI|Op", kwlist, &fd, &msg_id,
-					 &region, &offset, &count, &value_obj, &posted))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO&O&O&O&|Op", kwlist, &fd, to_u16,
+					 &msg_id, to_u32, &region, to_u64, &offset, to_u32,
+					 &count, &value_obj, &posted))
 		return NULL;
-	if (!valid_count(count) || offset % count || msg_id > 0xFFFF) {
+	if (!valid_count(count) || offset % count) {
 		PyErr_SetString(PyExc_ValueError, "roundtrip: not one aligned access");
 		return NULL;
 	}
@@ -1019,10 +1059,14 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 	got = n;
 	if (got < ACCESS_SIZE || rep->size != got)
 		return PyBytes_FromStringAndSize((const char *)in, got);
-	/* The fields the Python codec's fast path checks (region_access), no more. */
+	/*
+	 * The fields the Python codec's fast path checks (region_access's read_reply_value
+	 * and is_write_reply), no more: a write's reply is not held to its count.
+	 */
 	if (rep->msg_id == msg_id && rep->command == req->command &&
-	    rep->flags == TYPE_REPLY && rep->count == count) {
-		if (req->command == CMD_REGION_READ && rep->size == ACCESS_SIZE + count)
+	    rep->flags == TYPE_REPLY) {
+		if (req->command == CMD_REGION_READ && rep->count == count &&
+		    rep->size == ACCESS_SIZE + count)
 			return PyLong_FromUnsignedLongLong(get_value(in + ACCESS_SIZE, count));
 		if (req->command == CMD_REGION_WRITE && rep->size == ACCESS_SIZE)
 			return PyLong_FromLong(0);
