@@ -207,6 +207,27 @@ def test_a_value_wider_than_the_access_is_a_failure_not_a_truncation(rig: Rig) -
     assert rig.replies() == b""
 
 
+class Index:
+    """A register value that is not an int but converts to one (``__index__``)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_a_value_given_as_any_index_is_answered_as_python_answers_it(rig: Rig) -> None:
+    """The Python path packs what the device returns with struct, which takes any
+    ``__index__``: the C path answers it too, with the same bytes, rather than close."""
+    rig.values[0x18] = Index(0xBEEF)  # type: ignore[assignment]
+    rig.send(read_msg(1, 0, 0x18, 2))
+    assert rig.server.serve(False) == native.DONE
+    reply = bytearray(40)
+    n = answer_read(read_msg(1, 0, 0x18, 2), 0, 32, reply, lambda *_: Index(0xBEEF), {0})
+    assert rig.replies() == bytes(reply[:n]) == read_reply(1, 0, 0x18, 2, 0xBEEF)
+
+
 def test_interrupts_are_not_swallowed(rig: Rig) -> None:
     rig.fail[0x18] = KeyboardInterrupt()
     rig.send(read_msg(1, 0, 0x18, 4))

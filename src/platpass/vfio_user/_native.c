@@ -391,6 +391,10 @@ static PyObject *answer_chunk(Server *self, Py_ssize_t at, Py_ssize_t nbytes)
 		Py_XDECREF(args[1]);
 		Py_XDECREF(args[2]);
 		Py_XDECREF(args[3]);
+		if (result && !write && !PyLong_Check(result)) {
+			/* struct.pack, the Python path's, takes any __index__ */
+			Py_SETREF(result, PyNumber_Index(result));
+		}
 		if (result && !write) {
 			value = PyLong_AsUnsignedLongLong(result);
 			if (value == (uint64_t)-1 && PyErr_Occurred()) {
