@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -692,6 +693,32 @@ def test_roundtrip_takes_a_write_reply_as_the_python_client_does(far: FakeServer
     assert C.roundtrip(far.client.fileno(), 6, 0, 0x8, 4, 1) == 0
     reply = bytearray(write_reply(6, 0, 0x8, 2))
     assert is_write_reply(reply, len(reply), 6)
+
+
+class Alarm(Exception):
+    """What the test's SIGALRM handler raises."""
+
+
+def test_roundtrip_runs_a_signal_handler_while_it_waits(far: FakeServer) -> None:
+    """As socket.recv_into (the Python path) does: a handler that raises (Ctrl-C's
+    KeyboardInterrupt) interrupts the wait for a reply at once, instead of surfacing
+    only after the receive timeout, behind an OSError the client takes for a lost
+    connection."""
+    assert C is not None
+    far.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 2, 0))
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise Alarm
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Alarm) as info:
+            C.roundtrip(far.client.fileno(), 1, 0, 0x48, 4)
+        assert info.value.__context__ is None  # not raised while handling a timeout
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_roundtrip_timeout_is_an_oserror(far: FakeServer) -> None:

@@ -1033,18 +1033,19 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 	if (n != len) {
 		/* The socket is full: finish the message blocking (its send timeout holds). */
 		got = n < 0 ? 0 : n;
-		Py_BEGIN_ALLOW_THREADS
 		while (got < len) {
+			Py_BEGIN_ALLOW_THREADS
 			n = send(fd, out + got, len - got, MSG_NOSIGNAL);
-			if (n < 0 && errno == EINTR)
+			Py_END_ALLOW_THREADS
+			if (n >= 0) {
+				got += n;
 				continue;
-			if (n < 0)
-				break;
-			got += n;
+			}
+			if (errno != EINTR)
+				return PyErr_SetFromErrno(PyExc_OSError);
+			if (PyErr_CheckSignals() < 0)	/* as socket.sendall: Ctrl-C */
+				return NULL;
 		}
-		Py_END_ALLOW_THREADS
-		if (got < len)
-			return PyErr_SetFromErrno(PyExc_OSError);
 	}
 	if (posted)
 		Py_RETURN_NONE;
@@ -1053,13 +1054,22 @@ static PyObject *roundtrip(PyObject *module, PyObject *args, PyObject *kwds)
 	 * client's one recv_into): a reply that is anything but exactly that access's
 	 * successful reply, or that came in pieces, goes to the caller's codec as it is.
 	 */
-	Py_BEGIN_ALLOW_THREADS
-	do {
+	for (;;) {
+		Py_BEGIN_ALLOW_THREADS
 		n = recv(fd, in, sizeof(in), 0);
-	} while (n < 0 && errno == EINTR);
-	Py_END_ALLOW_THREADS
-	if (n < 0)
-		return PyErr_SetFromErrno(PyExc_OSError);
+		Py_END_ALLOW_THREADS
+		if (n >= 0)
+			break;
+		if (errno != EINTR)
+			return PyErr_SetFromErrno(PyExc_OSError);
+		/*
+		 * A signal's handler runs now, as socket.recv_into runs it (the Python
+		 * path's): a KeyboardInterrupt while the server is slow is raised at once,
+		 * not after the receive timeout as a lost connection.
+		 */
+		if (PyErr_CheckSignals() < 0)
+			return NULL;
+	}
 	got = n;
 	if (got < ACCESS_SIZE || rep->size != got)
 		return PyBytes_FromStringAndSize((const char *)in, got);
