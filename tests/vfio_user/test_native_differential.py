@@ -26,10 +26,16 @@ import pytest
 
 from platpass.errors import HostError
 from platpass.reactor import EpollReactor
+from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_user import native
 from platpass.vfio_user.protocol import Command, Header
 from platpass.vfio_user.protocol.header import HEADER_SIZE
-from platpass.vfio_user.server import DeviceEndpoint, SocketOptions, VfioUserServer
+from platpass.vfio_user.server import (
+    ClientConnection,
+    DeviceEndpoint,
+    SocketOptions,
+    VfioUserServer,
+)
 
 from .conftest import open_device
 
@@ -120,6 +126,19 @@ def version_message() -> bytes:
     return Header(0xFFFF, Command.VERSION, HEADER_SIZE + len(payload), 0).encode() + payload
 
 
+
+def _adopted(server: VfioUserServer, device: VfioDevice
+             ) -> tuple[socket.socket, DeviceEndpoint, ClientConnection]:
+    """``device`` served by ``server`` on an abstract listening socket, and one client
+    connected through a socket pair: (our end, the endpoint, the server's connection)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("")
+    listener.listen(1)
+    listener.setblocking(False)
+    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours, endpoint, endpoint.adopt(theirs)
+
 def run(chunks: list[bytes], *, use_c: bool,
         after_close: Callable[[int], None] | None = None) -> Run:
     """The stream through a server on one path; ``after_close(fd)`` runs in the device
@@ -157,14 +176,8 @@ def run(chunks: list[bytes], *, use_c: bool,
 
     device.read = read  # type: ignore[method-assign]
     device.write = write  # type: ignore[method-assign]
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind("")
-    listener.listen(1)
-    listener.setblocking(False)
-    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, endpoint, conn = _adopted(server, device)
     ours.setblocking(False)
-    conn = endpoint.adopt(theirs)
     try:
         for i, chunk in enumerate([version_message(), *chunks]):
             ours.sendall(chunk)
@@ -285,13 +298,7 @@ def test_a_client_thread_stops_when_a_device_call_closes_its_connection(use_c: b
         return value
 
     device.read = read  # type: ignore[method-assign]
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind("")
-    listener.listen(1)
-    listener.setblocking(False)
-    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn = endpoint.adopt(theirs)
+    ours, endpoint, conn = _adopted(server, device)
     loop = threading.Thread(target=reactor.run_forever)
     loop.start()
     try:
@@ -335,13 +342,7 @@ def test_fds_of_a_chunk_the_fast_poll_kept_are_closed_with_the_connection() -> N
     reactor = EpollReactor()
     server = VfioUserServer(reactor, native=True)
     device = open_device(reactor, "arm,pl011")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind("")
-    listener.listen(1)
-    listener.setblocking(False)
-    endpoint = server._add_endpoint("dev", device, listener, None, SocketOptions())
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn = endpoint.adopt(theirs)
+    ours, _endpoint, conn = _adopted(server, device)
     r, w = os.pipe()
     try:
         ours.sendall(version_message())
