@@ -78,21 +78,7 @@ from platpass.lograte import LogLimiter
 from platpass.reactor import EpollReactor, ListenerBackoff
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.uapi import RegionFlags
-from platpass.vfio_user.native import (
-    CLOSED as _N_CLOSED,
-)
-from platpass.vfio_user.native import (
-    FAILED as _N_FAILED,
-)
-from platpass.vfio_user.native import (
-    NATIVE,
-)
-from platpass.vfio_user.native import (
-    RECV_FAILED as _N_RECV_FAILED,
-)
-from platpass.vfio_user.native import (
-    SLOW as _N_SLOW,
-)
+from platpass.vfio_user.native import CLOSED, FAILED, NATIVE, RECV_FAILED, SLOW
 from platpass.vfio_user.protocol.connection import (
     NEED_DATA,
     Connection,
@@ -306,25 +292,20 @@ class ClientConnection:
         native = self._native
         while True:
             code = result[0]
-            if code == _N_RECV_FAILED:
+            if code == RECV_FAILED:
                 self._receive_failed(OSError(result[1], os.strerror(result[1])))
                 return
             _code, at, nbytes, extra, flag = result
-            if code == _N_CLOSED:  # closed meanwhile: what came is dropped, fds too
+            if code == CLOSED:  # closed meanwhile: what came is dropped, fds too
                 _close_fds(received_fds(extra))
                 return
-            if code == _N_SLOW:
+            if code == SLOW:
                 self._to_framer(at, nbytes, extra or [], flag)
                 return
-            if code == _N_FAILED:
+            if code == FAILED:
                 at = self._native_failed(at, extra, bool(flag))
-            else:  # _N_UNSENT: the reply of the access that ends at ``at``
-                data = self._reply_views[extra]
-                if flag >= 0:  # partly sent: the rest waits for the socket
-                    self._out.append((memoryview(bytes(data[flag:])), ()))
-                    self._wait_writable()
-                else:
-                    self._send_now(data)  # queues it, or finds the send's error
+            else:  # UNSENT: the reply of the access that ends at ``at``
+                self._send_rest(self._reply_views[extra], flag)
             if self.closed or at >= nbytes:
                 return
             if self._out or native is None:  # back-pressured: the Python path queues
@@ -338,20 +319,15 @@ class ClientConnection:
 
     def _native_failed(self, at: int, err: BaseException, posted: bool) -> int:
         """The access at ``buf[at:]`` raised ``err`` in the device, called from C: a
-        backend failure is answered EIO (counted when posted), as :meth:`_fast_path`
-        does; anything else is a bug and propagates. Returns where the next message
-        starts."""
+        backend failure is answered as :meth:`_fast_path` answers it; anything else is a
+        bug and propagates. Returns where the next message starts."""
         if not isinstance(err, HostError | OSError):
             raise err
         _id, command, _s, _f, _e, _o, _r, count = ACCESS.unpack_from(self._buf, at)
-        msg_id = self._backend_failed(command, posted, self._buf, at, err)
-        end = at + ACCESS_SIZE + (count if command != _REGION_READ else 0)
-        if posted:
-            self.session.failed_posted += 1
-        else:
-            self._send_now(self._reply_views[pack_error_reply(self._reply, msg_id,
-                                                              command, errno.EIO)])
-        return end
+        length = self._backend_failed(command, posted, at, err)
+        if length:
+            self._send_now(self._reply_views[length])
+        return at + ACCESS_SIZE + (count if command != _REGION_READ else 0)
 
     def _fast_path(self, nbytes: int, at: int = 0) -> int:
         """Answer the single-access REGION_READ/WRITE messages at the start of the
@@ -374,9 +350,8 @@ class ClientConnection:
             except VfioError:
                 return at  # the device refused before acting: the full path replies
             except (HostError, OSError) as err:
-                msg_id = self._backend_failed(_REGION_READ, False, buf, at, err)
+                length = self._backend_failed(_REGION_READ, False, at, err)
                 at += ACCESS_SIZE
-                length = pack_error_reply(reply, msg_id, _REGION_READ, errno.EIO)
             else:
                 if length:
                     at += ACCESS_SIZE
@@ -399,11 +374,7 @@ class ClientConnection:
                     sent = -1
                 if sent == length:
                     continue
-                if sent >= 0:  # partly sent: the rest waits for the socket
-                    self._out.append((memoryview(bytes(data[sent:])), ()))
-                    self._wait_writable()
-                else:
-                    self._send_now(data)
+                self._send_rest(data, sent)
             if self.closed:
                 return nbytes
         return at
@@ -425,26 +396,25 @@ class ClientConnection:
         except VfioError:
             return None
         except (HostError, OSError) as err:
-            self._backend_failed(command, posted, self._buf, at, err)
-            if posted:
-                self.session.failed_posted += 1
-                return end, 0
-            return end, pack_error_reply(self._reply, msg_id, command, errno.EIO)
+            return end, self._backend_failed(command, posted, at, err)
         if posted:
             return end, 0
         return end, pack_write_reply(self._reply, msg_id, region, offset, count)
 
-    def _backend_failed(self, command: int, posted: bool, buf: bytearray, at: int,
-                        err: Exception) -> int:
-        """Log an access of the fast path (the message at ``buf[at:]``) that failed in
-        the backend (e.g. the device went away under UIO); returns its message id. The
-        caller answers it EIO (or counts it, posted) rather than retry it on the full
-        path or take it as the client's fault."""
-        msg_id, _c, _s, _f, _e, offset, _r, count = ACCESS.unpack_from(buf, at)
+    def _backend_failed(self, command: int, posted: bool, at: int, err: Exception) -> int:
+        """An access of the fast path (the message at ``buf[at:]``) that failed in the
+        backend (e.g. the device went away under UIO): logged, and answered EIO (the
+        reply is packed in the reply buffer; its length is returned) or, posted,
+        counted (0 returned), rather than retried on the full path or taken as the
+        client's fault."""
+        msg_id, _c, _s, _f, _e, offset, _r, count = ACCESS.unpack_from(self._buf, at)
         self.session.log.warning("%s: %s%s of %d bytes at %#x failed in the backend: %s",
                                  self.endpoint.name, "posted " if posted else "",
                                  Command(command).name, count, offset, err)
-        return int(msg_id)
+        if posted:
+            self.session.failed_posted += 1
+            return 0
+        return pack_error_reply(self._reply, msg_id, command, errno.EIO)
 
     def _drain_events(self) -> None:
         while not self.closed:
@@ -582,8 +552,22 @@ class ClientConnection:
             self.close()
             return
         if sent < len(data):
-            self._out.append((memoryview(bytes(data[sent:])), ()))
-            self._wait_writable()
+            self._queue_rest(data, sent)
+
+    def _send_rest(self, data: memoryview, sent: int) -> None:
+        """A reply built in the reply buffer whose send stopped after ``sent`` bytes
+        (negative: nothing went, or the send failed): the rest waits for the socket, or
+        :meth:`_send_now` queues it or finds the send's error."""
+        if sent >= 0:
+            self._queue_rest(data, sent)
+        else:
+            self._send_now(data)
+
+    def _queue_rest(self, data: memoryview, sent: int) -> None:
+        """What a send left of a reply built in the reply buffer waits for the socket,
+        copied (the buffer is reused for the next reply)."""
+        self._out.append((memoryview(bytes(data[sent:])), ()))
+        self._wait_writable()
 
     def _flush(self) -> None:
         while self._out and not self.closed:
@@ -670,7 +654,7 @@ class ClientConnection:
             # number that may name another file), and a chunk the reactor's fast poll
             # received for us but no callback took is dropped here, with its fds.
             kept = native.detach()
-            if type(kept) is tuple and kept[0] in (_N_SLOW, _N_CLOSED) and kept[3]:
+            if type(kept) is tuple and kept[0] in (SLOW, CLOSED) and kept[3]:
                 _close_fds(received_fds(kept[3]))
         self._version_timer.cancel()
         self.server.forget_client(self)
