@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import platpass
 from platpass.firmware import devicetree
+from platpass.host.simulated.board import board_dts_path
 from platpass.reactor import EpollReactor
 from platpass.vmm.qemu_pci import (
     PciUartRun,
@@ -39,7 +39,7 @@ from platpass.vmm.qemu_pci import (
     vfio_user_pci,
 )
 
-BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-uart.dts"
+BOARD = board_dts_path("sim-pci-uart.dts")
 UART = "/soc@9000000/serial@50000"
 QEMU_PCI_SERIAL = (0x1B36, 0x0002)
 LINE_RATE = 115200 / 10  # bytes/s at 115200 8N1

@@ -11,6 +11,7 @@ import pytest
 from platpass.cli import main
 from platpass.guest.dts import cells_of
 from platpass.guest.placement import GuestPlacement
+from platpass.host.simulated.board import board_dts_path
 from real_dtbs import DTB_DIR
 
 DTBS = DTB_DIR
@@ -147,8 +148,7 @@ def test_page_size_must_match_the_record(tmp_path: Path, capsys) -> None:
         main([*base, "--page-size", "12345"])
 
 
-SPI_BOARD = str(Path(__file__).resolve().parents[2] / "src" / "platpass" / "boards"
-                / "sim-pci-spi.dts")
+SPI_BOARD = str(board_dts_path("sim-pci-spi.dts"))
 SPI = "/soc@9000000/spi@60000"
 
 

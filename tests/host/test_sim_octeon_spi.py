@@ -5,19 +5,17 @@ way at25.c talks to the EEPROM (WREN, WRITE within a page, RDSR until ready, REA
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from sim_helpers import Regs
 
-import platpass
 from platpass.assembly import find_export
 from platpass.assembly.backends import sim_opener
 from platpass.assembly.serving import open_device
 from platpass.errors import HostError
 from platpass.firmware import devicetree
 from platpass.host.simulated.backend import SimulatedBackend
-from platpass.host.simulated.board import open_sim_backend, populate_bus
+from platpass.host.simulated.board import board_dts_path, open_sim_backend, populate_bus
 from platpass.host.simulated.clock import ManualClock
 from platpass.host.simulated.models.octeon_spi import (
     DATA_BYTES,
@@ -31,7 +29,7 @@ from platpass.host.simulated.models.octeon_spi import (
 )
 from platpass.reactor import EpollReactor
 
-BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
+BOARD = board_dts_path("sim-pci-spi.dts")
 SPI = "/soc@9000000/spi@60000"
 
 

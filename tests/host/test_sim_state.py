@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import platpass
 from platpass.firmware import devicetree
 from platpass.host.simulated.backend import SimulatedBackend
-from platpass.host.simulated.board import load_board, open_sim_backend, populate_bus
+from platpass.host.simulated.board import board_dts_path, load_board, open_sim_backend, populate_bus
 from platpass.host.simulated.clock import ManualClock
 from platpass.ops.workers import _KeptState, _StateUnpickler
 from platpass.reactor import EpollReactor
@@ -25,7 +24,7 @@ PL031 = "/soc@9000000/rtc@20000"
 PL061 = "/soc@9000000/gpio@30000"
 SP805 = "/soc@9000000/watchdog@40000"
 NS16550 = "/soc@9000000/serial@50000"
-SPI_BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
+SPI_BOARD = board_dts_path("sim-pci-spi.dts")
 SPI = "/soc@9000000/spi@60000"
 
 

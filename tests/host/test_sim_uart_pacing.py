@@ -6,15 +6,13 @@ the programmed one — never faster."""
 from __future__ import annotations
 
 import heapq
-from pathlib import Path
 
-import platpass
 from platpass.firmware import devicetree
 from platpass.host.simulated import ManualClock
-from platpass.host.simulated.board import open_sim_backend
+from platpass.host.simulated.board import board_dts_path, open_sim_backend
 from platpass.reactor import EpollReactor
 
-BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-uart.dts"
+BOARD = board_dts_path("sim-pci-uart.dts")
 CHAR = 10 / 115200
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from platpass.host.simulated.board import board_dts_path
 from platpass.ops.config import load_config
 from platpass.ops.control import query
 from platpass.vfio_device.uapi import IrqSetFlags as F
@@ -206,9 +207,7 @@ def test_an_unknown_service_user_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_up_serves_a_device_as_pci_function(tmp_path: Path) -> None:
-    import platpass as pkg
-
-    board = Path(pkg.__file__).parent / "boards" / "sim-pci-uart.dts"
+    board = board_dts_path("sim-pci-uart.dts")
     path = tmp_path / "pci.toml"
     path.write_text(f"""
 [service]

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from vfio_testbed import LineBackend, QuietDriver, make_node
 
-import platpass
 from platpass.drivers.registry import default_registry
 from platpass.errors import VfioError
 from platpass.firmware import devicetree
 from platpass.firmware.model import Trigger
 from platpass.firmware.verdict import assess_tree
 from platpass.host.simulated import ManualClock
-from platpass.host.simulated.board import load_board, open_sim_backend
+from platpass.host.simulated.board import board_dts_path, load_board, open_sim_backend
 from platpass.reactor import EpollReactor
 from platpass.vfio_device.device import VfioDevice
 from platpass.vfio_device.pci.config_space import (
@@ -42,7 +41,7 @@ from platpass.vfio_device.regions import SparseArea
 from platpass.vfio_device.uapi import DeviceFlags, IrqInfoFlags, RegionFlags
 from platpass.vfio_device.uapi import IrqSetFlags as F
 
-PCI_BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-uart.dts"
+PCI_BOARD = board_dts_path("sim-pci-uart.dts")
 UART = "/soc@9000000/serial@50000"
 IDENT = Identity(0x115D, 0x0101, 0x115D, 0x0101, 0x070002, revision=1)
 
@@ -413,7 +412,7 @@ def test_auto_picks_by_clock():
 
 # ------------------------------------------------------------------ registers past BAR0's start
 
-SPI_BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
+SPI_BOARD = board_dts_path("sim-pci-spi.dts")
 SPI = "/soc@9000000/spi@60000"
 
 

@@ -27,8 +27,8 @@ HOW_TO_GET_QEMU = """\
 def run_segment(number: int, say: Any, timeout: float = 300.0) -> bool | None:
     """Run the segment under heading ``number``; True when the guest did everything,
     False when it did not, None when it could not run (and said how to get QEMU)."""
-    import platpass
     from platpass.firmware import devicetree
+    from platpass.host.simulated.board import board_dts_path
     from platpass.reactor import EpollReactor
     from platpass.vmm.qemu_pci import (
         RX_TEXT,
@@ -48,7 +48,7 @@ def run_segment(number: int, say: Any, timeout: float = 300.0) -> bool | None:
     if image is None:
         say(HOW_TO_GET_QEMU)
         return None
-    board = Path(platpass.__file__).parent / "boards" / "sim-pci-uart.dts"
+    board = board_dts_path("sim-pci-uart.dts")
     node = "/soc@9000000/serial@50000"
     reactor = EpollReactor()
     started = time.monotonic()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from qemu_image import LOG_DIR, QemuImage
 
-import platpass
 from platpass.firmware import devicetree
+from platpass.host.simulated.board import board_dts_path
 from platpass.reactor import EpollReactor
 from platpass.vmm.qemu_pci import (
     RX_TEXT,
@@ -35,7 +35,7 @@ from platpass.vmm.qemu_pci import (
     vfio_user_pci,
 )
 
-BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-uart.dts"
+BOARD = board_dts_path("sim-pci-uart.dts")
 UART = "/soc@9000000/serial@50000"
 TX_LINES = 40
 BOOT_TIMEOUT = 240.0

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from qemu_image import LOG_DIR, QemuImage
 
-import platpass
 from platpass.firmware import devicetree
+from platpass.host.simulated.board import board_dts_path
 from platpass.reactor import EpollReactor
 from platpass.vmm.qemu_pci import (
     PciUartRun,
@@ -35,7 +35,7 @@ from platpass.vmm.qemu_pci import (
     vfio_user_pci,
 )
 
-BOARD = Path(platpass.__file__).parent / "boards" / "sim-pci-spi.dts"
+BOARD = board_dts_path("sim-pci-spi.dts")
 SPI = "/soc@9000000/spi@60000"
 SLOT = 3
 MACHINE = ("-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-m", "512")

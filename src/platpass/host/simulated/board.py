@@ -39,9 +39,11 @@ BOARD_DTS = "sim-board.dts"
 _log = logging.getLogger(__name__)
 
 
-def board_dts_path() -> Path:
-    """Path of the board's device-tree source inside the installed package."""
-    path = Path(str(resources.files("platpass").joinpath("boards", BOARD_DTS)))
+def board_dts_path(name: str = BOARD_DTS) -> Path:
+    """Path of a simulated board's device-tree source shipped inside the package
+    (``platpass/boards/``): the board by default, or ``sim-pci-uart.dts`` and
+    ``sim-pci-spi.dts``, the boards whose devices are served as PCI functions."""
+    path = Path(str(resources.files("platpass").joinpath("boards", name)))
     if not path.is_file():
         raise HostError(f"simulated board source missing: {path}")
     return path
